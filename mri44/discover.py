@@ -1,0 +1,45 @@
+"""Finding image files under a folder: recursive, case-insensitive extensions, hidden entries skipped,
+symlinked folders followed once (loops cannot recurse forever), in a stable sorted order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mri44.imageio import is_image_path
+
+
+def find_images(root: str | os.PathLike[str]) -> list[Path]:
+    """All image-named files below root, sorted by their path relative to root."""
+    root = Path(root)
+    found: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def walk(folder: Path) -> None:
+        try:
+            st = folder.stat()
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            return
+        seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    walk(Path(entry.path))
+                elif is_image_path(entry.name):
+                    found.append(Path(entry.path))
+            except OSError:
+                # A dangling link with an image name is still a file the user asked about: record it.
+                if is_image_path(entry.name):
+                    found.append(Path(entry.path))
+
+    walk(root)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())

@@ -1,0 +1,95 @@
+"""Image decoding that every stage shares.
+
+OpenCV decodes from bytes (np.fromfile + imdecode) so that paths with spaces, '+', parentheses and non-ASCII
+characters work on every platform. Every failure, whatever its cause, surfaces as ImageDecodeError naming the
+file, so callers can record it per file and carry on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
+)
+
+
+class ImageDecodeError(Exception):
+    """A file that cannot be turned into an image; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _jpeg_is_truncated(data: np.ndarray) -> bool:
+    """libjpeg silently fills a truncated JPEG with grey; a missing end-of-image marker tells us it happened."""
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
+    return b"\xff\xd9" not in tail[-16:]
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Deeper images (16-bit, float) are rescaled by their own range, as MRI viewers do."""
+    if image.dtype == np.uint8:
+        return image
+    img = image.astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros(img.shape, np.uint8)
+    return np.clip((img - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def decode_bytes(data: bytes | np.ndarray, source: str | os.PathLike[str] = "<bytes>") -> np.ndarray:
+    """Decode to uint8, either HxW (greyscale) or HxWx3 (RGB order); alpha is composited onto black."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
+    if buf.size == 0:
+        raise ImageDecodeError(source, "empty file")
+    if _jpeg_is_truncated(buf):
+        raise ImageDecodeError(source, "truncated JPEG (no end-of-image marker)")
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a header that announces more pixels than OpenCV allows
+        raise ImageDecodeError(source, f"OpenCV could not decode it ({exc.err or exc})") from exc
+    if image is None:
+        raise ImageDecodeError(source, "not an image OpenCV can decode (corrupt or unsupported format)")
+    if image.size == 0 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageDecodeError(source, "image has no pixels")
+    image = _to_uint8(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        image = (image[:, :, :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
+    elif image.shape[2] != 3:
+        raise ImageDecodeError(source, f"unsupported channel count {image.shape[2]}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read and decode one file; see decode_bytes for the returned layout."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            raise ImageDecodeError(path, "empty file")
+        data = np.fromfile(path, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    return decode_bytes(data, path)

@@ -1,0 +1,121 @@
+"""Preprocessing as a small, serialisable spec stored in every checkpoint and every exported model.
+
+Two stages, split so training can cache the expensive one:
+1. `to_model_pixels`: decoded image -> uint8 square of `size` (channel handling, resize or letterbox). This is
+   what the training cache holds, and what the scorer computes per file.
+2. `normalize`: uint8 pixels -> float32 NCHW, three channels, `x * scale + bias` with the spec's mean/std.
+Training applies augmentation between the two on uint8-valued tensors; nothing else differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+ResizePolicy = Literal["pad", "stretch"]
+Channels = Literal["grey", "rgb"]
+Interpolation = Literal["area", "linear", "cubic"]
+
+_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a decoded image becomes a model input.
+
+    size: side of the square input. resize: "pad" keeps the aspect ratio and letterboxes with black (MRI
+    background), "stretch" resizes to the square as the published baseline did. channels: "grey" converts to one
+    luminance channel (replicated to the model's three), so RGB and greyscale copies of a slice look the same;
+    "rgb" keeps colour. mean/std: per model channel, on the 0..1 scale.
+    """
+
+    size: int = 224
+    resize: ResizePolicy = "pad"
+    interpolation: Interpolation = "area"
+    channels: Channels = "grey"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    version: int = field(default=1)
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"image size must be at least 8, got {self.size}")
+        if self.resize not in ("pad", "stretch"):
+            raise ValueError(f"unknown resize policy {self.resize!r}")
+        if self.channels not in ("grey", "rgb"):
+            raise ValueError(f"unknown channel handling {self.channels!r}")
+        if self.interpolation not in _INTERP:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def cache_channels(self) -> int:
+        return 1 if self.channels == "grey" else 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        """Short stable id, used to key on-disk caches of resized pixels."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def scale_bias(self) -> tuple[np.ndarray, np.ndarray]:
+        """Normalisation as one multiply-add per channel: x * scale + bias == (x / 255 - mean) / std."""
+        std = np.asarray(self.std, np.float32)
+        scale = (1.0 / (255.0 * std)).astype(np.float32)
+        bias = (-np.asarray(self.mean, np.float32) / std).astype(np.float32)
+        return scale, bias
+
+
+def _to_channels(image: np.ndarray, channels: Channels) -> np.ndarray:
+    if channels == "grey":
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
+
+
+def to_model_pixels(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Decoded uint8 image (HxW or HxWx3 RGB) -> uint8 array (size, size, C), C = spec.cache_channels."""
+    img = _to_channels(image, spec.channels)
+    size = spec.size
+    interp = _INTERP[spec.interpolation]
+    h, w = img.shape[:2]
+    if spec.resize == "stretch":
+        out = cv2.resize(img, (size, size), interpolation=interp)
+    else:
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        resized = cv2.resize(img, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else img
+        out = np.zeros((size, size) + img.shape[2:], np.uint8)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out[top : top + nh, left : left + nw] = resized
+    return out.reshape(size, size, spec.cache_channels)
+
+
+def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 (N, S, S, C) or (S, S, C) -> float32 (N, 3, S, S), ready for the network."""
+    batch = pixels[None] if pixels.ndim == 3 else pixels
+    scale, bias = spec.scale_bias()
+    x = batch.astype(np.float32).transpose(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    return np.ascontiguousarray(x * scale[None, :, None, None] + bias[None, :, None, None])

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One prepared session on a lent GPU machine (see README, "Training on a GPU machine"):
+# the shipped-model candidate, the seed baseline, the resize study and one-ingredient ablations, all on the
+# same group-aware split (computed from the original images and carried in .gpu/split.parquet).
+# Carried in .gpu/: data.tar (scripts/make_compact_copy.py output), split.parquet, polars.tar.xz (the image
+# has no polars). Results come back in $OUT: results.tar.gz (logs, metrics, tables) and the chosen checkpoint
+# in 15 MB parts (ckpt.part-*). DRY=1 runs a tiny CPU rehearsal of the same script.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-out}
+DEVICE=${DEVICE:-cuda}
+BUDGET_S=${BUDGET_S:-470}
+mkdir -p "$OUT" /tmp/site /tmp/gpudata runs
+start=$(date +%s)
+[ -d /tmp/site/polars ] || tar -C /tmp/site -xJf .gpu/polars.tar.xz
+[ -d /tmp/gpudata/data ] || tar -C /tmp/gpudata -xf .gpu/data.tar
+export PYTHONPATH="$PWD:/tmp/site"
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; nproc; python3 -c "import torch, polars, cv2; print('torch', torch.__version__, 'polars', polars.__version__, 'cv2', cv2.__version__, 'cuda', torch.cuda.is_available())") | tee runs/machine.txt
+
+run() {  # run NAME SECONDS ARGS...
+  local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET_S - ($(date +%s) - start) ))
+  if [ "$left" -lt 25 ]; then echo "SKIP $name (budget)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$(date +%s)
+  timeout "$limit" python3 -m train --data /tmp/gpudata/data --out "runs/$name" --split-file .gpu/split.parquet \
+    --device "$DEVICE" "$@" > "runs/$name.log" 2>&1
+  echo "$name rc=$? $(( $(date +%s) - t0 ))s: $(grep -E '^epoch +[0-9]+/' "runs/$name.log" | tail -1)"
+  grep -E '^best epoch' "runs/$name.log"
+}
+
+if [ "${DRY:-0}" = 1 ]; then
+  run default-256-e80 120 --image-size 64 --epochs 2
+  run seed-256 120 --image-size 64 --epochs 1 --recipe seed
+else
+  run default-256-e80 150 --image-size 256 --epochs 80
+  run seed-256 60 --image-size 256 --recipe seed
+  run default-256 90 --image-size 256 --epochs 40
+  run default-224 90 --image-size 224 --epochs 40
+  run default-100 60 --image-size 100 --epochs 40
+  run default-160 80 --image-size 160 --epochs 40
+  for r in ablate-augment ablate-balance ablate-smoothing ablate-pad-grey sgd-cosine; do
+    run "$r-224" 90 --image-size 224 --epochs 40 --recipe "$r"
+  done
+fi
+
+# The shipped candidate: best validation macro-F1 among the default-recipe runs (never chosen on test).
+best=$(python3 - <<'PY'
+import json, pathlib
+scores = {}
+for p in pathlib.Path("runs").glob("default-*/result.json"):
+    scores[p.parent.name] = json.loads(p.read_text())["val"]["macro_f1"]
+print(max(scores, key=scores.get) if scores else "")
+PY
+)
+echo "chosen by val macro-F1: ${best:-none}" | tee runs/chosen.txt
+[ -n "$best" ] && split -b 15000000 "runs/$best/best.pt" "$OUT/ckpt.part-"
+tar -czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='cache' --exclude='*_predictions.parquet' runs
+echo "total $(( $(date +%s) - start ))s"
