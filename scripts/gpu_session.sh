@@ -32,6 +32,13 @@ run() {  # run NAME SECONDS ARGS...
 if [ "${DRY:-0}" = 1 ]; then
   run default-256-e80 120 --image-size 64 --epochs 2
   run seed-256 120 --image-size 64 --epochs 1 --recipe seed
+elif [ "${PLAN:-1}" = 2 ]; then
+  # Second session: weight averaging, SGD and mixup against session 1's adamw ("default" then) at 256 px.
+  run adamw-ema-256 95 --image-size 256 --epochs 60 --recipe adamw-ema
+  run sgd-ema-256 95 --image-size 256 --epochs 60 --recipe sgd-ema
+  run adamw-ema-mixup-256 95 --image-size 256 --epochs 60 --recipe adamw-ema-mixup
+  run ablate-pad-grey-224 70 --image-size 224 --epochs 40 --recipe ablate-pad-grey
+  run ablate-smoothing-224 70 --image-size 224 --epochs 40 --recipe ablate-smoothing
 else
   run default-256-e80 150 --image-size 256 --epochs 80
   run seed-256 60 --image-size 256 --recipe seed
@@ -44,11 +51,13 @@ else
   done
 fi
 
-# The shipped candidate: best validation macro-F1 among the default-recipe runs (never chosen on test).
+# The shipped candidate: best validation macro-F1 among the full-recipe runs (never chosen on test).
 best=$(python3 - <<'PY'
 import json, pathlib
 scores = {}
-for p in pathlib.Path("runs").glob("default-*/result.json"):
+for p in pathlib.Path("runs").glob("*/result.json"):
+    if p.parent.name.startswith(("seed", "ablate")):
+        continue
     scores[p.parent.name] = json.loads(p.read_text())["val"]["macro_f1"]
 print(max(scores, key=scores.get) if scores else "")
 PY

@@ -233,6 +233,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     weights = 1.0 / np.sqrt(counts[labels[train_idx]]) if recipe.balance == "sqrt" else np.ones(len(train_idx))
     sample_weights = torch.as_tensor(weights, dtype=torch.float64)
     generator = torch.Generator().manual_seed(cfg.seed)
+    mix_rng = np.random.default_rng(cfg.seed + 2)
+    ema = None
+    if recipe.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
     aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
     start_epoch, best_f1, history = 0, -1.0, []
@@ -244,6 +250,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
+        mix_rng.bit_generator.state = json.loads(state["mix_rng"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         aug_generator.set_state(state["aug_generator"].to(aug_generator.get_state().device))
         start_epoch, best_f1, history = state["epoch"] + 1, state["best_val_macro_f1"], json.loads(state["history"])
         print(f"resumed from {last_path} after epoch {state['epoch'] + 1}")
@@ -267,15 +276,24 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 raw = random_affine_intensity(raw, generator=aug_generator)
             x = to_input(raw, scale, bias)
             y = targets[sel].to(device, non_blocking=True)
+            lam, partner = 1.0, None
+            if recipe.mixup_alpha > 0:
+                lam = float(mix_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha))
+                partner = torch.randperm(len(sel), device=device, generator=aug_generator)
+                x = lam * x + (1.0 - lam) * x[partner]
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+                logits = model(x).float()
+            loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if partner is not None:
+                loss = loss + (1.0 - lam) * F.cross_entropy(logits, y[partner], label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             seen += len(sel)
             if step % 10 == 0 or step == steps_per_epoch - 1:
                 loss_sum = float(loss.detach())
@@ -283,7 +301,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t_epoch
-        probs = predict(model, pixels, val_idx, scale, bias, device, cfg.eval_batch_size, amp)
+        eval_model = ema.module if ema is not None else model
+        probs = predict(eval_model, pixels, val_idx, scale, bias, device, cfg.eval_batch_size, amp)
         pred = np.asarray(classes)[probs.argmax(1)]
         summary = metric_tables(list(np.asarray(classes)[labels[val_idx]]), list(pred))["summary"].row(0, named=True)
         row = {"epoch": epoch + 1, "train_loss": loss_sum, "train_images_per_s": seen / train_s, "epoch_s": train_s,
@@ -295,12 +314,13 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
               + (" (best)" if improved else ""))
         if improved:
             best_f1 = summary["macro_f1"]
-            _save({**base, "model": model.state_dict(), "epoch": epoch, "val_summary": json.dumps(summary)}, best_path)
+            _save({**base, "model": eval_model.state_dict(), "epoch": epoch, "val_summary": json.dumps(summary)}, best_path)
         with atomic_path(out / "metrics.csv") as tmp:
             pl.DataFrame(history).write_csv(tmp)
         _save({**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-               "aug_generator": aug_generator.get_state().cpu(), "epoch": epoch, "best_val_macro_f1": best_f1,
+               "aug_generator": aug_generator.get_state().cpu(), "epoch": epoch,
+               "mix_rng": json.dumps(mix_rng.bit_generator.state), **({"ema": ema.state_dict()} if ema else {}), "best_val_macro_f1": best_f1,
                "history": json.dumps(history)}, last_path)
 
     return evaluate_best(best_path, pixels, labels, split, test_idx, val_idx, scale, bias, device, cfg, amp, out)

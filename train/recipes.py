@@ -27,12 +27,14 @@ class Recipe:
     augment: bool = True
     resize: Literal["pad", "stretch"] = "pad"
     channels: Literal["grey", "rgb"] = "grey"
+    ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    mixup_alpha: float = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_DEFAULT = Recipe(name="default")
+_ADAMW = Recipe(name="adamw")
 
 RECIPES: dict[str, Recipe] = {
     "seed": Recipe(
@@ -51,13 +53,16 @@ RECIPES: dict[str, Recipe] = {
         resize="stretch",
         channels="rgb",
     ),
-    "default": _DEFAULT,
-    "ablate-augment": replace(_DEFAULT, name="ablate-augment", augment=False),
-    "ablate-balance": replace(_DEFAULT, name="ablate-balance", balance="none"),
-    "ablate-smoothing": replace(_DEFAULT, name="ablate-smoothing", label_smoothing=0.0),
-    "ablate-pad-grey": replace(_DEFAULT, name="ablate-pad-grey", resize="stretch", channels="rgb"),
-    "sgd-cosine": replace(_DEFAULT, name="sgd-cosine", optimizer="sgd", lr=0.1, weight_decay=5e-4),
+    "adamw": _ADAMW,
+    "adamw-ema": replace(_ADAMW, name="adamw-ema", ema_decay=0.997),
+    "adamw-ema-mixup": replace(_ADAMW, name="adamw-ema-mixup", ema_decay=0.997, mixup_alpha=0.2),
+    "sgd-ema": replace(_ADAMW, name="sgd-ema", optimizer="sgd", lr=0.1, weight_decay=5e-4, ema_decay=0.997),
+    "ablate-augment": replace(_ADAMW, name="ablate-augment", augment=False),
+    "ablate-balance": replace(_ADAMW, name="ablate-balance", balance="none"),
+    "ablate-smoothing": replace(_ADAMW, name="ablate-smoothing", label_smoothing=0.0),
+    "ablate-pad-grey": replace(_ADAMW, name="ablate-pad-grey", resize="stretch", channels="rgb"),
 }
+RECIPES["default"] = replace(RECIPES["adamw"], name="default")
 
 
 def get_recipe(name: str) -> Recipe:
