@@ -314,7 +314,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
               + (" (best)" if improved else ""))
         if improved:
             best_f1 = summary["macro_f1"]
-            _save({**base, "model": eval_model.state_dict(), "epoch": epoch, "val_summary": json.dumps(summary)}, best_path)
+            _save({**base, "model": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, "epoch": epoch, "val_summary": json.dumps(summary)}, best_path)
         with atomic_path(out / "metrics.csv") as tmp:
             pl.DataFrame(history).write_csv(tmp)
         _save({**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

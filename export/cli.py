@@ -1,0 +1,85 @@
+"""`onnx-export`: checkpoint -> self-describing ONNX model, checked against PyTorch before it is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(
+    help="Export an mri44 checkpoint (a best.pt or its run folder) to ONNX with a dynamic batch axis.\n\n"
+    "The model's metadata carries the class names, the preprocessing spec, the architecture, the checkpoint's "
+    "SHA-256 and the export settings, so the .onnx file alone is enough for `mri-score`. Unless --no-check, "
+    "the export is compared with PyTorch on random batches (sizes 1, 3, 8) and, with --images, on real images; "
+    "the file is written only when parity holds, and the command exits 1 when it does not.\n\n"
+    "Example: onnx-export runs/r18-256 --out models/mri44-resnet18.onnx --images ../shared/data/brain-mri-44c"
+)
+def export(
+    checkpoint: Path = typer.Argument(..., help="best.pt (or any checkpoint from `python -m train`), or a run folder."),
+    out: Path = typer.Option(..., help="Output .onnx file (written atomically)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32."),
+    opset: int = typer.Option(17, help="ONNX opset (17 runs on current ONNX Runtime and TensorRT 8.6+)."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine (OUT with .engine suffix)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch before writing."),
+    images: Optional[Path] = typer.Option(None, help="Folder of real images to add to the parity check."),
+    max_images: int = typer.Option(64, help="At most this many real images in the parity check."),
+) -> None:
+    from export.onnx_export import export_onnx
+    from export.parity import check_parity, format_table, random_batches, real_batch
+    from mri44.atomic import atomic_path
+    from mri44.model import CheckpointError
+    from mri44.onnx_meta import INPUT_NAME
+    from mri44.runtime import make_session
+
+    try:
+        proto, model, meta = export_onnx(checkpoint, opset=opset, fp16=fp16)
+    except CheckpointError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    data = proto.SerializeToString()
+    precision = meta.export["precision"]
+    spec = meta.preprocess
+    failed = False
+    if check:
+        batches = random_batches(spec)
+        if images is not None:
+            batch, _ = real_batch(images, spec, max_images)
+            batches[f"real x{len(batch)}"] = batch
+        session = make_session(data, "cpu")
+        rows = check_parity(model, lambda x: session.run(None, {INPUT_NAME: x})[0], batches, precision)
+        typer.echo(format_table(rows, f"parity {precision} ONNX Runtime (CPU) vs PyTorch"))
+        failed = not all(r.passed for r in rows)
+    engine = None
+    if tensorrt and not failed:
+        from export.tensorrt_engine import build_engine, engine_runner
+
+        try:
+            engine = build_engine(data, spec.size, fp16)
+        except RuntimeError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
+        if check:
+            rows = check_parity(model.float(), engine_runner(engine), batches, precision)
+            typer.echo(format_table(rows, f"parity {precision} TensorRT vs PyTorch"))
+            failed = not all(r.passed for r in rows)
+    if failed:
+        typer.secho("parity check failed: nothing written", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    typer.echo(f"wrote {out} ({len(data) / 1e6:.1f} MB, {precision}, opset {opset}, {len(meta.classes)} classes, "
+               f"input {INPUT_NAME} (N,3,{spec.size},{spec.size}))")
+    if engine is not None:
+        from export.tensorrt_engine import write_engine
+
+        engine_path = out.with_suffix(".engine")
+        write_engine(engine_path, engine)
+        typer.echo(f"wrote {engine_path} ({len(engine) / 1e6:.1f} MB)")
+
+
+def main() -> None:
+    app()

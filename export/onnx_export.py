@@ -1,0 +1,65 @@
+"""Checkpoint -> ONNX (fp32 or fp16) with the scorer's metadata embedded.
+
+Tracing uses a batch of 2 so the batch axis stays symbolic; opset 17 is what current ONNX Runtime and
+TensorRT 8.6+/10 all run. fp16 goes through ONNX Runtime's own maintained converter (keep_io_types=True), so
+callers keep feeding and receiving float32.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from mri44.model import ARCH, file_sha256, load_checkpoint, model_from_checkpoint
+from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from mri44.preprocess import PreprocessSpec
+
+DEFAULT_OPSET = 17
+
+
+def checkpoint_path(source: Path) -> Path:
+    return source / "best.pt" if source.is_dir() else source
+
+
+def export_onnx(checkpoint: Path, opset: int = DEFAULT_OPSET, fp16: bool = False) -> tuple[onnx.ModelProto, torch.nn.Module, ModelMetadata]:
+    """Build the ONNX model in memory; returns it with the eval-mode PyTorch model and the metadata."""
+    ckpt_file = checkpoint_path(checkpoint)
+    ckpt = load_checkpoint(ckpt_file)
+    model = model_from_checkpoint(ckpt).float().eval()
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    dummy = torch.zeros(2, 3, spec.size, spec.size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
+        torch.onnx.export(
+            model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        proto = convert_float_to_float16(proto, keep_io_types=True)
+        # The converter appends its input casts after the nodes that read them; ONNX requires topological order.
+        graph = OnnxModel(proto)
+        graph.topological_sort()
+        proto = graph.model
+    meta = ModelMetadata(
+        classes=list(ckpt["classes"]), preprocess=spec, arch=ckpt.get("arch", ARCH),
+        source_sha256=file_sha256(ckpt_file),
+        export={"precision": "fp16" if fp16 else "fp32", "opset": opset, "torch": torch.__version__,
+                "onnx": onnx.__version__, "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "source": ckpt_file.name, "recipe": ckpt.get("recipe", {}).get("name", "?"),
+                "init": ckpt.get("init", "?")},
+    )
+    onnx.helper.set_model_props(proto, meta.to_props())
+    proto.doc_string = f"mri44 {ARCH}, {len(meta.classes)} classes, input {INPUT_NAME} float32 (N,3,{spec.size},{spec.size})"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, model, meta

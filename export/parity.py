@@ -1,0 +1,90 @@
+"""Parity of an exported model against its PyTorch source, on the same preprocessed batches.
+
+Relative difference is scale-relative: max |onnx - torch| / max |torch| over the batch, which stays meaningful
+where individual logits are near zero. Bounds (never loosened to pass): fp32 max abs <= 1e-4 and 100% top-1
+agreement everywhere; fp16 max relative <= 1e-2 everywhere and >= 99% top-1 agreement on real images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mri44.discover import find_images
+from mri44.imageio import ImageDecodeError, read_image
+from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+
+FP32_MAX_ABS = 1e-4
+FP16_MAX_REL = 1e-2
+FP16_MIN_TOP1_REAL = 0.99
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    inputs: str
+    batch: int
+    max_abs: float
+    max_rel: float
+    top1_agreement: float
+    passed: bool
+
+
+def random_batches(spec: PreprocessSpec, sizes: tuple[int, ...] = (1, 3, 8), seed: int = 0) -> dict[str, np.ndarray]:
+    """Random images pushed through the real normalisation, so values have the model's input range."""
+    rng = np.random.default_rng(seed)
+    return {
+        f"random x{n}": normalize(rng.integers(0, 256, (n, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec)
+        for n in sizes
+    }
+
+
+def real_batch(folder: Path, spec: PreprocessSpec, limit: int = 64) -> tuple[np.ndarray, list[str]]:
+    """Up to `limit` images spread evenly over the folder's sorted files, preprocessed by the shared core."""
+    paths = find_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"no images under {folder} for the parity check")
+    picked = paths[:: max(1, len(paths) // limit)][:limit]
+    pixels, names = [], []
+    for path in picked:
+        try:
+            pixels.append(to_model_pixels(read_image(path), spec))
+            names.append(str(path))
+        except ImageDecodeError:
+            continue
+    return normalize(np.stack(pixels), spec), names
+
+
+def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityRow:
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    max_abs = float(diff.max())
+    max_rel = max_abs / max(float(np.abs(reference).max()), 1e-12)
+    top1 = float((candidate.argmax(1) == reference.argmax(1)).mean())
+    if precision == "fp32":
+        passed = max_abs <= FP32_MAX_ABS and top1 == 1.0
+    else:
+        passed = max_rel <= FP16_MAX_REL and (top1 >= FP16_MIN_TOP1_REAL or not name.startswith("real"))
+    return ParityRow(name, int(reference.shape[0]), max_abs, max_rel, top1, passed)
+
+
+def check_parity(
+    model: torch.nn.Module, run: Callable[[np.ndarray], np.ndarray], batches: dict[str, np.ndarray], precision: str
+) -> list[ParityRow]:
+    """run: the exported model as a function float32 NCHW -> logits."""
+    rows = []
+    with torch.no_grad():
+        for name, batch in batches.items():
+            reference = model(torch.from_numpy(batch)).numpy()
+            rows.append(compare(name, reference, run(batch), precision))
+    return rows
+
+
+def format_table(rows: list[ParityRow], title: str) -> str:
+    lines = [title, f"{'inputs':<14} {'batch':>5} {'max abs':>10} {'max rel':>10} {'top-1':>7}  result"]
+    for r in rows:
+        lines.append(f"{r.inputs:<14} {r.batch:>5} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.top1_agreement:>7.2%}  "
+                     + ("ok" if r.passed else "FAIL"))
+    return "\n".join(lines)
