@@ -1,0 +1,101 @@
+"""`mri-score`: score a folder of MRI slices with an exported model; metric tables when labels are known."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command(
+    help="Predict tumour type and contrast for every image under INPUT_DIR (recursively).\n\n"
+    "Writes one row per file found (status 'error' with the reason for files that cannot be decoded). When "
+    "images sit in folders named like the model's classes (e.g. 'Glioblastoma T1C+/x.jpg'), it also writes "
+    "metric tables: summary, per_class, per_contrast, per_tumor_type and confusion (CSV + Parquet + PNG).\n\n"
+    "Example: mri-score examples/ --out preds.parquet"
+)
+def score(
+    input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively; hidden files skipped)."),
+    out: Path = typer.Option(..., help="Predictions file: .parquet, or .csv for CSV."),
+    model: Optional[Path] = typer.Option(None, help="ONNX model from `onnx-export` (default: the shipped model)."),
+    device: str = typer.Option("auto", help="auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt."),
+    batch_size: int = typer.Option(32, min=1, help="Images per inference batch."),
+    workers: int = typer.Option(max(1, min(8, os.cpu_count() or 1)), min=1, help="Decoding threads."),
+    top_k: int = typer.Option(3, min=1, help="How many top classes to list per image."),
+    metrics_dir: Optional[Path] = typer.Option(None, help="Where metric tables go (default: OUT's name + '_metrics')."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+) -> None:
+    from mri44.atomic import atomic_path
+    from mri44.discover import find_images
+    from mri44.metrics import metric_tables, write_tables
+    from mri44.onnx_meta import ModelMetadataError
+    from mri44.runtime import ProviderError, make_session
+    from score.pipeline import load_metadata, score_paths
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise _fail(f"--out must end in .parquet or .csv, got {out.name}")
+    if out.exists() and not overwrite:
+        raise _fail(f"{out} exists; pass --overwrite to replace it")
+    if not input_dir.is_dir():
+        raise _fail(f"input folder {input_dir} does not exist or is not a folder")
+    if model is None:
+        from models import default_model_path
+
+        model = default_model_path()
+        if not model.is_file():
+            raise _fail(f"no shipped model at {model}; pass --model FILE.onnx (see README: onnx-export)")
+    if not model.is_file():
+        raise _fail(f"model {model} does not exist")
+    paths = find_images(input_dir)
+    if not paths:
+        raise _fail(f"no image files under {input_dir} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
+    try:
+        session = make_session(model, device)
+        meta = load_metadata(session, str(model))
+    except (ProviderError, ModelMetadataError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    except Exception as exc:  # onnxruntime raises its own types for files that are not ONNX models
+        raise _fail(f"cannot load {model} as an ONNX model: {exc}") from exc
+    typer.echo(f"model {model.name}: {len(meta.classes)} classes, {meta.preprocess.size}px; "
+               f"provider {session.get_providers()[0]}; {len(paths)} files", err=True)
+
+    run = score_paths(session, meta, input_dir, paths, batch_size=batch_size, workers=workers, top_k=top_k,
+                      progress=sys.stderr.isatty())
+    with atomic_path(out) as tmp:
+        run.predictions.write_csv(tmp) if out.suffix.lower() == ".csv" else run.predictions.write_parquet(tmp)
+    typer.echo(f"scored {run.scored} image(s), {run.failed} error(s) in {run.seconds:.1f}s "
+               f"({len(paths) / max(run.seconds, 1e-9):.1f} img/s) -> {out}", err=True)
+    if run.failed:
+        bad = run.predictions.filter(status="error").select("path", "error").head(5)
+        for path, error in bad.iter_rows():
+            typer.echo(f"  error: {path}: {error}", err=True)
+
+    labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
+    if labelled.height:
+        tables = metric_tables(labelled["true_class"], labelled["pred_class"])
+        target = metrics_dir or out.with_name(f"{out.stem}_metrics")
+        if target.exists() and any(target.iterdir()) and not overwrite and metrics_dir is None:
+            raise _fail(f"{target} exists; pass --overwrite or --metrics-dir")
+        write_tables(tables, target, meta.classes)
+        import polars as pl
+
+        with pl.Config(tbl_hide_dataframe_shape=True, float_precision=3, tbl_cols=12, tbl_width_chars=120):
+            typer.echo(tables["summary"].with_columns(errors=pl.lit(run.failed)))
+            typer.echo(tables["per_contrast"])
+        typer.echo(f"metric tables ({labelled.height} labelled images) -> {target}", err=True)
+    if run.scored == 0:
+        raise _fail("no image could be scored (see the error rows)", code=1)
+
+
+def main() -> None:
+    app()

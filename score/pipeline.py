@@ -1,0 +1,155 @@
+"""Streaming batch scoring: decode in a thread pool, infer in batches, never hold more than a window of images.
+
+Decoding and preprocessing (OpenCV releases the GIL) run in `workers` threads with at most `prefetch` images in
+flight, while the main thread feeds ready batches to ONNX Runtime (which also releases the GIL), so decode and
+inference overlap. A file that cannot be decoded becomes an error row; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+from tqdm import tqdm
+
+from mri44.imageio import ImageDecodeError, read_image
+from mri44.labels import parse_label
+from mri44.onnx_meta import INPUT_NAME, ModelMetadata
+from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+
+
+@dataclass
+class ScoreRun:
+    predictions: pl.DataFrame
+    provider: str
+    seconds: float
+    scored: int
+    failed: int
+
+
+def load_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
+    """The model's mri44 metadata, checked against its actual input and output shapes."""
+    meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ValueError(f"{source}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+    shape = inputs[0].shape
+    if shape[1:] != [3, meta.preprocess.size, meta.preprocess.size]:
+        raise ValueError(f"{source}: input shape {shape} does not match its metadata's {meta.preprocess.size}px spec")
+    out_shape = outputs[0].shape
+    if out_shape[-1] != len(meta.classes):
+        raise ValueError(f"{source}: output has {out_shape[-1]} classes but the metadata lists {len(meta.classes)}")
+    return meta
+
+
+def preprocess_file(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    return to_model_pixels(read_image(path), spec)
+
+
+def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: int, prefetch: int):
+    """Yield (positions, pixels, errors) in file order; errors: list of (position, message)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: collections.deque[tuple[int, Future]] = collections.deque()
+        next_i = 0
+
+        def fill() -> None:
+            nonlocal next_i
+            while next_i < len(paths) and len(pending) < prefetch:
+                pending.append((next_i, pool.submit(preprocess_file, paths[next_i], spec)))
+                next_i += 1
+
+        fill()
+        positions: list[int] = []
+        pixels: list[np.ndarray] = []
+        errors: list[tuple[int, str]] = []
+        while pending:
+            i, future = pending.popleft()
+            fill()
+            try:
+                pixels.append(future.result())
+                positions.append(i)
+            except ImageDecodeError as exc:
+                errors.append((i, exc.reason))
+            except Exception as exc:  # anything else about one file stays about that file
+                errors.append((i, f"{exc.__class__.__name__}: {exc}"))
+            if len(pixels) == batch_size or (not pending and (pixels or errors)):
+                yield positions, (np.stack(pixels) if pixels else None), errors
+                positions, pixels, errors = [], [], []
+        if errors:
+            yield [], None, errors
+
+
+def prediction_frame(
+    rel_paths: list[str], probs: np.ndarray, ok: np.ndarray, errors: list[str | None], meta: ModelMetadata, top_k: int
+) -> pl.DataFrame:
+    """One row per file: status, prediction, top-k, tumour/contrast marginals, and the folder's label if known."""
+    classes = np.asarray(meta.classes)
+    parsed = [parse_label(c) for c in meta.classes]
+    tumors = sorted({p.tumor_type for p in parsed})
+    contrasts = sorted({p.contrast for p in parsed})
+    tumor_of = np.array([tumors.index(p.tumor_type) for p in parsed])
+    contrast_of = np.array([contrasts.index(p.contrast) for p in parsed])
+    tumor_probs = probs @ np.eye(len(tumors))[tumor_of]
+    contrast_probs = probs @ np.eye(len(contrasts))[contrast_of]
+    k = min(top_k, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    pred = order[:, 0]
+    rows = np.arange(len(rel_paths))
+    parents = [Path(p).parent.name for p in rel_paths]
+    known = set(meta.classes)
+
+    def when_ok(values: np.ndarray) -> list:
+        return [v if good else None for v, good in zip(values.tolist(), ok.tolist(), strict=True)]
+
+    columns: dict[str, object] = {
+        "path": rel_paths,
+        "status": ["ok" if good else "error" for good in ok.tolist()],
+        "error": errors,
+        "pred_class": when_ok(classes[pred]),
+        "pred_tumor_type": when_ok(np.asarray(tumors)[tumor_of[pred]]),
+        "pred_contrast": when_ok(np.asarray(contrasts)[contrast_of[pred]]),
+        "confidence": when_ok(probs[rows, pred]),
+        "pred_tumor_type_prob": when_ok(tumor_probs[rows, tumor_of[pred]]),
+        "pred_contrast_prob": when_ok(contrast_probs[rows, contrast_of[pred]]),
+    }
+    for j in range(k):
+        columns[f"top{j + 1}_class"] = when_ok(classes[order[:, j]])
+        columns[f"top{j + 1}_prob"] = when_ok(probs[rows, order[:, j]])
+    columns["true_class"] = [p if p in known else None for p in parents]
+    schema = {name: (pl.Float64 if name.endswith(("_prob", "confidence")) else pl.String) for name in columns}
+    return pl.DataFrame(columns, schema=schema)
+
+
+def score_paths(
+    session: ort.InferenceSession, meta: ModelMetadata, root: Path, paths: list[Path],
+    batch_size: int = 32, workers: int = 2, top_k: int = 3, prefetch: int | None = None, progress: bool = True,
+) -> ScoreRun:
+    """Score files (found under root) in order; returns one prediction row per file."""
+    n = len(paths)
+    probs = np.zeros((n, len(meta.classes)), np.float32)
+    ok = np.zeros(n, bool)
+    errors: list[str | None] = [None] * n
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
+    for positions, pixels, batch_errors in _batches(paths, meta.preprocess, batch_size, workers,
+                                                     prefetch or max(2 * batch_size, 8)):
+        if pixels is not None:
+            logits = session.run(None, {INPUT_NAME: normalize(pixels, meta.preprocess)})[0].astype(np.float64)
+            logits -= logits.max(1, keepdims=True)
+            p = np.exp(logits)
+            probs[positions] = p / p.sum(1, keepdims=True)
+            ok[positions] = True
+        for i, message in batch_errors:
+            errors[i] = message
+        bar.update(len(positions) + len(batch_errors))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    rel = [p.relative_to(root).as_posix() for p in paths]
+    frame = prediction_frame(rel, probs, ok, errors, meta, top_k)
+    return ScoreRun(frame, session.get_providers()[0], seconds, int(ok.sum()), int(n - ok.sum()))
