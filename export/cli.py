@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,13 +18,21 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     "Example: onnx-export runs/r18-256 --out models/mri44-resnet18.onnx --images ../shared/data/brain-mri-44c"
 )
 def export(
-    checkpoint: Path = typer.Argument(..., help="best.pt (or any checkpoint from `python -m train`), or a run folder."),
+    checkpoint: Path = typer.Argument(
+        ..., help="best.pt (or any checkpoint from `python -m train`), or a run folder."
+    ),
     out: Path = typer.Option(..., help="Output .onnx file (written atomically)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32."
+    ),
     opset: int = typer.Option(17, help="ONNX opset (17 runs on current ONNX Runtime and TensorRT 8.6+)."),
-    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine (OUT with .engine suffix)."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch before writing."),
-    images: Optional[Path] = typer.Option(None, help="Folder of real images to add to the parity check."),
+    tensorrt: bool = typer.Option(
+        False, "--tensorrt", help="Also build a TensorRT engine (OUT with .engine suffix)."
+    ),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="Parity check against PyTorch before writing."
+    ),
+    images: Path | None = typer.Option(None, help="Folder of real images to add to the parity check."),
     max_images: int = typer.Option(64, help="At most this many real images in the parity check."),
 ) -> None:
     from export.onnx_export import export_onnx
@@ -71,8 +78,10 @@ def export(
         raise typer.Exit(1)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
-    typer.echo(f"wrote {out} ({len(data) / 1e6:.1f} MB, {precision}, opset {opset}, {len(meta.classes)} classes, "
-               f"input {INPUT_NAME} (N,3,{spec.size},{spec.size}))")
+    typer.echo(
+        f"wrote {out} ({len(data) / 1e6:.1f} MB, {precision}, opset {opset}, {len(meta.classes)} classes, "
+        f"input {INPUT_NAME} (N,3,{spec.size},{spec.size}))"
+    )
     if engine is not None:
         from export.tensorrt_engine import write_engine
 

@@ -26,7 +26,9 @@ def checkpoint_path(source: Path) -> Path:
     return source / "best.pt" if source.is_dir() else source
 
 
-def export_onnx(checkpoint: Path, opset: int = DEFAULT_OPSET, fp16: bool = False) -> tuple[onnx.ModelProto, torch.nn.Module, ModelMetadata]:
+def export_onnx(
+    checkpoint: Path, opset: int = DEFAULT_OPSET, fp16: bool = False
+) -> tuple[onnx.ModelProto, torch.nn.Module, ModelMetadata]:
     """Build the ONNX model in memory; returns it with the eval-mode PyTorch model and the metadata."""
     ckpt_file = checkpoint_path(checkpoint)
     ckpt = load_checkpoint(ckpt_file)
@@ -37,9 +39,15 @@ def export_onnx(checkpoint: Path, opset: int = DEFAULT_OPSET, fp16: bool = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation on every call
         torch.onnx.export(
-            model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (dummy,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset, do_constant_folding=True, dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
     if fp16:
@@ -52,14 +60,24 @@ def export_onnx(checkpoint: Path, opset: int = DEFAULT_OPSET, fp16: bool = False
         graph.topological_sort()
         proto = graph.model
     meta = ModelMetadata(
-        classes=list(ckpt["classes"]), preprocess=spec, arch=ckpt.get("arch", ARCH),
+        classes=list(ckpt["classes"]),
+        preprocess=spec,
+        arch=ckpt.get("arch", ARCH),
         source_sha256=file_sha256(ckpt_file),
-        export={"precision": "fp16" if fp16 else "fp32", "opset": opset, "torch": torch.__version__,
-                "onnx": onnx.__version__, "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "source": ckpt_file.name, "recipe": ckpt.get("recipe", {}).get("name", "?"),
-                "init": ckpt.get("init", "?")},
+        export={
+            "precision": "fp16" if fp16 else "fp32",
+            "opset": opset,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": ckpt_file.name,
+            "recipe": ckpt.get("recipe", {}).get("name", "?"),
+            "init": ckpt.get("init", "?"),
+        },
     )
     onnx.helper.set_model_props(proto, meta.to_props())
-    proto.doc_string = f"mri44 {ARCH}, {len(meta.classes)} classes, input {INPUT_NAME} float32 (N,3,{spec.size},{spec.size})"
+    proto.doc_string = (
+        f"mri44 {ARCH}, {len(meta.classes)} classes, input {INPUT_NAME} float32 (N,3,{spec.size},{spec.size})"
+    )
     onnx.checker.check_model(proto, full_check=True)
     return proto, model, meta

@@ -33,11 +33,15 @@ class ParityRow:
     passed: bool
 
 
-def random_batches(spec: PreprocessSpec, sizes: tuple[int, ...] = (1, 3, 8), seed: int = 0) -> dict[str, np.ndarray]:
+def random_batches(
+    spec: PreprocessSpec, sizes: tuple[int, ...] = (1, 3, 8), seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random images pushed through the real normalisation, so values have the model's input range."""
     rng = np.random.default_rng(seed)
     return {
-        f"random x{n}": normalize(rng.integers(0, 256, (n, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec)
+        f"random x{n}": normalize(
+            rng.integers(0, 256, (n, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec
+        )
         for n in sizes
     }
 
@@ -71,7 +75,10 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: 
 
 
 def check_parity(
-    model: torch.nn.Module, run: Callable[[np.ndarray], np.ndarray], batches: dict[str, np.ndarray], precision: str
+    model: torch.nn.Module,
+    run: Callable[[np.ndarray], np.ndarray],
+    batches: dict[str, np.ndarray],
+    precision: str,
 ) -> list[ParityRow]:
     """run: the exported model as a function float32 NCHW -> logits."""
     rows = []
@@ -85,6 +92,8 @@ def check_parity(
 def format_table(rows: list[ParityRow], title: str) -> str:
     lines = [title, f"{'inputs':<14} {'batch':>5} {'max abs':>10} {'max rel':>10} {'top-1':>7}  result"]
     for r in rows:
-        lines.append(f"{r.inputs:<14} {r.batch:>5} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.top1_agreement:>7.2%}  "
-                     + ("ok" if r.passed else "FAIL"))
+        lines.append(
+            f"{r.inputs:<14} {r.batch:>5} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.top1_agreement:>7.2%}  "
+            + ("ok" if r.passed else "FAIL")
+        )
     return "\n".join(lines)

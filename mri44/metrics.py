@@ -24,7 +24,9 @@ def _safe_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
 
 def per_class_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "pred_class") -> pl.DataFrame:
     """Precision, recall, F1 and support for every class seen in truth or prediction, sorted by F1."""
-    classes = pl.concat([pairs.select(pl.col(true).alias("class")), pairs.select(pl.col(pred).alias("class"))])
+    classes = pl.concat(
+        [pairs.select(pl.col(true).alias("class")), pairs.select(pl.col(pred).alias("class"))]
+    )
     classes = classes.unique().drop_nulls()
     tp = pairs.filter(pl.col(true) == pl.col(pred)).group_by(pl.col(true).alias("class")).len("tp")
     support = pairs.group_by(pl.col(true).alias("class")).len("support")
@@ -38,7 +40,9 @@ def per_class_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "
             precision=_safe_div(pl.col("tp"), pl.col("predicted")),
             recall=_safe_div(pl.col("tp"), pl.col("support")),
         )
-        .with_columns(f1=_safe_div(2 * pl.col("precision") * pl.col("recall"), pl.col("precision") + pl.col("recall")))
+        .with_columns(
+            f1=_safe_div(2 * pl.col("precision") * pl.col("recall"), pl.col("precision") + pl.col("recall"))
+        )
     )
     return table.select("class", "precision", "recall", "f1", "support").sort(["f1", "class"])
 
@@ -75,7 +79,9 @@ def _grouped_table(pairs: pl.DataFrame, key: str) -> pl.DataFrame:
                 "macro_f1": summary["macro_f1"][0],
             }
         )
-    return pl.DataFrame(rows, schema={key: pl.String, "n": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64})
+    return pl.DataFrame(
+        rows, schema={key: pl.String, "n": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64}
+    )
 
 
 def with_label_parts(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -97,22 +103,33 @@ def confusion_table(pairs: pl.DataFrame) -> pl.DataFrame:
     return pairs.group_by("true_class", "pred_class").len("count").sort("true_class", "pred_class")
 
 
-def metric_tables(true_class: list[str] | pl.Series, pred_class: list[str] | pl.Series) -> dict[str, pl.DataFrame]:
+def metric_tables(
+    true_class: list[str] | pl.Series, pred_class: list[str] | pl.Series
+) -> dict[str, pl.DataFrame]:
     """All tables for one set of labelled predictions (rows with a null on either side are left out)."""
-    pairs = pl.DataFrame({"true_class": true_class, "pred_class": pred_class}, schema=[("true_class", pl.String), ("pred_class", pl.String)]).drop_nulls()
+    pairs = pl.DataFrame(
+        {"true_class": true_class, "pred_class": pred_class},
+        schema=[("true_class", pl.String), ("pred_class", pl.String)],
+    ).drop_nulls()
     pairs = with_label_parts(pairs)
     tumor_pairs = pairs.select(true_class="true_tumor_type", pred_class="pred_tumor_type")
     per_tumor = per_class_table(tumor_pairs).rename({"class": "tumor_type"})
-    per_contrast = _grouped_table(pairs, "contrast").join(
-        pairs.group_by(contrast="true_contrast").agg(
-            contrast_accuracy=(pl.col("true_contrast") == pl.col("pred_contrast")).mean()
-        ),
-        on="contrast",
-        how="left",
-    ).sort("contrast")
+    per_contrast = (
+        _grouped_table(pairs, "contrast")
+        .join(
+            pairs.group_by(contrast="true_contrast").agg(
+                contrast_accuracy=(pl.col("true_contrast") == pl.col("pred_contrast")).mean()
+            ),
+            on="contrast",
+            how="left",
+        )
+        .sort("contrast")
+    )
     return {
         "summary": summary_table(pairs).with_columns(
-            tumor_type_accuracy=pl.lit(float((pairs["true_tumor_type"] == pairs["pred_tumor_type"]).mean() or 0.0)),
+            tumor_type_accuracy=pl.lit(
+                float((pairs["true_tumor_type"] == pairs["pred_tumor_type"]).mean() or 0.0)
+            ),
             contrast_accuracy=pl.lit(float((pairs["true_contrast"] == pairs["pred_contrast"]).mean() or 0.0)),
         ),
         "per_class": per_class_table(pairs),
@@ -174,7 +191,9 @@ def confusion_heatmap_png(confusion: pl.DataFrame, classes: list[str], path: Pat
         tmp.write_bytes(encoded.tobytes())
 
 
-def write_tables(tables: dict[str, pl.DataFrame], out_dir: Path, classes: list[str] | None = None) -> list[Path]:
+def write_tables(
+    tables: dict[str, pl.DataFrame], out_dir: Path, classes: list[str] | None = None
+) -> list[Path]:
     """Each table as CSV and Parquet (atomic writes), plus the confusion heatmap when classes are given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -33,11 +33,15 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: pass a .pt file written by `python -m train` or its run folder")
+        raise CheckpointError(
+            f"no checkpoint at {path}: pass a .pt file written by `python -m train` or its run folder"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc.__class__.__name__}: {exc}".strip()) from exc
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {exc.__class__.__name__}: {exc}".strip()
+        ) from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "classes" not in ckpt or "preprocess" not in ckpt:
         raise CheckpointError(
             f"{path} is not an mri44 checkpoint (expected keys 'model', 'classes', 'preprocess'); "
@@ -53,7 +57,9 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not match a {ARCH} with {len(ckpt['classes'])} classes: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint weights do not match a {ARCH} with {len(ckpt['classes'])} classes: {exc}"
+        ) from exc
     return model.eval()
 
 

@@ -14,7 +14,14 @@ from mri44.preprocess import PreprocessSpec
 INPUT_NAME = "image"  # float32 (batch, 3, size, size), normalised by the preprocessing spec
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
 FORMAT_VERSION = "1"
-KEYS = ("mri44.format", "mri44.classes", "mri44.preprocess", "mri44.arch", "mri44.source_sha256", "mri44.export")
+KEYS = (
+    "mri44.format",
+    "mri44.classes",
+    "mri44.preprocess",
+    "mri44.arch",
+    "mri44.source_sha256",
+    "mri44.export",
+)
 
 
 class ModelMetadataError(Exception):
@@ -48,7 +55,9 @@ class ModelMetadata:
                 "which records the class names and preprocessing the scorer needs"
             )
         if props["mri44.format"] != FORMAT_VERSION:
-            raise ModelMetadataError(f"{source} has metadata format {props['mri44.format']}, this scorer reads {FORMAT_VERSION}")
+            raise ModelMetadataError(
+                f"{source} has metadata format {props['mri44.format']}, this scorer reads {FORMAT_VERSION}"
+            )
         try:
             classes = json.loads(props["mri44.classes"])
             spec = PreprocessSpec.from_json(props["mri44.preprocess"])
@@ -57,5 +66,10 @@ class ModelMetadata:
             raise ModelMetadataError(f"{source} has unreadable mri44 metadata: {exc}") from exc
         if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
             raise ModelMetadataError(f"{source}: metadata must list at least two distinct class names")
-        return cls(classes=classes, preprocess=spec, arch=props["mri44.arch"],
-                   source_sha256=props["mri44.source_sha256"], export=export)
+        return cls(
+            classes=classes,
+            preprocess=spec,
+            arch=props["mri44.arch"],
+            source_sha256=props["mri44.source_sha256"],
+            export=export,
+        )

@@ -48,7 +48,9 @@ def provider_chain(device: str) -> list[str]:
     return [PROVIDERS[device], PROVIDERS["cpu"]] if device == "cuda" else [PROVIDERS["cpu"]]
 
 
-def make_session(model: str | os.PathLike[str] | bytes, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
+def make_session(
+    model: str | os.PathLike[str] | bytes, device: str = "auto", threads: int = 0
+) -> ort.InferenceSession:
     """A session on the asked device; raises ProviderError when a GPU provider was asked and is not active."""
     options = ort.SessionOptions()
     options.log_severity_level = 3

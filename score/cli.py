@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,14 +24,20 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     "Example: mri-score examples/ --out preds.parquet"
 )
 def score(
-    input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively; hidden files skipped)."),
+    input_dir: Path = typer.Argument(
+        ..., help="Folder of images (searched recursively; hidden files skipped)."
+    ),
     out: Path = typer.Option(..., help="Predictions file: .parquet, or .csv for CSV."),
-    model: Optional[Path] = typer.Option(None, help="ONNX model from `onnx-export` (default: the shipped model)."),
+    model: Path | None = typer.Option(
+        None, help="ONNX model from `onnx-export` (default: the shipped model)."
+    ),
     device: str = typer.Option("auto", help="auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt."),
     batch_size: int = typer.Option(32, min=1, help="Images per inference batch."),
     workers: int = typer.Option(max(1, min(8, os.cpu_count() or 1)), min=1, help="Decoding threads."),
     top_k: int = typer.Option(3, min=1, help="How many top classes to list per image."),
-    metrics_dir: Optional[Path] = typer.Option(None, help="Where metric tables go (default: OUT's name + '_metrics')."),
+    metrics_dir: Path | None = typer.Option(
+        None, help="Where metric tables go (default: OUT's name + '_metrics')."
+    ),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
 ) -> None:
     from mri44.atomic import atomic_path
@@ -66,15 +71,29 @@ def score(
         raise _fail(str(exc)) from exc
     except Exception as exc:  # onnxruntime raises its own types for files that are not ONNX models
         raise _fail(f"cannot load {model} as an ONNX model: {exc}") from exc
-    typer.echo(f"model {model.name}: {len(meta.classes)} classes, {meta.preprocess.size}px; "
-               f"provider {session.get_providers()[0]}; {len(paths)} files", err=True)
+    typer.echo(
+        f"model {model.name}: {len(meta.classes)} classes, {meta.preprocess.size}px; "
+        f"provider {session.get_providers()[0]}; {len(paths)} files",
+        err=True,
+    )
 
-    run = score_paths(session, meta, input_dir, paths, batch_size=batch_size, workers=workers, top_k=top_k,
-                      progress=sys.stderr.isatty())
+    run = score_paths(
+        session,
+        meta,
+        input_dir,
+        paths,
+        batch_size=batch_size,
+        workers=workers,
+        top_k=top_k,
+        progress=sys.stderr.isatty(),
+    )
     with atomic_path(out) as tmp:
         run.predictions.write_csv(tmp) if out.suffix.lower() == ".csv" else run.predictions.write_parquet(tmp)
-    typer.echo(f"scored {run.scored} image(s), {run.failed} error(s) in {run.seconds:.1f}s "
-               f"({len(paths) / max(run.seconds, 1e-9):.1f} img/s) -> {out}", err=True)
+    typer.echo(
+        f"scored {run.scored} image(s), {run.failed} error(s) in {run.seconds:.1f}s "
+        f"({len(paths) / max(run.seconds, 1e-9):.1f} img/s) -> {out}",
+        err=True,
+    )
     if run.failed:
         bad = run.predictions.filter(status="error").select("path", "error").head(5)
         for path, error in bad.iter_rows():

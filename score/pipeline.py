@@ -38,13 +38,19 @@ def load_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
     meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME]:
-        raise ValueError(f"{source}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+        raise ValueError(
+            f"{source}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}"
+        )
     shape = inputs[0].shape
     if shape[1:] != [3, meta.preprocess.size, meta.preprocess.size]:
-        raise ValueError(f"{source}: input shape {shape} does not match its metadata's {meta.preprocess.size}px spec")
+        raise ValueError(
+            f"{source}: input shape {shape} does not match its metadata's {meta.preprocess.size}px spec"
+        )
     out_shape = outputs[0].shape
     if out_shape[-1] != len(meta.classes):
-        raise ValueError(f"{source}: output has {out_shape[-1]} classes but the metadata lists {len(meta.classes)}")
+        raise ValueError(
+            f"{source}: output has {out_shape[-1]} classes but the metadata lists {len(meta.classes)}"
+        )
     return meta
 
 
@@ -86,7 +92,12 @@ def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: 
 
 
 def prediction_frame(
-    rel_paths: list[str], probs: np.ndarray, ok: np.ndarray, errors: list[str | None], meta: ModelMetadata, top_k: int
+    rel_paths: list[str],
+    probs: np.ndarray,
+    ok: np.ndarray,
+    errors: list[str | None],
+    meta: ModelMetadata,
+    top_k: int,
 ) -> pl.DataFrame:
     """One row per file: status, prediction, top-k, tumour/contrast marginals, and the folder's label if known."""
     classes = np.asarray(meta.classes)
@@ -127,8 +138,15 @@ def prediction_frame(
 
 
 def score_paths(
-    session: ort.InferenceSession, meta: ModelMetadata, root: Path, paths: list[Path],
-    batch_size: int = 32, workers: int = 2, top_k: int = 3, prefetch: int | None = None, progress: bool = True,
+    session: ort.InferenceSession,
+    meta: ModelMetadata,
+    root: Path,
+    paths: list[Path],
+    batch_size: int = 32,
+    workers: int = 2,
+    top_k: int = 3,
+    prefetch: int | None = None,
+    progress: bool = True,
 ) -> ScoreRun:
     """Score files (found under root) in order; returns one prediction row per file."""
     n = len(paths)
@@ -137,8 +155,9 @@ def score_paths(
     errors: list[str | None] = [None] * n
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
-    for positions, pixels, batch_errors in _batches(paths, meta.preprocess, batch_size, workers,
-                                                     prefetch or max(2 * batch_size, 8)):
+    for positions, pixels, batch_errors in _batches(
+        paths, meta.preprocess, batch_size, workers, prefetch or max(2 * batch_size, 8)
+    ):
         if pixels is not None:
             logits = session.run(None, {INPUT_NAME: normalize(pixels, meta.preprocess)})[0].astype(np.float64)
             logits -= logits.max(1, keepdims=True)

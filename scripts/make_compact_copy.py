@@ -19,7 +19,9 @@ from mri44.imageio import ImageDecodeError, read_image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--max-side", type=int, default=256)
@@ -38,9 +40,15 @@ def main() -> None:
         h, w = grey.shape
         scale = args.max_side / max(h, w)
         if scale < 1:
-            grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            grey = cv2.resize(
+                grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
         ext = rel.suffix.lower()
-        params = [cv2.IMWRITE_WEBP_QUALITY, args.quality] if ext == ".webp" else [cv2.IMWRITE_JPEG_QUALITY, args.quality]
+        params = (
+            [cv2.IMWRITE_WEBP_QUALITY, args.quality]
+            if ext == ".webp"
+            else [cv2.IMWRITE_JPEG_QUALITY, args.quality]
+        )
         ok, data = cv2.imencode(ext if ext in (".webp", ".png") else ".jpg", grey, params)
         if not ok:
             raise RuntimeError(f"could not encode {rel}")

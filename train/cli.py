@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,25 +20,36 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 )
 def train(
     data: Path = typer.Option(..., help="Folder with one sub-folder of images per class."),
-    out: Path = typer.Option(..., help="Run folder: checkpoints, config.json, split, metrics.csv, test tables."),
+    out: Path = typer.Option(
+        ..., help="Run folder: checkpoints, config.json, split, metrics.csv, test tables."
+    ),
     recipe: str = typer.Option("default", help=f"Hyper-parameter set: {', '.join(RECIPES)}."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the recipe's)."),
+    epochs: int | None = typer.Option(None, help="Epochs (default: the recipe's)."),
     image_size: int = typer.Option(224, help="Side of the square model input, in pixels."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the recipe's)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the recipe's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the recipe's)."),
+    lr: float | None = typer.Option(None, help="Peak learning rate (default: the recipe's)."),
     weights: str = typer.Option(
-        "none", help="Initial weights: 'imagenet' (torchvision download), 'none' (random) or a path to a "
-        "torchvision state dict or an mri44 checkpoint."),
-    allow_random_init: bool = typer.Option(False, help="If 'imagenet' cannot be downloaded, warn and start random."),
+        "none",
+        help="Initial weights: 'imagenet' (torchvision download), 'none' (random) or a path to a "
+        "torchvision state dict or an mri44 checkpoint.",
+    ),
+    allow_random_init: bool = typer.Option(
+        False, help="If 'imagenet' cannot be downloaded, warn and start random."
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(0, help="Seeds the split, sampling, augmentation and initialisation."),
     val_fraction: float = typer.Option(0.15, help="Share of each class for validation."),
     test_fraction: float = typer.Option(0.15, help="Share of each class for test."),
-    phash_distance: int = typer.Option(6, help="Images of one tumour type whose 64-bit perceptual hashes differ "
-                                       "in at most this many bits are one group (-1: exact duplicates only)."),
-    split_file: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run (its split.parquet/csv)."),
+    phash_distance: int = typer.Option(
+        6,
+        help="Images of one tumour type whose 64-bit perceptual hashes differ "
+        "in at most this many bits are one group (-1: exact duplicates only).",
+    ),
+    split_file: Path | None = typer.Option(
+        None, help="Reuse the split of an earlier run (its split.parquet/csv)."
+    ),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: CPU count, at most 16)."),
+    workers: int | None = typer.Option(None, help="Decoding threads (default: CPU count, at most 16)."),
 ) -> None:
     from train.loop import TrainConfig, run_training
     from train.recipes import get_recipe
@@ -47,13 +57,32 @@ def train(
 
     try:
         chosen = get_recipe(recipe)
-        split = SplitConfig(train=1.0 - val_fraction - test_fraction, val=val_fraction, test=test_fraction,
-                            seed=seed, phash_distance=phash_distance)
+        split = SplitConfig(
+            train=1.0 - val_fraction - test_fraction,
+            val=val_fraction,
+            test=test_fraction,
+            seed=seed,
+            phash_distance=phash_distance,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    cfg = TrainConfig(data=data, out=out, recipe=chosen, image_size=image_size, epochs=epochs,
-                      batch_size=batch_size, lr=lr, weights=weights, allow_random_init=allow_random_init,
-                      device=device, seed=seed, resume=resume, split=split, split_file=split_file, workers=workers)
+    cfg = TrainConfig(
+        data=data,
+        out=out,
+        recipe=chosen,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weights=weights,
+        allow_random_init=allow_random_init,
+        device=device,
+        seed=seed,
+        resume=resume,
+        split=split,
+        split_file=split_file,
+        workers=workers,
+    )
     try:
         run_training(cfg)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:

@@ -65,7 +65,9 @@ def class_folders(data_dir: Path) -> list[str]:
     return classes
 
 
-def _scan_one(path: Path, root: Path, label: str, spec: PreprocessSpec) -> tuple[dict, np.ndarray] | tuple[str, str]:
+def _scan_one(
+    path: Path, root: Path, label: str, spec: PreprocessSpec
+) -> tuple[dict, np.ndarray] | tuple[str, str]:
     rel = path.relative_to(root).as_posix()
     try:
         data = path.read_bytes()
@@ -124,7 +126,9 @@ def _signature(data_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_or_scan(data_dir: Path, spec: PreprocessSpec, cache_dir: Path, workers: int | None = None) -> ScannedData:
+def load_or_scan(
+    data_dir: Path, spec: PreprocessSpec, cache_dir: Path, workers: int | None = None
+) -> ScannedData:
     """scan_dataset, memoised on disk under cache_dir by (file set, preprocessing spec)."""
     key = f"{_signature(data_dir)}-{spec.digest()}"
     manifest_path = cache_dir / f"manifest-{key}.parquet"
@@ -137,9 +141,8 @@ def load_or_scan(data_dir: Path, spec: PreprocessSpec, cache_dir: Path, workers:
             return ScannedData(manifest, pixels, pl.read_parquet(failures_path))
     scanned = scan_dataset(data_dir, spec, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(pixels_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, scanned.pixels)
+    with atomic_path(pixels_path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, scanned.pixels)
     with atomic_path(failures_path) as tmp:
         scanned.failures.write_parquet(tmp)
     with atomic_path(manifest_path) as tmp:

@@ -73,7 +73,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+        raise RuntimeError(
+            "--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -88,7 +90,9 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool) 
             state = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
         except Exception as exc:
             if allow_random_init:
-                print(f"WARNING: {IMAGENET_HINT}\nFalling back to random initialisation ({exc.__class__.__name__}).")
+                print(
+                    f"WARNING: {IMAGENET_HINT}\nFalling back to random initialisation ({exc.__class__.__name__})."
+                )
                 return "random initialisation (ImageNet download failed)"
             raise RuntimeError(f"{IMAGENET_HINT} ({exc.__class__.__name__}: {exc})") from exc
         source = "ImageNet (torchvision IMAGENET1K_V1)"
@@ -105,7 +109,9 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool) 
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
     if len(usable) < len(own) // 2:
-        raise ValueError(f"{weights}: only {len(usable)} of {len(own)} tensors match a ResNet-18; wrong file?")
+        raise ValueError(
+            f"{weights}: only {len(usable)} of {len(own)} tensors match a ResNet-18; wrong file?"
+        )
     model.load_state_dict(usable, strict=False)
     return f"{source}; re-initialised: {', '.join(missing) or 'nothing'}"
 
@@ -129,8 +135,14 @@ def to_input(batch_u8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) ->
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, pixels: torch.Tensor, idx: np.ndarray, scale: torch.Tensor, bias: torch.Tensor,
-    device: torch.device, batch_size: int, amp: bool,
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    idx: np.ndarray,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
 ) -> np.ndarray:
     """Softmax probabilities (N, classes) for the cached images at idx."""
     model.eval()
@@ -153,10 +165,14 @@ def _save(obj: dict, path: Path) -> None:
 def _load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     """Reuse a split table from an earlier run; every scanned image must be in it."""
     given = pl.read_parquet(split_file) if split_file.suffix == ".parquet" else pl.read_csv(split_file)
-    joined = manifest.join(given.select("path", "split", *(["group"] if "group" in given.columns else [])), on="path", how="left")
+    joined = manifest.join(
+        given.select("path", "split", *(["group"] if "group" in given.columns else [])), on="path", how="left"
+    )
     missing = joined.filter(pl.col("split").is_null())
     if missing.height:
-        raise ValueError(f"{split_file} has no split for {missing.height} image(s), e.g. {missing['path'][0]}")
+        raise ValueError(
+            f"{split_file} has no split for {missing.height} image(s), e.g. {missing['path'][0]}"
+        )
     if "group" not in joined.columns:
         joined = joined.with_columns(group=pl.lit(-1, pl.Int64))
     return joined
@@ -168,7 +184,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
     if not cfg.resume and last_path.exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
     device = resolve_device(cfg.device)
     amp = device.type == "cuda"
     random.seed(cfg.seed)
@@ -181,11 +199,17 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     scanned = load_or_scan(cfg.data, spec, out / "cache", cfg.workers)
-    print(f"scanned {scanned.manifest.height} images in {time.perf_counter() - t0:.1f}s "
-          f"({scanned.failures.height} unreadable, listed in {out / 'unreadable.csv'})")
+    print(
+        f"scanned {scanned.manifest.height} images in {time.perf_counter() - t0:.1f}s "
+        f"({scanned.failures.height} unreadable, listed in {out / 'unreadable.csv'})"
+    )
     with atomic_path(out / "unreadable.csv") as tmp:
         scanned.failures.write_csv(tmp)
-    split = _load_split(cfg.split_file, scanned.manifest) if cfg.split_file else make_split(scanned.manifest, cfg.split)
+    split = (
+        _load_split(cfg.split_file, scanned.manifest)
+        if cfg.split_file
+        else make_split(scanned.manifest, cfg.split)
+    )
     with atomic_path(out / "split.parquet") as tmp:
         split.write_parquet(tmp)
     with atomic_path(out / "split.csv") as tmp:
@@ -216,21 +240,34 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=hp["lr"],
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.momentum > 0,
+        )
     else:
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"])
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": recipe.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp["lr"],
+        )
     steps_per_epoch = max(1, len(train_idx) // hp["batch_size"])
     total_steps = steps_per_epoch * hp["epochs"]
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, recipe.schedule))
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, recipe.schedule)
+    )
 
     counts = np.bincount(labels[train_idx], minlength=len(classes)).astype(np.float64)
-    weights = 1.0 / np.sqrt(counts[labels[train_idx]]) if recipe.balance == "sqrt" else np.ones(len(train_idx))
+    weights = (
+        1.0 / np.sqrt(counts[labels[train_idx]]) if recipe.balance == "sqrt" else np.ones(len(train_idx))
+    )
     sample_weights = torch.as_tensor(weights, dtype=torch.float64)
     generator = torch.Generator().manual_seed(cfg.seed)
     mix_rng = np.random.default_rng(cfg.seed + 2)
@@ -254,11 +291,21 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if ema is not None:
             ema.load_state_dict(state["ema"])
         aug_generator.set_state(state["aug_generator"].to(aug_generator.get_state().device))
-        start_epoch, best_f1, history = state["epoch"] + 1, state["best_val_macro_f1"], json.loads(state["history"])
+        start_epoch, best_f1, history = (
+            state["epoch"] + 1,
+            state["best_val_macro_f1"],
+            json.loads(state["history"]),
+        )
         print(f"resumed from {last_path} after epoch {state['epoch'] + 1}")
 
-    base = {"arch": ARCH, "classes": classes, "preprocess": spec.to_dict(), "recipe": recipe.to_dict(),
-            "init": init_note, "config": cfg.to_json()}
+    base = {
+        "arch": ARCH,
+        "classes": classes,
+        "preprocess": spec.to_dict(),
+        "recipe": recipe.to_dict(),
+        "init": init_note,
+        "config": cfg.to_json(),
+    }
     train_idx_t = torch.as_tensor(train_idx)
     for epoch in range(start_epoch, hp["epochs"]):
         model.train()
@@ -268,7 +315,13 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             order = train_idx_t[torch.randperm(len(train_idx), generator=generator)]
         order = order.to(store)
         seen, loss_sum, t_epoch = 0, 0.0, time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{hp['epochs']}", unit="batch", leave=False, disable=None)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{hp['epochs']}",
+            unit="batch",
+            leave=False,
+            disable=None,
+        )
         for step in bar:
             sel = order[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
             raw = pixels[sel].to(device, non_blocking=True).float()
@@ -287,7 +340,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 logits = model(x).float()
             loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             if partner is not None:
-                loss = loss + (1.0 - lam) * F.cross_entropy(logits, y[partner], label_smoothing=recipe.label_smoothing)
+                loss = loss + (1.0 - lam) * F.cross_entropy(
+                    logits, y[partner], label_smoothing=recipe.label_smoothing
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -304,31 +359,73 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         eval_model = ema.module if ema is not None else model
         probs = predict(eval_model, pixels, val_idx, scale, bias, device, cfg.eval_batch_size, amp)
         pred = np.asarray(classes)[probs.argmax(1)]
-        summary = metric_tables(list(np.asarray(classes)[labels[val_idx]]), list(pred))["summary"].row(0, named=True)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum, "train_images_per_s": seen / train_s, "epoch_s": train_s,
-               "lr": scheduler.get_last_lr()[0], **{f"val_{k}": v for k, v in summary.items()}}
+        summary = metric_tables(list(np.asarray(classes)[labels[val_idx]]), list(pred))["summary"].row(
+            0, named=True
+        )
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum,
+            "train_images_per_s": seen / train_s,
+            "epoch_s": train_s,
+            "lr": scheduler.get_last_lr()[0],
+            **{f"val_{k}": v for k, v in summary.items()},
+        }
         history.append(row)
         improved = summary["macro_f1"] > best_f1
-        print(f"epoch {epoch + 1:3d}/{hp['epochs']}: loss {loss_sum:.3f}, {row['train_images_per_s']:.0f} img/s, "
-              f"{train_s:.1f}s; val acc {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
-              + (" (best)" if improved else ""))
+        print(
+            f"epoch {epoch + 1:3d}/{hp['epochs']}: loss {loss_sum:.3f}, {row['train_images_per_s']:.0f} img/s, "
+            f"{train_s:.1f}s; val acc {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
+            + (" (best)" if improved else "")
+        )
         if improved:
             best_f1 = summary["macro_f1"]
-            _save({**base, "model": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, "epoch": epoch, "val_summary": json.dumps(summary)}, best_path)
+            _save(
+                {
+                    **base,
+                    "model": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()},
+                    "epoch": epoch,
+                    "val_summary": json.dumps(summary),
+                },
+                best_path,
+            )
         with atomic_path(out / "metrics.csv") as tmp:
             pl.DataFrame(history).write_csv(tmp)
-        _save({**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-               "aug_generator": aug_generator.get_state().cpu(), "epoch": epoch,
-               "mix_rng": json.dumps(mix_rng.bit_generator.state), **({"ema": ema.state_dict()} if ema else {}), "best_val_macro_f1": best_f1,
-               "history": json.dumps(history)}, last_path)
+        _save(
+            {
+                **base,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "aug_generator": aug_generator.get_state().cpu(),
+                "epoch": epoch,
+                "mix_rng": json.dumps(mix_rng.bit_generator.state),
+                **({"ema": ema.state_dict()} if ema else {}),
+                "best_val_macro_f1": best_f1,
+                "history": json.dumps(history),
+            },
+            last_path,
+        )
 
-    return evaluate_best(best_path, pixels, labels, split, test_idx, val_idx, scale, bias, device, cfg, amp, out)
+    return evaluate_best(
+        best_path, pixels, labels, split, test_idx, val_idx, scale, bias, device, cfg, amp, out
+    )
 
 
-def evaluate_best(best_path: Path, pixels: torch.Tensor, labels: np.ndarray, split: pl.DataFrame,
-                  test_idx: np.ndarray, val_idx: np.ndarray, scale: torch.Tensor, bias: torch.Tensor,
-                  device: torch.device, cfg: TrainConfig, amp: bool, out: Path) -> dict[str, Any]:
+def evaluate_best(
+    best_path: Path,
+    pixels: torch.Tensor,
+    labels: np.ndarray,
+    split: pl.DataFrame,
+    test_idx: np.ndarray,
+    val_idx: np.ndarray,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    device: torch.device,
+    cfg: TrainConfig,
+    amp: bool,
+    out: Path,
+) -> dict[str, Any]:
     """Best checkpoint -> predictions and metric tables for the test split (val too, for the record)."""
     best = load_checkpoint(best_path)
     classes = best["classes"]
@@ -343,8 +440,11 @@ def evaluate_best(best_path: Path, pixels: torch.Tensor, labels: np.ndarray, spl
             continue
         probs = predict(model, pixels, idx, scale, bias, device, cfg.eval_batch_size, amp)
         names = np.asarray(classes)
-        preds = split[idx].select("path", "label").with_columns(
-            pred_class=pl.Series(names[probs.argmax(1)]), confidence=pl.Series(probs.max(1)))
+        preds = (
+            split[idx]
+            .select("path", "label")
+            .with_columns(pred_class=pl.Series(names[probs.argmax(1)]), confidence=pl.Series(probs.max(1)))
+        )
         with atomic_path(out / f"{name}_predictions.parquet") as tmp:
             preds.write_parquet(tmp)
         tables = metric_tables(names[labels[idx]].tolist(), preds["pred_class"].to_list())
@@ -352,7 +452,13 @@ def evaluate_best(best_path: Path, pixels: torch.Tensor, labels: np.ndarray, spl
         tables["summary"] = tables["summary"].with_columns(ece=pl.lit(ece))
         write_tables(tables, out / f"{name}_metrics", classes)
         result[name] = tables["summary"].row(0, named=True)
-    print(f"best epoch {result['best_epoch']}; test: " + (
-        ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items() if isinstance(v, float)) if "test" in result else "no test split"))
+    print(
+        f"best epoch {result['best_epoch']}; test: "
+        + (
+            ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items() if isinstance(v, float))
+            if "test" in result
+            else "no test split"
+        )
+    )
     write_text_atomic(out / "result.json", json.dumps(result, indent=2))
     return result

@@ -74,7 +74,9 @@ def make_split(manifest: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     """The manifest with `group` and `split` columns added; same manifest and config -> same split."""
     groups = group_ids(manifest, config.phash_distance)
     frame = manifest.with_columns(group=pl.Series(groups, dtype=pl.Int64))
-    forced_train = set(frame.join(conflicting_duplicates(manifest).select("sha256"), on="sha256", how="semi")["group"])
+    forced_train = set(
+        frame.join(conflicting_duplicates(manifest).select("sha256"), on="sha256", how="semi")["group"]
+    )
 
     classes = sorted(frame["label"].unique())
     class_index = {c: i for i, c in enumerate(classes)}
@@ -87,7 +89,9 @@ def make_split(manifest: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     rng = np.random.default_rng(config.seed)
     per_group = per_group.sort("group").with_columns(shuffle=pl.Series(rng.permutation(per_group.height)))
     # Big groups first (hardest to place), ties in seeded random order.
-    per_group = per_group.with_columns(size=pl.col("classes").list.len()).sort(["size", "shuffle"], descending=[True, False])
+    per_group = per_group.with_columns(size=pl.col("classes").list.len()).sort(
+        ["size", "shuffle"], descending=[True, False]
+    )
 
     assignment: dict[int, str] = {}
     for group, members, _, _ in per_group.iter_rows():
@@ -107,6 +111,9 @@ def make_split(manifest: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
 def split_report(split: pl.DataFrame) -> pl.DataFrame:
     """Images per class and split, for the run folder and a quick look."""
     return (
-        split.group_by("label", "split").len().pivot(on="split", index="label", values="len")
-        .fill_null(0).sort("label")
+        split.group_by("label", "split")
+        .len()
+        .pivot(on="split", index="label", values="len")
+        .fill_null(0)
+        .sort("label")
     )

@@ -1,0 +1,52 @@
+"""Shared fixtures: a synthetic data set, one tiny trained run and its ONNX export, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data"), per_class=24, size=64)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short CPU training run at 48 px; its folder holds best.pt, split, metrics and test tables."""
+    from train.loop import TrainConfig, run_training
+    from train.recipes import get_recipe
+    from train.split import SplitConfig
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = TrainConfig(
+        data=synthetic_data,
+        out=out,
+        recipe=get_recipe("default"),
+        image_size=48,
+        epochs=8,
+        batch_size=16,
+        lr=2e-3,
+        device="cpu",
+        split=SplitConfig(phash_distance=-1),
+        workers=2,
+    )
+    run_training(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.onnx_export import export_onnx
+
+    proto, _, _ = export_onnx(trained_run)
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return path

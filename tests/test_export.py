@@ -1,0 +1,112 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import export_onnx
+from export.parity import check_parity, compare, random_batches
+from mri44.model import CheckpointError, build_model
+from mri44.onnx_meta import INPUT_NAME, ModelMetadata, ModelMetadataError
+from mri44.preprocess import PreprocessSpec
+from mri44.runtime import make_session
+
+
+def _random_init_checkpoint(path: Path, size: int = 40) -> Path:
+    torch.manual_seed(0)
+    model = build_model(44)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "classes": [f"T{i} T1" for i in range(44)],
+            "arch": "resnet18",
+            "preprocess": PreprocessSpec(size=size).to_dict(),
+        },
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+@pytest.mark.parametrize("source", ["random-init", "trained"])
+def test_parity_at_batch_1_3_8(tmp_path: Path, trained_run: Path, fp16: bool, source: str) -> None:
+    ckpt = _random_init_checkpoint(tmp_path / "r.pt") if source == "random-init" else trained_run
+    proto, model, meta = export_onnx(ckpt, fp16=fp16)
+    session = make_session(proto.SerializeToString(), "cpu")
+    rows = check_parity(
+        model,
+        lambda x: session.run(None, {INPUT_NAME: x})[0],
+        random_batches(meta.preprocess),
+        meta.export["precision"],
+    )
+    assert [r.batch for r in rows] == [1, 3, 8]
+    assert all(r.passed for r in rows), rows
+    if not fp16:
+        assert max(r.max_abs for r in rows) <= 1e-4
+    io = session.get_inputs()[0]
+    assert io.type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
+    assert isinstance(io.shape[0], str)  # the batch axis stayed symbolic
+
+
+def test_parity_gate_can_fail() -> None:
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert not compare("random x2", ref, ref + 1e-3, "fp32").passed
+    assert not compare("real x2", ref, ref[:, ::-1], "fp16").passed
+    assert compare("real x2", ref, ref + 1e-3, "fp16").passed
+
+
+def test_metadata_round_trip(exported_model: Path, trained_run: Path) -> None:
+    proto = onnx.load(exported_model)
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = ModelMetadata.from_props(props)
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    assert meta.classes == ckpt["classes"]
+    assert meta.preprocess == PreprocessSpec.from_dict(ckpt["preprocess"])
+    assert meta.arch == "resnet18"
+    assert len(meta.source_sha256) == 64
+    assert meta.export["opset"] == 17 and meta.export["precision"] == "fp32"
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_missing_metadata_is_refused() -> None:
+    with pytest.raises(ModelMetadataError, match="onnx-export"):
+        ModelMetadata.from_props({"mri44.format": "1"}, "plain.onnx")
+
+
+def test_missing_or_corrupt_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError):
+        export_onnx(tmp_path / "nothing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError):
+        export_onnx(tmp_path / "bad.pt")
+
+
+def test_cli_writes_nothing_on_failure_and_file_on_success(
+    tmp_path: Path, trained_run: Path, synthetic_data: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from export.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "m.onnx"
+    bad = runner.invoke(app, [str(tmp_path / "nope.pt"), "--out", str(out)])
+    assert bad.exit_code == 2 and not out.exists()
+    good = runner.invoke(app, [str(trained_run), "--out", str(out), "--images", str(synthetic_data)])
+    assert good.exit_code == 0, good.output
+    assert "real x" in good.output and "FAIL" not in good.output
+    assert out.is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_tensorrt_absent_says_what_to_install() -> None:
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        from export.tensorrt_engine import build_engine
+
+        with pytest.raises(RuntimeError, match="pip install"):
+            build_engine(b"", 32, fp16=False)
+    else:
+        pytest.skip("TensorRT is installed here; the engine path is exercised on GPU machines")

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mri44.imageio import ImageDecodeError, read_image
+
+
+def _write(path: Path, image: np.ndarray, ext: str | None = None) -> Path:
+    ok, data = cv2.imencode(ext or path.suffix, image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+@pytest.fixture
+def grey() -> np.ndarray:
+    img = np.zeros((30, 40), np.uint8)
+    img[5:25, 10:30] = 200
+    return img
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tiff"])
+def test_greyscale_formats_decode(tmp_path: Path, grey: np.ndarray, ext: str) -> None:
+    out = read_image(_write(tmp_path / f"a{ext}", grey))
+    if ext == ".webp":  # WebP has no greyscale mode: it comes back as three equal channels
+        assert out.shape == (30, 40, 3)
+        assert np.abs(out[..., 0].astype(int) - out[..., 2]).max() <= 2
+        out = out[..., 0]
+    assert out.shape == (30, 40) and out.dtype == np.uint8
+    assert abs(int(out[15, 20]) - 200) <= 3
+
+
+def test_uppercase_extension_and_odd_path(tmp_path: Path, grey: np.ndarray) -> None:
+    folder = tmp_path / "Astrocitoma T1C+ (ünïcødé) 脑"
+    folder.mkdir()
+    path = _write(folder / "slice (1) + x.JPG", grey, ".jpg")
+    assert read_image(path).shape == (30, 40)
+
+
+def test_rgb_is_returned_in_rgb_order(tmp_path: Path) -> None:
+    bgr = np.zeros((8, 8, 3), np.uint8)
+    bgr[..., 2] = 255  # red in OpenCV's BGR
+    out = read_image(_write(tmp_path / "red.png", bgr))
+    assert out.shape == (8, 8, 3)
+    assert tuple(out[0, 0]) == (255, 0, 0)
+
+
+def test_rgba_is_composited_on_black(tmp_path: Path) -> None:
+    bgra = np.full((8, 8, 4), 255, np.uint8)
+    bgra[:, :4, 3] = 0  # left half transparent
+    out = read_image(_write(tmp_path / "rgba.png", bgra))
+    assert out.shape == (8, 8, 3)
+    assert out[0, 0].max() == 0 and out[0, 7].min() == 255
+
+
+def test_16_bit_is_rescaled_by_its_range(tmp_path: Path) -> None:
+    img = np.zeros((10, 10), np.uint16)
+    img[:, 5:] = 4000  # a 12-bit scanner range: must not come out almost black
+    out = read_image(_write(tmp_path / "deep.png", img))
+    assert out.dtype == np.uint8
+    assert out[0, 0] == 0 and out[0, 9] == 255
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is not an image", "not an image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 50, "truncated"),
+    ],
+)
+def test_bad_files_raise_one_clear_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=reason) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_real_jpeg(tmp_path: Path, grey: np.ndarray) -> None:
+    good = _write(tmp_path / "good.jpg", grey)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        read_image(cut)
+
+
+def test_unreadable_path(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="cannot read"):
+        read_image(tmp_path / "missing.jpg")

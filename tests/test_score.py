@@ -1,0 +1,163 @@
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from typer.testing import CliRunner
+
+from mri44.imageio import read_image
+from mri44.model import load_checkpoint, model_from_checkpoint
+from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from score.cli import app
+from train.dataset import scan_dataset
+from train.loop import to_input
+
+runner = CliRunner()
+
+
+def _score(args: list[str]):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_labelled_folder_rows_and_metrics_equal_sklearn(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    out = tmp_path / "preds.parquet"
+    result = _score(
+        [synthetic_data, "--out", out, "--model", exported_model, "--device", "cpu", "--top-k", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    preds = pl.read_parquet(out)
+    n_files = sum(1 for p in synthetic_data.rglob("*") if p.is_file())
+    assert preds.height == n_files
+    assert preds["path"].to_list() == sorted(preds["path"].to_list())
+    assert set(preds["status"]) == {"ok"}
+    for col in (
+        "pred_class",
+        "pred_tumor_type",
+        "pred_contrast",
+        "confidence",
+        "top1_class",
+        "top2_prob",
+        "pred_tumor_type_prob",
+        "pred_contrast_prob",
+        "true_class",
+    ):
+        assert col in preds.columns
+    assert (preds["pred_tumor_type_prob"] >= preds["confidence"] - 1e-9).all()
+    summary = pl.read_csv(tmp_path / "preds_metrics" / "summary.csv").row(0, named=True)
+    assert summary["accuracy"] == pytest.approx(accuracy_score(preds["true_class"], preds["pred_class"]))
+    assert summary["macro_f1"] == pytest.approx(
+        f1_score(preds["true_class"], preds["pred_class"], average="macro")
+    )
+    assert (tmp_path / "preds_metrics" / "confusion.png").is_file()
+    again = _score([synthetic_data, "--out", out, "--model", exported_model, "--device", "cpu"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_bad_inputs_become_error_rows(tmp_path: Path, synthetic_data: Path, exported_model: Path) -> None:
+    folder = tmp_path / "mixed"
+    good = folder / "Circloma T1"
+    shutil.copytree(synthetic_data / "Circloma T1", good)
+    first = sorted(good.glob("*.jpg"))[0]
+    data = first.read_bytes()
+    (folder / "corrupt.jpg").write_bytes(data[:20] + b"\x00" * 30 + data[50:])
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    cv2.imwrite(str(folder / "rgba.png"), np.full((30, 30, 4), 128, np.uint8))
+    cv2.imwrite(str(folder / "deep16.png"), (np.arange(900, dtype=np.uint16).reshape(30, 30) * 60))
+    cv2.imwrite(str(folder / "tiny.png"), np.full((1, 1), 90, np.uint8))
+    cv2.imwrite(str(folder / "huge.jpg"), np.zeros((4000, 4000), np.uint8))
+    weird = folder / "Squaroma T1C+ (ü) 脑"
+    weird.mkdir()
+    shutil.copy(first, weird / "slice + (1) é.jpg")
+    (folder / ".hidden.jpg").write_bytes(data)
+    (folder / "readme.txt").write_text("ignored: not an image name")
+    out = tmp_path / "p.csv"
+    result = _score([folder, "--out", out, "--model", exported_model, "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    preds = pl.read_csv(out)
+    status = dict(zip(preds["path"], preds["status"], strict=True))
+    for bad in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.jpg"):
+        assert status[bad] == "error", bad
+    for fine in ("rgba.png", "deep16.png", "tiny.png", "huge.jpg", "Squaroma T1C+ (ü) 脑/slice + (1) é.jpg"):
+        assert status[fine] == "ok", fine
+    assert ".hidden.jpg" not in status and "readme.txt" not in status
+    assert preds.filter(pl.col("status") == "error")["error"].null_count() == 0
+    assert preds.filter(pl.col("path") == "Squaroma T1C+ (ü) 脑/slice + (1) é.jpg")["true_class"][0] is None
+    assert "4 error(s)" in result.output
+
+
+def test_scores_equal_pytorch_checkpoint(
+    tmp_path: Path, synthetic_data: Path, trained_run: Path, exported_model: Path
+) -> None:
+    out = tmp_path / "p.parquet"
+    assert _score([synthetic_data, "--out", out, "--model", exported_model, "--device", "cpu"]).exit_code == 0
+    preds = pl.read_parquet(out)
+    ckpt = load_checkpoint(trained_run)
+    model = model_from_checkpoint(ckpt)
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    batch = np.stack([to_model_pixels(read_image(synthetic_data / p), spec) for p in preds["path"]])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(normalize(batch, spec))).numpy()
+    expected = [ckpt["classes"][i] for i in logits.argmax(1)]
+    assert preds["pred_class"].to_list() == expected
+
+
+def test_scorer_input_equals_training_input(
+    synthetic_data: Path, exported_model: Path, trained_run: Path
+) -> None:
+    """The same image through the training cache + torch normalisation and through the scorer's numpy path."""
+    spec = PreprocessSpec.from_dict(load_checkpoint(trained_run)["preprocess"])
+    scanned = scan_dataset(synthetic_data, spec, workers=2)
+    scale, bias = (torch.as_tensor(a) for a in spec.scale_bias())
+    for i in (0, 7, 30):
+        path = synthetic_data / scanned.manifest["path"][i]
+        train_x = to_input(
+            torch.from_numpy(scanned.pixels[i : i + 1].transpose(0, 3, 1, 2)), scale, bias
+        ).numpy()
+        score_x = normalize(to_model_pixels(read_image(path), spec), spec)
+        np.testing.assert_allclose(train_x, score_x, rtol=0, atol=1e-6)
+
+
+def test_clear_errors(tmp_path: Path, exported_model: Path, synthetic_data: Path) -> None:
+    missing = _score([tmp_path / "nowhere", "--out", tmp_path / "p.parquet", "--model", exported_model])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = _score([tmp_path / "empty", "--out", tmp_path / "p.parquet", "--model", exported_model])
+    assert empty.exit_code == 2 and "no image files" in empty.output
+    import onnx
+
+    proto = onnx.load(exported_model)
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, bare)
+    no_meta = _score([synthetic_data, "--out", tmp_path / "p.parquet", "--model", bare])
+    assert no_meta.exit_code == 2 and "no mri44 metadata" in no_meta.output
+    not_onnx = tmp_path / "fake.onnx"
+    not_onnx.write_text("nope")
+    fake = _score([synthetic_data, "--out", tmp_path / "p.parquet", "--model", not_onnx])
+    assert fake.exit_code == 2 and "cannot load" in fake.output
+    all_bad = tmp_path / "allbad"
+    all_bad.mkdir()
+    (all_bad / "x.jpg").write_bytes(b"junk")
+    none_ok = _score([all_bad, "--out", tmp_path / "q.parquet", "--model", exported_model])
+    assert none_ok.exit_code == 1
+    assert pl.read_parquet(tmp_path / "q.parquet")["status"].to_list() == ["error"]
+
+
+def test_cuda_request_never_falls_back_silently(
+    tmp_path: Path, exported_model: Path, synthetic_data: Path
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = _score(
+        [synthetic_data, "--out", tmp_path / "p.parquet", "--model", exported_model, "--device", "cuda"]
+    )
+    assert result.exit_code == 2
+    assert "cuda" in result.output.lower() and not (tmp_path / "p.parquet").exists()

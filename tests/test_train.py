@@ -1,0 +1,116 @@
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from mri44.model import CheckpointError, load_checkpoint
+from train.loop import TrainConfig, init_weights, run_training
+from train.recipes import get_recipe
+from train.split import SplitConfig
+
+
+def test_short_cpu_run_beats_chance_by_far(trained_run: Path) -> None:
+    result = json.loads((trained_run / "result.json").read_text())
+    chance = 1 / 5
+    assert result["val"]["accuracy"] >= 0.8 > 3 * chance
+    assert result["test"]["accuracy"] >= 0.7
+
+
+def test_run_folder_holds_everything(trained_run: Path) -> None:
+    for name in (
+        "best.pt",
+        "last.pt",
+        "config.json",
+        "split.parquet",
+        "split.csv",
+        "metrics.csv",
+        "result.json",
+    ):
+        assert (trained_run / name).is_file(), name
+    split = pl.read_csv(trained_run / "split.csv")
+    assert {"path", "label", "split"} <= set(split.columns)
+    assert set(split["split"]) == {"train", "val", "test"}
+    history = pl.read_csv(trained_run / "metrics.csv")
+    assert history["epoch"].to_list() == list(range(1, 9))
+    assert {"val_accuracy", "val_macro_f1", "val_weighted_f1", "train_images_per_s"} <= set(history.columns)
+    for table in ("summary", "per_class", "per_contrast", "per_tumor_type", "confusion"):
+        assert (trained_run / "test_metrics" / f"{table}.csv").is_file()
+
+
+def test_checkpoint_loads_with_weights_only(trained_run: Path) -> None:
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    assert ckpt["arch"] == "resnet18"
+    assert len(ckpt["classes"]) == 5
+    assert ckpt["preprocess"]["size"] == 48
+
+
+def _cfg(data: Path, out: Path, epochs: int, resume: bool = False) -> TrainConfig:
+    return TrainConfig(
+        data=data,
+        out=out,
+        recipe=get_recipe("adamw-ema-mixup"),
+        image_size=32,
+        epochs=epochs,
+        batch_size=16,
+        device="cpu",
+        split=SplitConfig(phash_distance=-1),
+        workers=2,
+        resume=resume,
+    )
+
+
+def test_resume_continues_exactly_where_it_stopped(synthetic_data: Path, tmp_path: Path) -> None:
+    run_training(_cfg(synthetic_data, tmp_path / "straight", epochs=2))
+    run_training(_cfg(synthetic_data, tmp_path / "interrupted", epochs=1))  # "killed" after epoch 1
+    with pytest.raises(FileExistsError):
+        run_training(_cfg(synthetic_data, tmp_path / "interrupted", epochs=2))
+    run_training(_cfg(synthetic_data, tmp_path / "interrupted", epochs=2, resume=True))
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 1
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, msg=key)
+    history = pl.read_csv(tmp_path / "interrupted" / "metrics.csv")
+    assert history["epoch"].to_list() == [1, 2]
+
+
+def test_weights_from_file_and_clear_errors(tmp_path: Path, trained_run: Path) -> None:
+    from mri44.model import build_model
+
+    model = build_model(7)  # other class count: the classifier is re-initialised, the rest is loaded
+    note = init_weights(model, str(trained_run / "best.pt"), allow_random_init=False)
+    assert "fc.weight" in note
+    source = load_checkpoint(trained_run / "best.pt")["model"]
+    torch.testing.assert_close(model.state_dict()["conv1.weight"], source["conv1.weight"])
+    with pytest.raises(FileNotFoundError):
+        init_weights(model, str(tmp_path / "nope.pth"), allow_random_init=False)
+
+
+def test_imagenet_without_network_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    from mri44.model import build_model
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(
+        torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline
+    )
+    with pytest.raises(RuntimeError, match="--weights none"):
+        init_weights(build_model(3), "imagenet", allow_random_init=False)
+    assert "random" in init_weights(build_model(3), "imagenet", allow_random_init=True)
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="not an mri44 checkpoint"):
+        load_checkpoint(tmp_path / "bare.pt")
