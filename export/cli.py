@@ -26,6 +26,13 @@ def export(
         False, "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32."
     ),
     opset: int = typer.Option(17, help="ONNX opset (17 runs on current ONNX Runtime and TensorRT 8.6+)."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Static INT8 quantisation for CPU scoring, calibrated on --calibration images."
+    ),
+    calibration: Path | None = typer.Option(
+        None, help="Image folder for --int8 calibration (only the run's train split is used when known)."
+    ),
+    calibration_images: int = typer.Option(256, help="How many calibration images for --int8."),
     tensorrt: bool = typer.Option(
         False, "--tensorrt", help="Also build a TensorRT engine (OUT with .engine suffix)."
     ),
@@ -42,9 +49,17 @@ def export(
     from mri44.onnx_meta import INPUT_NAME
     from mri44.runtime import make_session
 
+    if int8 and (fp16 or calibration is None):
+        raise typer.BadParameter("--int8 needs --calibration DIR and excludes --fp16")
     try:
-        proto, model, meta = export_onnx(checkpoint, opset=opset, fp16=fp16)
-    except CheckpointError as exc:
+        files = None
+        if int8:
+            from export.int8 import calibration_files
+            from export.onnx_export import checkpoint_path
+
+            files = calibration_files(calibration, checkpoint_path(checkpoint), calibration_images)
+        proto, model, meta = export_onnx(checkpoint, opset=opset, fp16=fp16, int8_calibration=files)
+    except (CheckpointError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     data = proto.SerializeToString()

@@ -27,7 +27,10 @@ def checkpoint_path(source: Path) -> Path:
 
 
 def export_onnx(
-    checkpoint: Path, opset: int = DEFAULT_OPSET, fp16: bool = False
+    checkpoint: Path,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    int8_calibration: list[Path] | None = None,
 ) -> tuple[onnx.ModelProto, torch.nn.Module, ModelMetadata]:
     """Build the ONNX model in memory; returns it with the eval-mode PyTorch model and the metadata."""
     ckpt_file = checkpoint_path(checkpoint)
@@ -59,13 +62,17 @@ def export_onnx(
         graph = OnnxModel(proto)
         graph.topological_sort()
         proto = graph.model
+    elif int8_calibration:
+        from export.int8 import quantize_int8
+
+        proto = quantize_int8(proto, int8_calibration, spec)
     meta = ModelMetadata(
         classes=list(ckpt["classes"]),
         preprocess=spec,
         arch=ckpt.get("arch", ARCH),
         source_sha256=file_sha256(ckpt_file),
         export={
-            "precision": "fp16" if fp16 else "fp32",
+            "precision": "fp16" if fp16 else "int8" if int8_calibration else "fp32",
             "opset": opset,
             "torch": torch.__version__,
             "onnx": onnx.__version__,

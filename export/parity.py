@@ -2,7 +2,9 @@
 
 Relative difference is scale-relative: max |onnx - torch| / max |torch| over the batch, which stays meaningful
 where individual logits are near zero. Bounds (never loosened to pass): fp32 max abs <= 1e-4 and 100% top-1
-agreement everywhere; fp16 max relative <= 1e-2 everywhere and >= 99% top-1 agreement on real images.
+agreement everywhere; fp16 max relative <= 1e-2 everywhere and >= 99% top-1 agreement on real images;
+int8 (a lossy approximation by design) >= 95% top-1 agreement on real images, its accuracy cost is measured
+separately on a labelled split (benchmarks/bench.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 FP32_MAX_ABS = 1e-4
 FP16_MAX_REL = 1e-2
 FP16_MIN_TOP1_REAL = 0.99
+INT8_MIN_TOP1_REAL = 0.95
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: 
     top1 = float((candidate.argmax(1) == reference.argmax(1)).mean())
     if precision == "fp32":
         passed = max_abs <= FP32_MAX_ABS and top1 == 1.0
+    elif precision == "int8":
+        passed = top1 >= INT8_MIN_TOP1_REAL or not name.startswith("real")
     else:
         passed = max_rel <= FP16_MAX_REL and (top1 >= FP16_MIN_TOP1_REAL or not name.startswith("real"))
     return ParityRow(name, int(reference.shape[0]), max_abs, max_rel, top1, passed)

@@ -110,3 +110,21 @@ def test_tensorrt_absent_says_what_to_install() -> None:
             build_engine(b"", 32, fp16=False)
     else:
         pytest.skip("TensorRT is installed here; the engine path is exercised on GPU machines")
+
+
+def test_int8_export_calibrates_on_train_split_and_agrees(trained_run: Path, synthetic_data: Path) -> None:
+    import polars as pl
+
+    from export.int8 import calibration_files
+    from export.parity import real_batch
+
+    files = calibration_files(synthetic_data, trained_run / "best.pt", limit=1000)
+    train = set(pl.read_csv(trained_run / "split.csv").filter(pl.col("split") == "train")["path"])
+    assert files and {f.relative_to(synthetic_data).as_posix() for f in files} <= train
+    proto, model, meta = export_onnx(trained_run, int8_calibration=files)
+    assert meta.export["precision"] == "int8"
+    assert any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+    session = make_session(proto.SerializeToString(), "cpu")
+    batch, _ = real_batch(synthetic_data, meta.preprocess, limit=64)
+    rows = check_parity(model, lambda x: session.run(None, {INPUT_NAME: x})[0], {"real x64": batch}, "int8")
+    assert rows[0].top1_agreement >= 0.95

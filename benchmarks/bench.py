@@ -1,0 +1,331 @@
+"""Scoring and training throughput against their bounds and a naive baseline; prints a Markdown table and
+writes it to docs/benchmarks.md.
+
+    python benchmarks/bench.py --data ../shared/data/brain-mri-44c [--images 512] [--repeats 3] [--memory]
+
+All rows are measured in one run, on the same images, and reported as medians of --repeats runs (these
+machines are noisy). Ratios are formed from medians of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from export.onnx_export import export_onnx  # noqa: E402
+from mri44.discover import find_images  # noqa: E402
+from mri44.onnx_meta import INPUT_NAME  # noqa: E402
+from mri44.preprocess import normalize  # noqa: E402
+from mri44.runtime import make_session  # noqa: E402
+from score.pipeline import _batches, load_metadata, score_paths  # noqa: E402
+
+
+def median_rate(fn, n_items: int, repeats: int) -> float:
+    """Items per second, median over repeats (one warm-up call first)."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(n_items / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def subset_folder(paths: list[Path], root: Path, n: int, dst: Path) -> Path:
+    """n images (repeating if needed) as symlinks in class folders, like a real input folder."""
+    for i in range(n):
+        src = paths[i % len(paths)]
+        rel = src.relative_to(root)
+        link = dst / rel.parent / f"{i:06d}_{rel.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(src)
+    return dst
+
+
+def run_child(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def naive_baseline(folder: Path, size: int, checkpoint_model: torch.nn.Module, batch: int) -> None:
+    """How most notebooks score: ImageFolder + DataLoader + a PyTorch eval loop."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose(
+        [
+            transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, tf), batch_size=batch, num_workers=2)
+    with torch.no_grad():
+        for x, _ in loader:
+            checkpoint_model(x)
+
+
+def train_bench(data: Path, paths: list[Path], size: int, batch: int, repeats: int) -> dict[str, float]:
+    """Training loop (2 epochs on a class-folder subset; epoch 2 timed) against fwd+bwd+step on ready tensors."""
+    from mri44.model import build_model
+    from train.loop import TrainConfig, run_training
+    from train.recipes import get_recipe
+    from train.split import SplitConfig
+
+    loop_rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sub = subset_folder(paths[:: max(1, len(paths) // 440)], data, 440, Path(tmp) / "data")
+        for r in range(repeats):
+            out = Path(tmp) / f"run{r}"
+            cfg = TrainConfig(
+                data=sub,
+                out=out,
+                recipe=get_recipe("default"),
+                image_size=size,
+                epochs=2,
+                batch_size=batch,
+                device="cpu",
+                split=SplitConfig(phash_distance=-1, seed=r),
+            )
+            run_training(cfg)
+            import polars as pl
+
+            loop_rates.append(pl.read_csv(out / "metrics.csv")["train_images_per_s"][-1])
+    model = build_model(44)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 44, (batch,))
+
+    def steps(n: int = 4) -> None:
+        for _ in range(n):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    bound = median_rate(steps, 4 * batch, repeats)
+    return {"loop": statistics.median(loop_rates), "bound": bound}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/brain-mri-44c")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=REPO / "runs/h200-default-256/best.pt",
+        help="for PyTorch rows and fp16/int8 exports; without it those rows are skipped",
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "models/mri44-resnet18.onnx")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--memory", action="store_true", help="also score 2,000 vs 20,000 images for peak memory"
+    )
+    parser.add_argument("--train-size", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
+    args = parser.parse_args()
+
+    threads = torch.get_num_threads()
+    all_paths = find_images(args.data)
+    paths = all_paths[:: max(1, len(all_paths) // args.images)][: args.images]
+    n = len(paths)
+    session = make_session(args.model, "cpu")
+    meta = load_metadata(session, str(args.model))
+    spec = meta.preprocess
+    bs = args.batch_size
+    rows: list[tuple[str, str]] = []
+    rates: dict[str, float] = {}
+
+    def decode_only() -> None:
+        for _ in _batches(paths, spec, bs, os.cpu_count() or 1, 2 * bs):
+            pass
+
+    rates["decode"] = median_rate(decode_only, n, args.repeats)
+    rows.append(("decode + preprocess (scorer pipeline, all cores)", f"{rates['decode']:.1f}"))
+
+    rng = np.random.default_rng(0)
+    ready = normalize(
+        rng.integers(0, 256, (bs, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec
+    )
+    sessions = {"fp32": session}
+    model_pt = None
+    if args.checkpoint.is_file():
+        from export.int8 import calibration_files
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for precision in ("fp16", "int8"):
+                calib = calibration_files(args.data, args.checkpoint, 128) if precision == "int8" else None
+                proto, model_pt, _ = export_onnx(
+                    args.checkpoint, fp16=precision == "fp16", int8_calibration=calib
+                )
+                path = Path(tmp) / f"{precision}.onnx"
+                path.write_bytes(proto.SerializeToString())
+                sessions[precision] = make_session(path, "cpu")
+    for precision, sess in sessions.items():
+        best = max(
+            (median_rate(lambda s=sess, b=b: s.run(None, {INPUT_NAME: ready[:b]}), b, args.repeats), b)
+            for b in (1, 8, bs)
+        )
+        rates[f"model_{precision}"] = best[0]
+        rows.append((f"model only, ONNX Runtime CPU {precision} (best batch {best[1]})", f"{best[0]:.1f}"))
+    if model_pt is not None:
+        model_pt.eval()
+        with torch.no_grad():
+            x = torch.from_numpy(ready)
+            rates["model_torch"] = median_rate(lambda: model_pt(x), bs, args.repeats)
+        rows.append((f"model only, PyTorch eager fp32 (batch {bs})", f"{rates['model_torch']:.1f}"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = subset_folder(paths, args.data, n, Path(tmp) / "in")
+        rates["e2e_inproc"] = median_rate(
+            lambda: score_paths(
+                session,
+                meta,
+                folder,
+                find_images(folder),
+                batch_size=bs,
+                workers=os.cpu_count() or 1,
+                progress=False,
+            ),
+            n,
+            args.repeats,
+        )
+        rows.append(("end to end, in process (no start-up)", f"{rates['e2e_inproc']:.1f}"))
+        cli = [
+            sys.executable,
+            "-m",
+            "score.cli",
+            str(folder),
+            "--out",
+            str(Path(tmp) / "p.parquet"),
+            "--model",
+            str(args.model),
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
+        walls, peaks = [], []
+        for _ in range(args.repeats):
+            wall, peak = run_child([sys.executable, "-c", "from score.cli import main; main()", *cli[3:]])
+            walls.append(wall)
+            peaks.append(peak)
+        rates["e2e_cli"] = n / statistics.median(walls)
+        rows.append(
+            (
+                f"end to end, `mri-score` process (with start-up; peak RSS {statistics.median(peaks):.0f} MiB)",
+                f"{rates['e2e_cli']:.1f}",
+            )
+        )
+        if model_pt is not None:
+            rates["naive"] = median_rate(
+                lambda: naive_baseline(folder, spec.size, model_pt, bs), n, args.repeats
+            )
+            rows.append(
+                ("naive: ImageFolder + DataLoader(2 workers) + PyTorch eval loop", f"{rates['naive']:.1f}")
+            )
+        if args.memory:
+            for count in (2000, 20000):
+                big = subset_folder(all_paths, args.data, count, Path(tmp) / f"m{count}")
+                wall, peak = run_child(
+                    [
+                        sys.executable,
+                        "-c",
+                        "from score.cli import main; main()",
+                        str(big),
+                        "--out",
+                        str(Path(tmp) / f"m{count}.parquet"),
+                        "--model",
+                        str(args.model),
+                        "--device",
+                        "cpu",
+                    ]
+                )
+                rows.append(
+                    (
+                        f"memory: `mri-score` on {count:,} images: peak RSS {peak:.0f} MiB, {count / wall:.1f} img/s",
+                        "-",
+                    )
+                )
+
+    tr = train_bench(args.data, all_paths, args.train_size, bs, max(1, args.repeats - 1))
+    rows.append((f"training loop, CPU, {args.train_size} px, batch {bs} (epoch 2)", f"{tr['loop']:.1f}"))
+    rows.append(("forward+backward+step on ready tensors, same size and batch", f"{tr['bound']:.1f}"))
+
+    ratios = [
+        (
+            "end to end (in process) / min(decode, model fp32)",
+            rates["e2e_inproc"] / min(rates["decode"], rates["model_fp32"]),
+            ">= 0.9",
+        ),
+        ("training loop / forward+backward bound", tr["loop"] / tr["bound"], ">= 0.9"),
+    ]
+    if "naive" in rates:
+        ratios.insert(
+            1, ("end to end (in process) / naive baseline", rates["e2e_inproc"] / rates["naive"], ">= 2")
+        )
+    if "model_int8" in rates:
+        ratios.append(
+            ("model int8 / model fp32", rates["model_int8"] / rates["model_fp32"], ">= 1.5 to ship")
+        )
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    head = [
+        f"Machine: {os.cpu_count()} cores ({cpu}), torch threads {threads}, GPU: "
+        + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+        f"Versions: Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"numpy {np.__version__}",
+        f"Images: {n} real images from {args.data.name}, model input {spec.size}px; medians of {args.repeats} runs.",
+        "",
+        "| measurement | images/s |",
+        "| --- | ---: |",
+        *[f"| {a} | {b} |" for a, b in rows],
+        "",
+        "| ratio | value | target |",
+        "| --- | ---: | --- |",
+        *[f"| {a} | {v:.2f} | {t} |" for a, v, t in ratios],
+    ]
+    text = "\n".join(head)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    existing = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
+    marker = "<!-- bench.py output -->"
+    prefix = existing.split(marker)[0].rstrip() + "\n\n"
+    args.out.write_text(prefix + marker + "\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""INT8 for CPU scoring: ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8 activations),
+calibrated on training images preprocessed by the shared core.
+
+Calibration images come from the folder given; when the checkpoint's run folder has a split.csv, only the files
+of its train split are used, so calibration never sees validation or test images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import polars as pl
+
+from mri44.discover import find_images
+from mri44.imageio import ImageDecodeError, read_image
+from mri44.onnx_meta import INPUT_NAME
+from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+
+
+def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:
+    files = find_images(folder)
+    split_csv = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "split.csv"
+    if split_csv.is_file():
+        train = set(pl.read_csv(split_csv).filter(pl.col("split") == "train")["path"].to_list())
+        in_train = [f for f in files if f.relative_to(folder).as_posix() in train]
+        files = in_train or files
+    if not files:
+        raise FileNotFoundError(f"no calibration images under {folder}")
+    return files[:: max(1, len(files) // limit)][:limit]
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed batches."""
+
+    def __init__(self, files: list[Path], spec: PreprocessSpec, batch: int = 16) -> None:
+        pixels = []
+        for path in files:
+            try:
+                pixels.append(to_model_pixels(read_image(path), spec))
+            except ImageDecodeError:
+                continue
+        self._batches = [
+            normalize(np.stack(pixels[i : i + batch]), spec) for i in range(0, len(pixels), batch)
+        ]
+        self._iter = iter(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iter, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._batches)
+
+
+def quantize_int8(proto: onnx.ModelProto, files: list[Path], spec: PreprocessSpec) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    CalibrationDataReader.register(_Reader)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, src)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Reader(files, spec),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        return onnx.load(dst)
