@@ -56,15 +56,26 @@ def subset_folder(paths: list[Path], root: Path, n: int, dst: Path) -> Path:
     return dst
 
 
-def run_child(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+def run_child(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one `mri-score` process with these arguments.
+
+    Peak memory is the child's own VmHWM, read at its exit: rusage's ru_maxrss would also count the pages of
+    this (large) benchmark process that the child inherited before exec.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
+        code = (
+            "import atexit, re, sys\n"
+            f"atexit.register(lambda: open({hwm.name!r}, 'w').write(re.search(r'VmHWM:\\s+(\\d+)', "
+            "open('/proc/self/status').read()).group(1)))\n"
+            f"sys.argv = ['mri-score', *{args!r}]\n"
+            "from score.cli import main\nmain()\n"
+        )
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"mri-score {' '.join(args)} exited {proc.returncode}: {proc.stderr[-500:]}")
+        return wall, int(Path(hwm.name).read_text()) / 1024
 
 
 def naive_baseline(folder: Path, size: int, checkpoint_model: torch.nn.Module, batch: int) -> None:
@@ -171,13 +182,14 @@ def main() -> None:
     ready = normalize(
         rng.integers(0, 256, (bs, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec
     )
-    sessions = {"fp32": session}
+    shipped = f"{meta.export['precision']}, shipped {args.model.name}"
+    sessions = {shipped: session}
     model_pt = None
     if args.checkpoint.is_file():
         from export.int8 import calibration_files
 
         with tempfile.TemporaryDirectory() as tmp:
-            for precision in ("fp16", "int8"):
+            for precision in ("fp32", "fp16", "int8"):
                 calib = calibration_files(args.data, args.checkpoint, 128) if precision == "int8" else None
                 proto, model_pt, _ = export_onnx(
                     args.checkpoint, fp16=precision == "fp16", int8_calibration=calib
@@ -190,7 +202,7 @@ def main() -> None:
             (median_rate(lambda s=sess, b=b: s.run(None, {INPUT_NAME: ready[:b]}), b, args.repeats), b)
             for b in (1, 8, bs)
         )
-        rates[f"model_{precision}"] = best[0]
+        rates["model_shipped" if precision == shipped else f"model_{precision}"] = best[0]
         rows.append((f"model only, ONNX Runtime CPU {precision} (best batch {best[1]})", f"{best[0]:.1f}"))
     if model_pt is not None:
         model_pt.eval()
@@ -215,10 +227,23 @@ def main() -> None:
             args.repeats,
         )
         rows.append(("end to end, in process (no start-up)", f"{rates['e2e_inproc']:.1f}"))
+        if "int8" in sessions:
+            int8_meta = load_metadata(sessions["int8"], "int8")
+            rates["e2e_int8"] = median_rate(
+                lambda: score_paths(
+                    sessions["int8"],
+                    int8_meta,
+                    folder,
+                    find_images(folder),
+                    batch_size=bs,
+                    workers=os.cpu_count() or 1,
+                    progress=False,
+                ),
+                n,
+                args.repeats,
+            )
+            rows.append(("end to end, in process, int8 model", f"{rates['e2e_int8']:.1f}"))
         cli = [
-            sys.executable,
-            "-m",
-            "score.cli",
             str(folder),
             "--out",
             str(Path(tmp) / "p.parquet"),
@@ -230,7 +255,7 @@ def main() -> None:
         ]
         walls, peaks = [], []
         for _ in range(args.repeats):
-            wall, peak = run_child([sys.executable, "-c", "from score.cli import main; main()", *cli[3:]])
+            wall, peak = run_child(cli)
             walls.append(wall)
             peaks.append(peak)
         rates["e2e_cli"] = n / statistics.median(walls)
@@ -252,9 +277,6 @@ def main() -> None:
                 big = subset_folder(all_paths, args.data, count, Path(tmp) / f"m{count}")
                 wall, peak = run_child(
                     [
-                        sys.executable,
-                        "-c",
-                        "from score.cli import main; main()",
                         str(big),
                         "--out",
                         str(Path(tmp) / f"m{count}.parquet"),
@@ -277,8 +299,8 @@ def main() -> None:
 
     ratios = [
         (
-            "end to end (in process) / min(decode, model fp32)",
-            rates["e2e_inproc"] / min(rates["decode"], rates["model_fp32"]),
+            "end to end (in process) / min(decode, model only) for the shipped model",
+            rates["e2e_inproc"] / min(rates["decode"], rates["model_shipped"]),
             ">= 0.9",
         ),
         ("training loop / forward+backward bound", tr["loop"] / tr["bound"], ">= 0.9"),
@@ -287,7 +309,9 @@ def main() -> None:
         ratios.insert(
             1, ("end to end (in process) / naive baseline", rates["e2e_inproc"] / rates["naive"], ">= 2")
         )
-    if "model_int8" in rates:
+    if "e2e_int8" in rates:
+        ratios.append(("end to end int8 / end to end shipped", rates["e2e_int8"] / rates["e2e_inproc"], "-"))
+    if "model_int8" in rates and "model_fp32" in rates:
         ratios.append(
             ("model int8 / model fp32", rates["model_int8"] / rates["model_fp32"], ">= 1.5 to ship")
         )
