@@ -51,6 +51,9 @@ def score(
         raise _fail(f"--out must end in .parquet or .csv, got {out.name}")
     if out.exists() and not overwrite:
         raise _fail(f"{out} exists; pass --overwrite to replace it")
+    target = metrics_dir or out.with_name(f"{out.stem}_metrics")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise _fail(f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir")
     if not input_dir.is_dir():
         raise _fail(f"input folder {input_dir} does not exist or is not a folder")
     if model is None:
@@ -102,9 +105,6 @@ def score(
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
     if labelled.height:
         tables = metric_tables(labelled["true_class"], labelled["pred_class"])
-        target = metrics_dir or out.with_name(f"{out.stem}_metrics")
-        if target.exists() and any(target.iterdir()) and not overwrite and metrics_dir is None:
-            raise _fail(f"{target} exists; pass --overwrite or --metrics-dir")
         write_tables(tables, target, meta.classes)
         import polars as pl
 

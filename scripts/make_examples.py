@@ -28,7 +28,9 @@ the test split of the shipped model's training run, so the model did not train o
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", type=Path)
     parser.add_argument("split", type=Path, help="split.csv of the shipped model's run")
     parser.add_argument("out", type=Path)
@@ -54,7 +56,10 @@ def main() -> None:
             print(f"{label}: no test image in the split, took one from {which}")
     note = ", ".join(f"{n} from {s}" for s, n in picks.group_by("split").len().sort("split").iter_rows())
     elsewhere = picks.filter(pl.col("split") != "test")
-    others = "".join(f"'{label}' has no test image: its example is from {which}.\n" for label, which in elsewhere.select("label", "split").iter_rows())
+    others = "".join(
+        f"'{label}' has no test image: its example is from {which}.\n"
+        for label, which in elsewhere.select("label", "split").iter_rows()
+    )
     (args.out / "README.md").write_text(ATTRIBUTION.format(split_note=note, others=others))
     print(f"wrote {picks.height} images to {args.out} ({note})")
 

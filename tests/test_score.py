@@ -57,6 +57,19 @@ def test_labelled_folder_rows_and_metrics_equal_sklearn(
     assert (tmp_path / "preds_metrics" / "confusion.png").is_file()
     again = _score([synthetic_data, "--out", out, "--model", exported_model, "--device", "cpu"])
     assert again.exit_code == 2 and "--overwrite" in again.output
+    other = tmp_path / "other.parquet"
+    clash = _score(
+        [
+            synthetic_data,
+            "--out",
+            other,
+            "--model",
+            exported_model,
+            "--metrics-dir",
+            tmp_path / "preds_metrics",
+        ]
+    )
+    assert clash.exit_code == 2 and "not empty" in clash.output and not other.exists()
 
 
 def test_bad_inputs_become_error_rows(tmp_path: Path, synthetic_data: Path, exported_model: Path) -> None:
@@ -161,3 +174,18 @@ def test_cuda_request_never_falls_back_silently(
     )
     assert result.exit_code == 2
     assert "cuda" in result.output.lower() and not (tmp_path / "p.parquet").exists()
+
+
+def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
+    """The README's main job: no --model, the bundled examples, labelled by their folders."""
+    from models import default_model_path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    if not default_model_path().is_file():
+        pytest.fail(f"the shipped model is missing at {default_model_path()}")
+    result = _score([examples, "--out", tmp_path / "preds.parquet", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    preds = pl.read_parquet(tmp_path / "preds.parquet")
+    assert preds.height == 44 and set(preds["status"]) == {"ok"}
+    assert preds["true_class"].null_count() == 0
+    assert (preds["pred_class"] == preds["true_class"]).mean() >= 0.5  # 0.66 when the model was shipped
