@@ -213,35 +213,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = subset_folder(paths, args.data, n, Path(tmp) / "in")
-        rates["e2e_inproc"] = median_rate(
-            lambda: score_paths(
-                session,
-                meta,
-                folder,
-                find_images(folder),
-                batch_size=bs,
-                workers=os.cpu_count() or 1,
-                progress=False,
-            ),
-            n,
-            args.repeats,
-        )
+
+        def end_to_end(sess: ort.InferenceSession) -> float:
+            """In-process scoring of the folder, as mri-score does it, without process start-up."""
+            sess_meta = load_metadata(sess, "benchmark model")
+            files = find_images(folder)
+            score = lambda: score_paths(  # noqa: E731
+                sess, sess_meta, folder, files, batch_size=bs, workers=os.cpu_count() or 1, progress=False
+            )
+            return median_rate(score, n, args.repeats)
+
+        rates["e2e_inproc"] = end_to_end(session)
         rows.append(("end to end, in process (no start-up)", f"{rates['e2e_inproc']:.1f}"))
         if "int8" in sessions:
-            int8_meta = load_metadata(sessions["int8"], "int8")
-            rates["e2e_int8"] = median_rate(
-                lambda: score_paths(
-                    sessions["int8"],
-                    int8_meta,
-                    folder,
-                    find_images(folder),
-                    batch_size=bs,
-                    workers=os.cpu_count() or 1,
-                    progress=False,
-                ),
-                n,
-                args.repeats,
-            )
+            rates["e2e_int8"] = end_to_end(sessions["int8"])
             rows.append(("end to end, in process, int8 model", f"{rates['e2e_int8']:.1f}"))
         cli = [
             str(folder),
