@@ -157,6 +157,25 @@ def predict(
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov when momentum > 0) or AdamW; AdamW leaves biases and norm parameters undecayed."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.momentum > 0,
+        )
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def _save(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -239,24 +258,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=hp["lr"],
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            nesterov=recipe.momentum > 0,
-        )
-    else:
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": recipe.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=hp["lr"],
-        )
+    optimizer = make_optimizer(model, recipe, hp["lr"])
     steps_per_epoch = max(1, len(train_idx) // hp["batch_size"])
     total_steps = steps_per_epoch * hp["epochs"]
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
@@ -314,7 +316,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         else:
             order = train_idx_t[torch.randperm(len(train_idx), generator=generator)]
         order = order.to(store)
-        seen, loss_sum, t_epoch = 0, 0.0, time.perf_counter()
+        seen, loss_total, t_epoch = 0, torch.zeros((), device=device), time.perf_counter()
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch + 1}/{hp['epochs']}",
@@ -350,12 +352,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             if ema is not None:
                 ema.update_parameters(model)
             seen += len(sel)
-            if step % 10 == 0 or step == steps_per_epoch - 1:
-                loss_sum = float(loss.detach())
-                bar.set_postfix(loss=f"{loss_sum:.3f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.0f}")
+            loss_total += loss.detach()  # summed on the device: no synchronisation per step
+            if bar.disable is False and (step % 10 == 0 or step == steps_per_epoch - 1):
+                bar.set_postfix(
+                    loss=f"{float(loss):.3f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.0f}"
+                )
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t_epoch
+        train_loss = float(loss_total) / steps_per_epoch
         eval_model = ema.module if ema is not None else model
         probs = predict(eval_model, pixels, val_idx, scale, bias, device, cfg.eval_batch_size, amp)
         pred = np.asarray(classes)[probs.argmax(1)]
@@ -364,7 +369,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         )
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum,
+            "train_loss": train_loss,
             "train_images_per_s": seen / train_s,
             "epoch_s": train_s,
             "lr": scheduler.get_last_lr()[0],
@@ -373,7 +378,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         history.append(row)
         improved = summary["macro_f1"] > best_f1
         print(
-            f"epoch {epoch + 1:3d}/{hp['epochs']}: loss {loss_sum:.3f}, {row['train_images_per_s']:.0f} img/s, "
+            f"epoch {epoch + 1:3d}/{hp['epochs']}: loss {train_loss:.3f}, {row['train_images_per_s']:.0f} img/s, "
             f"{train_s:.1f}s; val acc {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
             + (" (best)" if improved else "")
         )
