@@ -56,10 +56,10 @@ def score(
         raise _fail(f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir")
     if not input_dir.is_dir():
         raise _fail(f"input folder {input_dir} does not exist or is not a folder")
-    if model is None:
-        from models import default_model_path
+    if model is None or str(model) in ("default", "int8"):
+        from models import shipped_model_path
 
-        model = default_model_path()
+        model = shipped_model_path(str(model or "default"))
         if not model.is_file():
             raise _fail(f"no shipped model at {model}; pass --model FILE.onnx (see README: onnx-export)")
     if not model.is_file():

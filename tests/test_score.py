@@ -189,3 +189,6 @@ def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
     assert preds.height == 44 and set(preds["status"]) == {"ok"}
     assert preds["true_class"].null_count() == 0
     assert (preds["pred_class"] == preds["true_class"]).mean() >= 0.5  # 0.66 when the model was shipped
+    fast = _score([examples, "--out", tmp_path / "int8.parquet", "--device", "cpu", "--model", "int8"])
+    assert fast.exit_code == 0, fast.output
+    assert "mri44-resnet18-int8.onnx" in fast.output
