@@ -9,7 +9,6 @@ SHIPPED = {
     "default": "mri44-resnet18.onnx",  # fp16 weights, float32 input/output
     "int8": "mri44-resnet18-int8.onnx",  # static INT8, ~3x faster on CPUs, slightly less accurate
 }
-DEFAULT_MODEL_NAME = SHIPPED["default"]
 
 
 def shipped_model_path(variant: str = "default") -> Path:
