@@ -112,29 +112,29 @@ def prediction_frame(
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     pred = order[:, 0]
     rows = np.arange(len(rel_paths))
-    parents = [Path(p).parent.name for p in rel_paths]
-    known = set(meta.classes)
-
-    def when_ok(values: np.ndarray) -> list:
-        return [v if good else None for v, good in zip(values.tolist(), ok.tolist(), strict=True)]
-
-    columns: dict[str, object] = {
-        "path": rel_paths,
-        "status": ["ok" if good else "error" for good in ok.tolist()],
-        "error": errors,
-        "pred_class": when_ok(classes[pred]),
-        "pred_tumor_type": when_ok(np.asarray(tumors)[tumor_of[pred]]),
-        "pred_contrast": when_ok(np.asarray(contrasts)[contrast_of[pred]]),
-        "confidence": when_ok(probs[rows, pred]),
-        "pred_tumor_type_prob": when_ok(tumor_probs[rows, tumor_of[pred]]),
-        "pred_contrast_prob": when_ok(contrast_probs[rows, contrast_of[pred]]),
+    predicted: dict[str, pl.Series] = {
+        "pred_class": pl.Series(classes[pred]),
+        "pred_tumor_type": pl.Series(np.asarray(tumors)[tumor_of[pred]]),
+        "pred_contrast": pl.Series(np.asarray(contrasts)[contrast_of[pred]]),
+        "confidence": pl.Series(probs[rows, pred].astype(np.float64)),
+        "pred_tumor_type_prob": pl.Series(tumor_probs[rows, tumor_of[pred]].astype(np.float64)),
+        "pred_contrast_prob": pl.Series(contrast_probs[rows, contrast_of[pred]].astype(np.float64)),
     }
     for j in range(k):
-        columns[f"top{j + 1}_class"] = when_ok(classes[order[:, j]])
-        columns[f"top{j + 1}_prob"] = when_ok(probs[rows, order[:, j]])
-    columns["true_class"] = [p if p in known else None for p in parents]
-    schema = {name: (pl.Float64 if name.endswith(("_prob", "confidence")) else pl.String) for name in columns}
-    return pl.DataFrame(columns, schema=schema)
+        predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
+        predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
+    frame = pl.DataFrame(
+        {"path": rel_paths, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
+    )
+    parent = pl.col("path").str.split("/").list.get(-2, null_on_oob=True)
+    return frame.select(
+        "path",
+        status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
+        error="error",
+        # Predictions of files that failed are meaningless zeros: null them.
+        **{name: pl.when("ok").then(pl.col(name)) for name in predicted},
+        true_class=pl.when(parent.is_in(meta.classes)).then(parent),
+    )
 
 
 def score_paths(
