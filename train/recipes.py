@@ -61,6 +61,7 @@ RECIPES: dict[str, Recipe] = {
     "ablate-balance": replace(_ADAMW, name="ablate-balance", balance="none"),
     "ablate-smoothing": replace(_ADAMW, name="ablate-smoothing", label_smoothing=0.0),
     "ablate-pad-grey": replace(_ADAMW, name="ablate-pad-grey", resize="stretch", channels="rgb"),
+    "ablate-pad": replace(_ADAMW, name="ablate-pad", resize="stretch"),
 }
 RECIPES["default"] = replace(RECIPES["adamw"], name="default")
 
