@@ -2,7 +2,7 @@
 
 `seed` reproduces the published baseline (plain SGD at lr 0.01, stretched resize, RGB, 5 epochs, no
 augmentation). `default` is the recipe chosen on the group-aware validation split; docs/recipes.md records what
-each ingredient gave. The `ablate-*` recipes switch one ingredient off, to measure it.
+each ingredient gave. The `ablate-*` recipes switch one ingredient of `adamw` off, to measure it.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ RECIPES: dict[str, Recipe] = {
     "ablate-pad-grey": replace(_ADAMW, name="ablate-pad-grey", resize="stretch", channels="rgb"),
     "ablate-pad": replace(_ADAMW, name="ablate-pad", resize="stretch"),
 }
-RECIPES["default"] = replace(RECIPES["adamw"], name="default")
+# The default is `adamw` with stretched input: at 128 px, stretching beat letterboxing by +0.050 (grey) and
+# +0.033 (RGB) validation macro-F1 (docs/recipes.md). The shipped model predates this and used letterboxing.
+RECIPES["default"] = replace(RECIPES["adamw"], name="default", resize="stretch")
 
 
 def get_recipe(name: str) -> Recipe:
