@@ -32,6 +32,12 @@ run() {  # run NAME SECONDS ARGS...
 if [ "${DRY:-0}" = 1 ]; then
   run default-256-e80 120 --image-size 64 --epochs 2
   run seed-256 120 --image-size 64 --epochs 1 --recipe seed
+elif [ "${PLAN:-1}" = 3 ]; then
+  # Next session: does stretching (today's default) beat letterboxing (adamw, the shipped model) at 256 px?
+  for seed in 0 1; do
+    run "default-256-s$seed" 70 --image-size 256 --epochs 40 --seed "$seed"
+    run "adamw-256-s$seed" 70 --image-size 256 --epochs 40 --seed "$seed" --recipe adamw
+  done
 elif [ "${PLAN:-1}" = 2 ]; then
   # Second session: weight averaging, SGD and mixup against session 1's adamw ("default" then) at 256 px.
   run adamw-ema-256 95 --image-size 256 --epochs 60 --recipe adamw-ema
