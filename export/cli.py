@@ -55,7 +55,7 @@ def export(
         files = None
         if int8:
             from export.int8 import calibration_files
-            from export.onnx_export import checkpoint_path
+            from mri44.model import checkpoint_path
 
             files = calibration_files(calibration, checkpoint_path(checkpoint), calibration_images)
         proto, model, meta = export_onnx(checkpoint, opset=opset, fp16=fp16, int8_calibration=files)

@@ -15,15 +15,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from mri44.model import ARCH, file_sha256, load_checkpoint, model_from_checkpoint
+from mri44.model import ARCH, checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
 from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from mri44.preprocess import PreprocessSpec
 
 DEFAULT_OPSET = 17
-
-
-def checkpoint_path(source: Path) -> Path:
-    return source / "best.pt" if source.is_dir() else source
 
 
 def export_onnx(

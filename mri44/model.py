@@ -28,10 +28,14 @@ def build_model(num_classes: int) -> torch.nn.Module:
     return model
 
 
+def checkpoint_path(source: str | os.PathLike[str]) -> Path:
+    """A run folder stands for its best checkpoint."""
+    source = Path(source)
+    return source / "best.pt" if source.is_dir() else source
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
+    path = checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}: pass a .pt file written by `python -m train` or its run folder"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
-from mri44.model import ARCH, build_model, load_checkpoint
+from mri44.model import ARCH, build_model, load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec
 from train.augment import random_affine_intensity
 from train.dataset import load_or_scan
@@ -434,9 +434,7 @@ def evaluate_best(
     """Best checkpoint -> predictions and metric tables for the test split (val too, for the record)."""
     best = load_checkpoint(best_path)
     classes = best["classes"]
-    model = build_model(len(classes))
-    model.load_state_dict(best["model"])
-    model.to(device)
+    model = model_from_checkpoint(best).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     result: dict[str, Any] = {"best_epoch": best["epoch"] + 1}
