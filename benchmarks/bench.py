@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from export.onnx_export import export_onnx  # noqa: E402
+from export.parity import spread  # noqa: E402
 from mri44.discover import find_images  # noqa: E402
 from mri44.onnx_meta import INPUT_NAME  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
@@ -162,7 +163,7 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     all_paths = find_images(args.data)
-    paths = all_paths[:: max(1, len(all_paths) // args.images)][: args.images]
+    paths = spread(all_paths, args.images)
     n = len(paths)
     session = make_session(args.model, "cpu")
     meta = load_metadata(session, str(args.model))

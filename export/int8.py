@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import polars as pl
 
+from export.parity import decodable_pixels, spread
 from mri44.discover import find_images
-from mri44.imageio import ImageDecodeError, read_image
 from mri44.onnx_meta import INPUT_NAME
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.preprocess import PreprocessSpec, normalize
 
 
 def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:
@@ -29,22 +29,15 @@ def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:
         files = in_train or files
     if not files:
         raise FileNotFoundError(f"no calibration images under {folder}")
-    return files[:: max(1, len(files) // limit)][:limit]
+    return spread(files, limit)
 
 
 class _Reader:
     """onnxruntime.quantization.CalibrationDataReader over preprocessed batches."""
 
     def __init__(self, files: list[Path], spec: PreprocessSpec, batch: int = 16) -> None:
-        pixels = []
-        for path in files:
-            try:
-                pixels.append(to_model_pixels(read_image(path), spec))
-            except ImageDecodeError:
-                continue
-        self._batches = [
-            normalize(np.stack(pixels[i : i + batch]), spec) for i in range(0, len(pixels), batch)
-        ]
+        pixels, _ = decodable_pixels(files, spec)
+        self._batches = [normalize(pixels[i : i + batch], spec) for i in range(0, len(pixels), batch)]
         self._iter = iter(self._batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

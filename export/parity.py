@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from mri44.discover import find_images
-from mri44.imageio import ImageDecodeError, read_image
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.imageio import ImageDecodeError
+from mri44.preprocess import PreprocessSpec, load_pixels, normalize
 
 FP32_MAX_ABS = 1e-4
 FP16_MAX_REL = 1e-2
@@ -49,20 +49,32 @@ def random_batches(
     }
 
 
+def spread(paths: list[Path], limit: int) -> list[Path]:
+    """At most `limit` paths taken evenly over the list, so every class folder of a sorted listing is sampled."""
+    return paths[:: max(1, len(paths) // limit)][:limit]
+
+
+def decodable_pixels(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[str]]:
+    """uint8 model pixels of the files that decode (the others are skipped), and their paths."""
+    pixels, names = [], []
+    for path in paths:
+        try:
+            pixels.append(load_pixels(path, spec))
+            names.append(str(path))
+        except ImageDecodeError:
+            continue
+    if not pixels:
+        raise FileNotFoundError(f"none of the {len(paths)} files could be decoded")
+    return np.stack(pixels), names
+
+
 def real_batch(folder: Path, spec: PreprocessSpec, limit: int = 64) -> tuple[np.ndarray, list[str]]:
     """Up to `limit` images spread evenly over the folder's sorted files, preprocessed by the shared core."""
     paths = find_images(folder)
     if not paths:
         raise FileNotFoundError(f"no images under {folder} for the parity check")
-    picked = paths[:: max(1, len(paths) // limit)][:limit]
-    pixels, names = [], []
-    for path in picked:
-        try:
-            pixels.append(to_model_pixels(read_image(path), spec))
-            names.append(str(path))
-        except ImageDecodeError:
-            continue
-    return normalize(np.stack(pixels), spec), names
+    pixels, names = decodable_pixels(spread(paths, limit), spec)
+    return normalize(pixels, spec), names
 
 
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityRow:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
+
+from mri44.imageio import read_image
 
 ResizePolicy = Literal["pad", "stretch"]
 Channels = Literal["grey", "rgb"]
@@ -125,3 +128,8 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         np.multiply(batch[..., 0 if c == 1 else ch], scale[ch], out=out[:, ch])
         out[:, ch] += bias[ch]
     return out
+
+
+def load_pixels(path: str | os.PathLike[str], spec: PreprocessSpec) -> np.ndarray:
+    """Read, decode and resize one file: what the scorer computes per image (raises ImageDecodeError)."""
+    return to_model_pixels(read_image(path), spec)

@@ -18,10 +18,10 @@ import onnxruntime as ort
 import polars as pl
 from tqdm import tqdm
 
-from mri44.imageio import ImageDecodeError, read_image
+from mri44.imageio import ImageDecodeError
 from mri44.labels import parse_label
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.preprocess import PreprocessSpec, load_pixels, normalize
 
 
 @dataclass
@@ -54,10 +54,6 @@ def load_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
     return meta
 
 
-def preprocess_file(path: Path, spec: PreprocessSpec) -> np.ndarray:
-    return to_model_pixels(read_image(path), spec)
-
-
 def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: int, prefetch: int):
     """Yield (positions, pixels, errors) in file order; errors: list of (position, message)."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -67,7 +63,7 @@ def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: 
         def fill() -> None:
             nonlocal next_i
             while next_i < len(paths) and len(pending) < prefetch:
-                pending.append((next_i, pool.submit(preprocess_file, paths[next_i], spec)))
+                pending.append((next_i, pool.submit(load_pixels, paths[next_i], spec)))
                 next_i += 1
 
         fill()
@@ -87,8 +83,6 @@ def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: 
             if len(pixels) == batch_size or (not pending and (pixels or errors)):
                 yield positions, (np.stack(pixels) if pixels else None), errors
                 positions, pixels, errors = [], [], []
-        if errors:
-            yield [], None, errors
 
 
 def prediction_frame(
