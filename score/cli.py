@@ -29,7 +29,9 @@ def score(
     ),
     out: Path = typer.Option(..., help="Predictions file: .parquet, or .csv for CSV."),
     model: Path | None = typer.Option(
-        None, help="ONNX model from `onnx-export` (default: the shipped model)."
+        None,
+        help="ONNX model from `onnx-export`, or a shipped one by name: 'default' (fp16) or 'int8' (about 3x "
+        "faster on a CPU, slightly less accurate; see models/README.md). Default: 'default'.",
     ),
     device: str = typer.Option("auto", help="auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt."),
     batch_size: int = typer.Option(32, min=1, help="Images per inference batch."),
