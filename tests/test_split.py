@@ -7,7 +7,7 @@ from synthetic import make_dataset
 
 from mri44.preprocess import PreprocessSpec
 from train.dataset import scan_dataset
-from train.split import SplitConfig, conflicting_duplicates, make_split
+from train.split import SplitConfig, conflicting_duplicates, group_ids, make_split
 
 
 def _scan(root: Path) -> pl.DataFrame:
@@ -58,3 +58,37 @@ def test_near_duplicates_share_a_side(tmp_path: Path) -> None:
         )
         assert family["split"].n_unique() == 1
         assert family["group"].n_unique() == 1
+
+
+def _chain_manifest(length: int, others: int) -> pl.DataFrame:
+    """`length` images of one class whose hashes form a chain (image i differs from image j in |i - j| bits),
+    plus `others` unrelated images of another class; the chain's first two files are byte-identical."""
+    hashes, value = [], 0
+    for i in range(length):
+        value ^= 1 << i
+        hashes.append(value)
+    rng = np.random.default_rng(0)
+    hashes += [int(h) for h in rng.integers(0, 2**63, others, dtype=np.int64)]
+    shas = ["dup", "dup"] + [f"sha{i}" for i in range(length + others - 2)]
+    return pl.DataFrame(
+        {
+            "path": [f"f{i}" for i in range(length + others)],
+            "label": ["Chain T1"] * length + ["Other T1"] * others,
+            "tumor_type": ["Chain"] * length + ["Other"] * others,
+            "sha256": shas,
+            "phash": pl.Series(hashes, dtype=pl.UInt64),
+        }
+    )
+
+
+def test_over_long_near_duplicate_chains_are_cut() -> None:
+    manifest = _chain_manifest(length=20, others=20)
+    chained = group_ids(manifest, phash_distance=6)  # no cut: transitivity joins the whole class
+    assert len(set(chained[:20])) == 1
+    groups = group_ids(manifest, phash_distance=6, max_group_share=0.3)
+    sizes = np.bincount(groups[:20])
+    assert sizes[sizes > 0].max() <= 0.3 * 20
+    assert groups[0] == groups[1]  # byte-identical files stay together whatever the distance
+    assert len(set(groups[:20]) & set(groups[20:])) == 0  # the cut never merges across tumour types
+    # A pure chain (neighbours 1 bit apart) stays whole down to distance 1, so it is cut to exact matches.
+    assert len(set(groups[:20])) == 19

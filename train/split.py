@@ -26,6 +26,9 @@ class SplitConfig:
     test: float = 0.15
     seed: int = 0
     phash_distance: int = 6
+    max_group_share: float = (
+        0.3  # see group_ids: chains holding more of a class are cut at a stricter distance
+    )
 
     def __post_init__(self) -> None:
         fractions = (self.train, self.val, self.test)
@@ -33,30 +36,50 @@ class SplitConfig:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
 
 
-def group_ids(manifest: pl.DataFrame, phash_distance: int) -> np.ndarray:
-    """Connected components over 'byte-identical' and 'near-identical within one tumour type' links."""
-    n = manifest.height
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    sha = manifest["sha256"].to_numpy()
-    _, sha_codes = np.unique(sha, return_inverse=True)
+def _components(sha_codes: np.ndarray, hashes: np.ndarray, tumor: np.ndarray, distance: int) -> np.ndarray:
+    """Connected components over 'byte-identical' and 'pHash within `distance` bits, same tumour type' links."""
+    n = len(sha_codes)
     order = np.argsort(sha_codes, kind="stable")
     same = sha_codes[order][1:] == sha_codes[order][:-1]
-    rows.append(order[1:][same])
-    cols.append(order[:-1][same])
-    if phash_distance >= 0:
-        hashes = manifest["phash"].to_numpy().astype(np.uint64)
-        tumor = manifest["tumor_type"].to_numpy()
+    rows, cols = [order[1:][same]], [order[:-1][same]]
+    if distance >= 0:
         for value in np.unique(tumor):
             idx = np.flatnonzero(tumor == value)
-            close = np.bitwise_count(hashes[idx, None] ^ hashes[None, idx]) <= phash_distance
+            close = np.bitwise_count(hashes[idx, None] ^ hashes[None, idx]) <= distance
             a, b = np.nonzero(np.triu(close, k=1))
             rows.append(idx[a])
             cols.append(idx[b])
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    r, c = np.concatenate(rows), np.concatenate(cols)
     graph = csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def group_ids(manifest: pl.DataFrame, phash_distance: int, max_group_share: float = 1.0) -> np.ndarray:
+    """Groups of byte-identical and near-identical images; over-long near-duplicate chains are cut.
+
+    pHash links are transitive, so neighbouring slices can chain a whole class into one group (all 99
+    Carcinoma T1C+ images at 6 bits), which then never reaches val or test. A group holding more than
+    `max_group_share` of some class's images is re-grouped inside itself at one bit less, repeatedly, down to
+    byte-identical links only; byte-identical files always stay together.
+    """
+    sha_codes = np.unique(manifest["sha256"].to_numpy(), return_inverse=True)[1]
+    hashes = manifest["phash"].to_numpy().astype(np.uint64)
+    tumor = manifest["tumor_type"].to_numpy()
+    label_codes = np.unique(manifest["label"].to_numpy(), return_inverse=True)[1]
+    class_sizes = np.bincount(label_codes)
+    groups = _components(sha_codes, hashes, tumor, phash_distance)
+    pending = [(g, phash_distance) for g in np.unique(groups)]
+    while pending:
+        group, distance = pending.pop()
+        idx = np.flatnonzero(groups == group)
+        share = (np.bincount(label_codes[idx], minlength=len(class_sizes)) / class_sizes).max()
+        if share <= max_group_share or distance < 0:
+            continue
+        sub = _components(sha_codes[idx], hashes[idx], tumor[idx], distance - 1)
+        first_new = groups.max() + 1
+        groups[idx] = first_new + sub
+        pending.extend((first_new + s, distance - 1) for s in np.unique(sub))
+    return np.unique(groups, return_inverse=True)[1]
 
 
 def conflicting_duplicates(manifest: pl.DataFrame) -> pl.DataFrame:
@@ -72,7 +95,7 @@ def conflicting_duplicates(manifest: pl.DataFrame) -> pl.DataFrame:
 
 def make_split(manifest: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     """The manifest with `group` and `split` columns added; same manifest and config -> same split."""
-    groups = group_ids(manifest, config.phash_distance)
+    groups = group_ids(manifest, config.phash_distance, config.max_group_share)
     frame = manifest.with_columns(group=pl.Series(groups, dtype=pl.Int64))
     forced_train = set(
         frame.join(conflicting_duplicates(manifest).select("sha256"), on="sha256", how="semi")["group"]
