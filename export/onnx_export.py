@@ -67,6 +67,7 @@ def export_onnx(
         preprocess=spec,
         arch=ckpt.get("arch", ARCH),
         source_sha256=file_sha256(ckpt_file),
+        temperature=float(ckpt.get("temperature", 1.0)),
         export={
             "precision": "fp16" if fp16 else "int8" if int8_calibration else "fp32",
             "opset": opset,
@@ -79,8 +80,6 @@ def export_onnx(
         },
     )
     onnx.helper.set_model_props(proto, meta.to_props())
-    proto.doc_string = (
-        f"mri44 {ARCH}, {len(meta.classes)} classes, input {INPUT_NAME} float32 (N,3,{spec.size},{spec.size})"
-    )
+    proto.doc_string = f"mri44 {meta.arch}, {len(meta.classes)} classes, input {INPUT_NAME} float32 (N,3,{spec.size},{spec.size})"
     onnx.checker.check_model(proto, full_check=True)
     return proto, model, meta

@@ -14,18 +14,34 @@ from typing import Any
 import torch
 import torchvision
 
-ARCH = "resnet18"
+from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD, build_keras_resnet
+from mri44.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+ARCH = "resnet18"  # the user's model: what the shipped ONNX files are
+# resnet50 is the Keras v1 layout (stride on the first 1x1 conv), because the only ImageNet ResNet-50 weights
+# reachable offline are Keras' (train/pretrained.py); it serves as the teacher for distillation.
+ARCHS = ("resnet18", "resnet50")
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or not one of ours; the message says what to do."""
 
 
-def build_model(num_classes: int) -> torch.nn.Module:
-    """torchvision ResNet-18 with its last layer replaced for num_classes."""
-    model = torchvision.models.resnet18(weights=None)
+def build_model(num_classes: int, arch: str = ARCH) -> torch.nn.Module:
+    """torchvision ResNet-18, or the Keras-layout ResNet-50, with its last layer sized for num_classes."""
+    if arch == "resnet18":
+        model = torchvision.models.resnet18(weights=None)
+    elif arch == "resnet50":
+        model = build_keras_resnet([3, 4, 6, 3])
+    else:
+        raise CheckpointError(f"architecture {arch!r} is not supported (choose one of {', '.join(ARCHS)})")
     model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
     return model
+
+
+def input_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0..1 scale that the architecture's ImageNet weights were trained with."""
+    return (CAFFE_MEAN, CAFFE_STD) if arch == "resnet50" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def checkpoint_path(source: str | os.PathLike[str]) -> Path:
@@ -55,14 +71,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
-    if ckpt.get("arch", ARCH) != ARCH:
-        raise CheckpointError(f"checkpoint architecture {ckpt.get('arch')!r} is not supported (only {ARCH})")
-    model = build_model(len(ckpt["classes"]))
+    arch = ckpt.get("arch", ARCH)
+    model = build_model(len(ckpt["classes"]), arch)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"checkpoint weights do not match a {ARCH} with {len(ckpt['classes'])} classes: {exc}"
+            f"checkpoint weights do not match a {arch} with {len(ckpt['classes'])} classes: {exc}"
         ) from exc
     return model.eval()
 

@@ -35,6 +35,7 @@ class ModelMetadata:
     arch: str
     source_sha256: str
     export: dict
+    temperature: float = 1.0  # the scorer's softmax(logits / temperature); fitted on validation at training
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -44,6 +45,7 @@ class ModelMetadata:
             "mri44.arch": self.arch,
             "mri44.source_sha256": self.source_sha256,
             "mri44.export": json.dumps(self.export, sort_keys=True),
+            "mri44.temperature": repr(float(self.temperature)),
         }
 
     @classmethod
@@ -62,14 +64,19 @@ class ModelMetadata:
             classes = json.loads(props["mri44.classes"])
             spec = PreprocessSpec.from_json(props["mri44.preprocess"])
             export = json.loads(props["mri44.export"])
+            # Optional: models exported before calibration existed have none and keep their raw softmax.
+            temperature = float(props.get("mri44.temperature", "1.0"))
         except (ValueError, TypeError) as exc:
             raise ModelMetadataError(f"{source} has unreadable mri44 metadata: {exc}") from exc
         if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
             raise ModelMetadataError(f"{source}: metadata must list at least two distinct class names")
+        if not 0.0 < temperature < 100.0:
+            raise ModelMetadataError(f"{source}: metadata temperature {temperature} is not a positive number")
         return cls(
             classes=classes,
             preprocess=spec,
             arch=props["mri44.arch"],
             source_sha256=props["mri44.source_sha256"],
             export=export,
+            temperature=temperature,
         )

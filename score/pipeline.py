@@ -18,6 +18,7 @@ import onnxruntime as ort
 import polars as pl
 from tqdm import tqdm
 
+from mri44.calibration import softmax
 from mri44.imageio import ImageDecodeError
 from mri44.labels import parse_label
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata
@@ -153,11 +154,12 @@ def score_paths(
         paths, meta.preprocess, batch_size, workers, prefetch or max(2 * batch_size, 8)
     ):
         if pixels is not None:
-            logits = session.run(None, {INPUT_NAME: normalize(pixels, meta.preprocess)})[0].astype(np.float64)
-            logits -= logits.max(1, keepdims=True)
-            p = np.exp(logits)
-            probs[positions] = p / p.sum(1, keepdims=True)
-            ok[positions] = True
+            logits = session.run(None, {INPUT_NAME: normalize(pixels, meta.preprocess)})[0]
+            finite = np.isfinite(logits).all(1)
+            probs[positions] = softmax(np.where(finite[:, None], logits, 0.0), meta.temperature)
+            ok[positions] = finite
+            for i in np.asarray(positions)[~finite]:
+                errors[i] = "model produced non-finite output (NaN or inf) for this image"
         for i, message in batch_errors:
             errors[i] = message
         bar.update(len(positions) + len(batch_errors))

@@ -64,6 +64,7 @@ def test_metadata_round_trip(exported_model: Path, trained_run: Path) -> None:
     assert meta.classes == ckpt["classes"]
     assert meta.preprocess == PreprocessSpec.from_dict(ckpt["preprocess"])
     assert meta.arch == "resnet18"
+    assert meta.temperature == pytest.approx(ckpt["temperature"])
     assert len(meta.source_sha256) == 64
     assert meta.export["opset"] == 17 and meta.export["precision"] == "fp32"
     onnx.checker.check_model(proto, full_check=True)

@@ -9,10 +9,13 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from typer.testing import CliRunner
 
+from mri44.calibration import softmax
 from mri44.imageio import read_image
 from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.runtime import make_session
 from score.cli import app
+from score.pipeline import load_metadata, score_paths
 from train.dataset import scan_dataset
 from train.loop import to_input
 
@@ -120,6 +123,31 @@ def test_scores_equal_pytorch_checkpoint(
         logits = model(torch.from_numpy(normalize(batch, spec))).numpy()
     expected = [ckpt["classes"][i] for i in logits.argmax(1)]
     assert preds["pred_class"].to_list() == expected
+    # Confidences are the checkpoint's temperature-scaled softmax, which differs from the raw one.
+    assert ckpt["temperature"] != pytest.approx(1.0, abs=0.01)
+    scaled = softmax(logits, ckpt["temperature"]).max(1)
+    np.testing.assert_allclose(preds["confidence"].to_numpy(), scaled, atol=1e-4)
+
+
+def test_non_finite_model_output_is_an_error_row(synthetic_data: Path, exported_model: Path) -> None:
+    """A model that emits NaN for an image must not yield an 'ok' row predicting class 0."""
+    session = make_session(exported_model, "cpu")
+    meta = load_metadata(session, "tiny")
+
+    class NanOnFirst:
+        def run(self, names, feeds):
+            out = session.run(names, feeds)
+            out[0][0] = np.nan
+            return out
+
+        def get_providers(self):
+            return session.get_providers()
+
+    paths = sorted(p for p in synthetic_data.rglob("*") if p.is_file())[:5]
+    run = score_paths(NanOnFirst(), meta, synthetic_data, paths, batch_size=8, progress=False)
+    assert run.predictions["status"].to_list() == ["error", "ok", "ok", "ok", "ok"]
+    assert "non-finite" in run.predictions["error"][0]
+    assert run.predictions["pred_class"][0] is None
 
 
 def test_scorer_input_equals_training_input(

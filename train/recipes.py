@@ -29,6 +29,10 @@ class Recipe:
     channels: Literal["grey", "rgb"] = "grey"
     ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
     mixup_alpha: float = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha)
+    # Knowledge distillation (needs --teacher): loss = (1 - w) * CE + w * T^2 * KL(teacher_T || student_T),
+    # the teacher seeing the same augmented batch as the student.
+    kd_weight: float = 0.0
+    kd_temperature: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +70,12 @@ RECIPES: dict[str, Recipe] = {
 # The default is `adamw` with stretched input: at 128 px, stretching beat letterboxing by +0.050 (grey) and
 # +0.033 (RGB) validation macro-F1 (docs/recipes.md). The shipped model predates this and used letterboxing.
 RECIPES["default"] = replace(RECIPES["adamw"], name="default", resize="stretch")
+
+
+# The shipped ResNet-18: `default` plus distillation from the fine-tuned ImageNet ResNet-50 (--teacher).
+RECIPES["distill"] = replace(RECIPES["default"], name="distill", kd_weight=0.7, kd_temperature=2.0, epochs=20)
+# Fine-tuning ImageNet weights (the ResNet-50 teacher): a tenth of the from-scratch learning rate, short.
+RECIPES["finetune"] = replace(RECIPES["default"], name="finetune", lr=5e-4, epochs=8, warmup_epochs=1.0)
 
 
 def get_recipe(name: str) -> Recipe:
