@@ -41,6 +41,7 @@ def export(
     ),
     images: Path | None = typer.Option(None, help="Folder of real images to add to the parity check."),
     max_images: int = typer.Option(64, help="At most this many real images in the parity check."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     from export.onnx_export import export_onnx
     from export.parity import check_parity, format_table, random_batches, real_batch
@@ -51,6 +52,11 @@ def export(
 
     if int8 and (fp16 or calibration is None):
         raise typer.BadParameter("--int8 needs --calibration DIR and excludes --fp16")
+    if out.suffix.lower() != ".onnx":
+        raise typer.BadParameter(f"--out must end in .onnx, got {out.name}")
+    if out.exists() and not overwrite:
+        typer.secho(f"error: {out} exists; pass --overwrite to replace it", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     try:
         files = None
         if int8:
@@ -91,8 +97,12 @@ def export(
     if failed:
         typer.secho("parity check failed: nothing written", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(out, replace=overwrite) as tmp:
+            tmp.write_bytes(data)
+    except FileExistsError as exc:  # appeared while we were exporting
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     typer.echo(
         f"wrote {out} ({len(data) / 1e6:.1f} MB, {precision}, opset {opset}, {len(meta.classes)} classes, "
         f"input {INPUT_NAME} (N,3,{spec.size},{spec.size}))"

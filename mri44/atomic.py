@@ -15,9 +15,29 @@ def _umask() -> int:
     return mask
 
 
+def _publish(tmp: Path, target: Path, replace: bool) -> None:
+    """Move tmp to target; without replace, fail if target exists at this very moment (not only at start)."""
+    if replace:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # atomic create-if-absent: FileExistsError when another writer got there first
+    except FileExistsError:
+        raise FileExistsError(f"{target} exists; pass --overwrite to replace it") from None
+    except OSError:  # a file system without hard links: the best we can do is check, then rename
+        if target.exists():
+            raise FileExistsError(f"{target} exists; pass --overwrite to replace it") from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces the target, on error it vanishes."""
+def atomic_path(target: str | os.PathLike[str], replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it becomes the target, on error it vanishes.
+
+    replace=False never replaces an existing target, even one that appeared while the caller was writing.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -26,7 +46,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other output
-        os.replace(tmp, target)
+        _publish(tmp, target, replace)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -32,11 +32,17 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
 
 
 def _jpeg_is_truncated(data: np.ndarray) -> bool:
-    """libjpeg silently fills a truncated JPEG with grey; a missing end-of-image marker tells us it happened."""
+    """libjpeg silently fills a truncated JPEG with grey; a missing end-of-image marker tells us it happened.
+
+    The end marker must follow the last start-of-scan marker (entropy-coded data never holds 0xFFD9, and an
+    embedded thumbnail's end marker comes before the main scan), so bytes appended after the end marker by
+    scanners and phones are accepted while a cut-off scan is not.
+    """
     if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
         return False
-    tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
-    return b"\xff\xd9" not in tail[-16:]
+    raw = data.tobytes()
+    last_scan = raw.rfind(b"\xff\xda")
+    return last_scan < 0 or raw.rfind(b"\xff\xd9") < last_scan  # no scan at all: cut off in the header
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

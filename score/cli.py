@@ -92,8 +92,13 @@ def score(
         top_k=top_k,
         progress=sys.stderr.isatty(),
     )
-    with atomic_path(out) as tmp:
-        run.predictions.write_csv(tmp) if out.suffix.lower() == ".csv" else run.predictions.write_parquet(tmp)
+    try:
+        with atomic_path(out, replace=overwrite) as tmp:
+            run.predictions.write_csv(tmp) if out.suffix.lower() == ".csv" else run.predictions.write_parquet(
+                tmp
+            )
+    except FileExistsError as exc:  # another run wrote it while we were scoring
+        raise _fail(str(exc)) from exc
     typer.echo(
         f"scored {run.scored} image(s), {run.failed} error(s) in {run.seconds:.1f}s "
         f"({len(paths) / max(run.seconds, 1e-9):.1f} img/s) -> {out}",

@@ -98,6 +98,30 @@ def test_cli_writes_nothing_on_failure_and_file_on_success(
     assert good.exit_code == 0, good.output
     assert "real x" in good.output and "FAIL" not in good.output
     assert out.is_file() and not list(tmp_path.glob(".*.tmp"))
+    # Never replaces a file unless told: not the model just written, not the training checkpoint itself.
+    before = out.read_bytes()
+    again = runner.invoke(app, [str(trained_run), "--out", str(out), "--no-check"])
+    assert again.exit_code == 2 and "--overwrite" in again.output and out.read_bytes() == before
+    ckpt = trained_run / "best.pt"
+    clobber = runner.invoke(app, [str(ckpt), "--out", str(ckpt), "--no-check"])
+    assert clobber.exit_code == 2 and "best.pt" in clobber.output
+    assert (
+        runner.invoke(app, [str(trained_run), "--out", str(out), "--overwrite", "--no-check"]).exit_code == 0
+    )
+
+
+def test_no_replace_write_fails_if_the_target_appears_meanwhile(tmp_path: Path) -> None:
+    """The existence check holds at the moment of writing, not only at start (two runs to one --out)."""
+    from mri44.atomic import atomic_path
+
+    target = tmp_path / "preds.parquet"
+    with pytest.raises(FileExistsError, match="--overwrite"), atomic_path(target, replace=False) as tmp:
+        tmp.write_text("mine")
+        target.write_text("the other run's")  # another writer finishes first
+    assert target.read_text() == "the other run's" and not list(tmp_path.glob(".*.tmp"))
+    with atomic_path(tmp_path / "new.csv", replace=False) as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "new.csv").read_text() == "x"
 
 
 def test_tensorrt_absent_says_what_to_install() -> None:

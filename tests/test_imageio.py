@@ -87,6 +87,14 @@ def test_truncated_real_jpeg(tmp_path: Path, grey: np.ndarray) -> None:
         read_image(cut)
 
 
+def test_jpeg_with_bytes_after_its_end_marker_decodes(tmp_path: Path, grey: np.ndarray) -> None:
+    """Scanners and phones append data after the end-of-image marker; the image itself is whole."""
+    good = _write(tmp_path / "good.jpg", grey)
+    trailer = tmp_path / "trailer.jpg"
+    trailer.write_bytes(good.read_bytes() + b"SEFT trailer \x00\x01" * 200)
+    np.testing.assert_array_equal(read_image(trailer), read_image(good))
+
+
 def test_unreadable_path(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="cannot read"):
         read_image(tmp_path / "missing.jpg")

@@ -162,3 +162,11 @@ def test_all_data_run_trains_on_every_image(synthetic_data: Path, tmp_path: Path
     ckpt = load_checkpoint(tmp_path / "all")
     assert ckpt["epoch"] == 1 and ckpt["temperature"] == 1.5  # the last epoch is the model
     assert "test" not in result
+
+
+@pytest.mark.parametrize("field", ["epochs", "batch_size", "lr"])
+def test_zero_settings_are_refused_not_replaced(synthetic_data: Path, tmp_path: Path, field: str) -> None:
+    cfg = TrainConfig(data=synthetic_data, out=tmp_path / "r", recipe=get_recipe("default"), **{field: 0})
+    with pytest.raises(ValueError, match="must be positive"):
+        run_training(cfg)
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -63,11 +63,16 @@ class TrainConfig:
     temperature: float | None = None  # None: fit on validation; all-data runs take the selection run's
 
     def resolved(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs or self.recipe.epochs,
-            "batch_size": self.batch_size or self.recipe.batch_size,
-            "lr": self.lr or self.recipe.lr,
+        """Epochs, batch size and lr: the given value, or the recipe's when none was given (0 is not 'none')."""
+        values = {
+            "epochs": self.recipe.epochs if self.epochs is None else self.epochs,
+            "batch_size": self.recipe.batch_size if self.batch_size is None else self.batch_size,
+            "lr": self.recipe.lr if self.lr is None else self.lr,
         }
+        for name, value in values.items():
+            if not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        return values
 
     def to_json(self) -> str:
         data = asdict(self)
