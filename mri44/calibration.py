@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+T_RANGE = (0.05, 20.0)  # an untrained model's best T runs off to infinity (uniform output): keep it finite
+
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
-    """The T > 0 that minimises the negative log-likelihood of labels under softmax(logits / T)."""
+    """The T in T_RANGE that minimises the negative log-likelihood of labels under softmax(logits / T)."""
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.int64)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -22,7 +24,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    return float(np.clip(float(log_t.detach().exp()), *T_RANGE))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

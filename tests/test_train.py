@@ -170,3 +170,23 @@ def test_zero_settings_are_refused_not_replaced(synthetic_data: Path, tmp_path: 
     with pytest.raises(ValueError, match="must be positive"):
         run_training(cfg)
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    run_training(_cfg(data, tmp_path / "run", epochs=1))
+    saved = pl.read_parquet(tmp_path / "run" / "split.parquet")
+    resume = _cfg(data, tmp_path / "run", epochs=2, resume=True)
+    with pytest.raises(ValueError, match="seed: 0 -> 5"):
+        run_training(TrainConfig(**{**resume.__dict__, "seed": 5}))
+    # A file added since: the saved split has no row for it, so resuming refuses instead of re-splitting.
+    new = data / "Circloma T1" / "new.png"
+    new.write_bytes((data / "Circloma T1" / "slice (3).png").read_bytes())
+    with pytest.raises(ValueError, match="no split for 1 image"):
+        run_training(resume)
+    new.unlink()
+    run_training(resume)
+    assert pl.read_parquet(tmp_path / "run" / "split.parquet")["split"].to_list() == saved["split"].to_list()

@@ -203,6 +203,27 @@ def _save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+# Settings that decide the split, the inputs or the model: a resumed run must keep every one of them.
+RESUME_FIXED = ("data", "seed", "split", "split_file", "all_data", "image_size", "arch", "recipe", "teacher")
+
+
+def _check_resume_settings(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume with settings that differ from the run's config.json, naming each difference."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume {out}: its config.json is unreadable ({exc})") from exc
+    if not (out / "split.parquet").is_file():
+        raise ValueError(f"cannot resume {out}: it has no split.parquet")
+    now = json.loads(cfg.to_json())
+    differ = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_FIXED if saved.get(k) != now.get(k)]
+    if differ:
+        raise ValueError(
+            f"cannot resume {out} with other settings ({'; '.join(differ)}); rerun with the original ones "
+            "or train into a new --out"
+        )
+
+
 def _load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     """Reuse a split table from an earlier run; every scanned image must be in it."""
     given = pl.read_parquet(split_file) if split_file.suffix == ".parquet" else pl.read_csv(split_file)
@@ -239,6 +260,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     spec = PreprocessSpec(
         size=cfg.image_size, resize=recipe.resize, channels=recipe.channels, mean=mean, std=std
     )
+    resuming = cfg.resume and last_path.exists()
+    if resuming:
+        _check_resume_settings(out, cfg)
     write_text_atomic(out / "config.json", cfg.to_json())
 
     t0 = time.perf_counter()
@@ -249,7 +273,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     )
     with atomic_path(out / "unreadable.csv") as tmp:
         scanned.failures.write_csv(tmp)
-    if cfg.all_data:
+    if resuming:  # the run's own split, never a recomputed one: images already trained on stay in train
+        split = _load_split(out / "split.parquet", scanned.manifest)
+    elif cfg.all_data:
         split = scanned.manifest.with_columns(group=pl.lit(-1, pl.Int64), split=pl.lit("train"))
     elif cfg.split_file:
         split = _load_split(cfg.split_file, scanned.manifest)
@@ -308,7 +334,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
     start_epoch, best_f1, history = 0, -1.0, []
-    if cfg.resume and last_path.exists():
+    if resuming:
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         if state["classes"] != classes:
             raise ValueError(f"{last_path} was trained on other classes; cannot resume it on {cfg.data}")

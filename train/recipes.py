@@ -73,7 +73,7 @@ RECIPES["default"] = replace(RECIPES["adamw"], name="default", resize="stretch")
 
 
 # The shipped ResNet-18: `default` plus distillation from the fine-tuned ImageNet ResNet-50 (--teacher).
-RECIPES["distill"] = replace(RECIPES["default"], name="distill", kd_weight=0.7, kd_temperature=2.0, epochs=20)
+RECIPES["distill"] = replace(RECIPES["default"], name="distill", kd_weight=0.7, kd_temperature=2.0, epochs=15)
 # Fine-tuning ImageNet weights (the ResNet-50 teacher): a tenth of the from-scratch learning rate, short.
 RECIPES["finetune"] = replace(RECIPES["default"], name="finetune", lr=5e-4, epochs=8, warmup_epochs=1.0)
 
