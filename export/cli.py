@@ -39,12 +39,16 @@ def export(
     check: bool = typer.Option(
         True, "--check/--no-check", help="Parity check against PyTorch before writing."
     ),
-    images: Path | None = typer.Option(None, help="Folder of real images to add to the parity check."),
+    images: Path | None = typer.Option(
+        None,
+        help="Folder of real images for the parity check (default: --calibration, else the checkpoint's "
+        "training data folder when it still exists).",
+    ),
     max_images: int = typer.Option(64, help="At most this many real images in the parity check."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     from export.onnx_export import export_onnx
-    from export.parity import check_parity, format_table, random_batches, real_batch
+    from export.parity import check_parity, format_table, random_batches, real_batch, training_data
     from mri44.atomic import atomic_path
     from mri44.model import CheckpointError
     from mri44.onnx_meta import INPUT_NAME
@@ -74,9 +78,21 @@ def export(
     failed = False
     if check:
         batches = random_batches(spec)
-        if images is not None:
-            batch, _ = real_batch(images, spec, max_images)
-            batches[f"real x{len(batch)}"] = batch
+        # The gate always includes real images: --images, else the calibration or training images.
+        real = images or calibration or training_data(checkpoint)
+        if real is None:
+            typer.secho(
+                "error: no real images for the parity gate: pass --images DIR (or --no-check)",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(2)
+        try:
+            batch, _ = real_batch(real, spec, max_images)
+        except FileNotFoundError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
+        batches[f"real x{len(batch)}"] = batch
         session = make_session(data, "cpu")
         rows = check_parity(model, lambda x: session.run(None, {INPUT_NAME: x})[0], batches, precision)
         typer.echo(format_table(rows, f"parity {precision} ONNX Runtime (CPU) vs PyTorch"))

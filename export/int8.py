@@ -26,7 +26,12 @@ def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:
     if split_csv.is_file():
         train = set(pl.read_csv(split_csv).filter(pl.col("split") == "train")["path"].to_list())
         in_train = [f for f in files if f.relative_to(folder).as_posix() in train]
-        files = in_train or files
+        if files and not in_train:  # calibrating on everything would let val/test images in: refuse
+            raise FileNotFoundError(
+                f"none of the images under {folder} are in the train split of {split_csv}: pass the folder the "
+                "run was trained on (its paths are relative to it)"
+            )
+        files = in_train
     if not files:
         raise FileNotFoundError(f"no calibration images under {folder}")
     return spread(files, limit)

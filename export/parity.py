@@ -9,6 +9,7 @@ separately on a labelled split (benchmarks/bench.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from mri44.discover import find_images
 from mri44.imageio import ImageDecodeError
+from mri44.model import load_checkpoint
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
 
 FP32_MAX_ABS = 1e-4
@@ -75,6 +77,15 @@ def real_batch(folder: Path, spec: PreprocessSpec, limit: int = 64) -> tuple[np.
         raise FileNotFoundError(f"no images under {folder} for the parity check")
     pixels, names = decodable_pixels(spread(paths, limit), spec)
     return normalize(pixels, spec), names
+
+
+def training_data(checkpoint: Path) -> Path | None:
+    """The data folder a checkpoint was trained on, from the config it carries, if that folder still exists."""
+    try:
+        folder = Path(json.loads(load_checkpoint(checkpoint).get("config", "{}")).get("data", ""))
+    except (ValueError, AttributeError):
+        return None
+    return folder if str(folder) not in ("", ".") and folder.is_dir() else None
 
 
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityRow:

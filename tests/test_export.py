@@ -153,3 +153,14 @@ def test_int8_export_calibrates_on_train_split_and_agrees(trained_run: Path, syn
     batch, _ = real_batch(synthetic_data, meta.preprocess, limit=64)
     rows = check_parity(model, lambda x: session.run(None, {INPUT_NAME: x})[0], {"real x64": batch}, "int8")
     assert rows[0].top1_agreement >= 0.95
+
+
+def test_int8_calibration_refuses_a_folder_outside_the_split(trained_run: Path, tmp_path: Path) -> None:
+    """A folder whose layout does not match split.csv must not silently calibrate on val/test images."""
+    from synthetic import make_dataset
+
+    from export.int8 import calibration_files
+
+    elsewhere = make_dataset(tmp_path / "other", per_class=2, classes=("Unknown T1",))
+    with pytest.raises(FileNotFoundError, match="train split"):
+        calibration_files(elsewhere, trained_run / "best.pt", limit=10)
