@@ -32,7 +32,7 @@ from mri44.discover import find_images  # noqa: E402
 from mri44.onnx_meta import INPUT_NAME  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
-from score.pipeline import _batches, load_metadata, score_paths  # noqa: E402
+from score.pipeline import decoded_batches, load_metadata, score_paths  # noqa: E402
 
 
 def median_rate(fn, n_items: int, repeats: int) -> float:
@@ -173,7 +173,7 @@ def main() -> None:
     rates: dict[str, float] = {}
 
     def decode_only() -> None:
-        for _ in _batches(paths, spec, bs, os.cpu_count() or 1, 2 * bs):
+        for _ in decoded_batches(paths, spec, bs, os.cpu_count() or 1, 2 * bs):
             pass
 
     rates["decode"] = median_rate(decode_only, n, args.repeats)

@@ -7,11 +7,18 @@ file, so callers can record it per file and carry on.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
+
+# Decoding allocates width x height x channels bytes whatever the file size: a 2.6 MB PNG can claim 30000 x 30000
+# (2.7 GB of pixels). Dimensions are read from the header first and such files refused; MRI slices are far smaller.
+MAX_PIXELS = 50_000_000
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
@@ -45,6 +52,20 @@ def _jpeg_is_truncated(data: np.ndarray) -> bool:
     return last_scan < 0 or raw.rfind(b"\xff\xd9") < last_scan  # no scan at all: cut off in the header
 
 
+def header_size(buf: np.ndarray) -> tuple[int, str] | None:
+    """(pixel count, 'W x H') from the file's header without decoding pixels; None when Pillow cannot tell."""
+    try:
+        with Image.open(io.BytesIO(buf.tobytes())) as image:
+            width, height = image.size
+            return width * height, f"{width} x {height}"
+    except Image.DecompressionBombError as exc:  # Pillow's own refusal on open, beyond twice its limit
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(claimed.group(1)) if claimed else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
+        return pixels, f"{pixels:,}"
+    except Exception:  # not a format Pillow knows: OpenCV decides below
+        return None
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """Deeper images (16-bit, float) are rescaled by their own range, as MRI viewers do."""
     if image.dtype == np.uint8:
@@ -59,13 +80,23 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_bytes(data: bytes | np.ndarray, source: str | os.PathLike[str] = "<bytes>") -> np.ndarray:
-    """Decode to uint8, either HxW (greyscale) or HxWx3 (RGB order); alpha is composited onto black."""
+def decode_bytes(
+    data: bytes | np.ndarray, source: str | os.PathLike[str] = "<bytes>", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode to uint8, either HxW (greyscale) or HxWx3 (RGB order); alpha is composited onto black.
+
+    Files whose header claims more than max_pixels are refused before any pixel is allocated.
+    """
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
     if buf.size == 0:
         raise ImageDecodeError(source, "empty file")
     if _jpeg_is_truncated(buf):
         raise ImageDecodeError(source, "truncated JPEG (no end-of-image marker)")
+    claimed = header_size(buf)
+    if claimed is not None and claimed[0] > max_pixels:
+        raise ImageDecodeError(
+            source, f"image claims {claimed[1]} pixels, over the limit of {max_pixels:,} (--max-pixels)"
+        )
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. a header that announces more pixels than OpenCV allows
@@ -87,7 +118,7 @@ def decode_bytes(data: bytes | np.ndarray, source: str | os.PathLike[str] = "<by
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode one file; see decode_bytes for the returned layout."""
     try:
         size = os.path.getsize(path)
@@ -98,4 +129,4 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return decode_bytes(data, path)
+    return decode_bytes(data, path, max_pixels)

@@ -18,7 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from mri44.imageio import read_image
+from mri44.imageio import MAX_PIXELS, read_image
 
 ResizePolicy = Literal["pad", "stretch"]
 Channels = Literal["grey", "rgb"]
@@ -130,6 +130,8 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
-def load_pixels(path: str | os.PathLike[str], spec: PreprocessSpec) -> np.ndarray:
+def load_pixels(
+    path: str | os.PathLike[str], spec: PreprocessSpec, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Read, decode and resize one file: what the scorer computes per image (raises ImageDecodeError)."""
-    return to_model_pixels(read_image(path), spec)
+    return to_model_pixels(read_image(path, max_pixels), spec)

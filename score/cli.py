@@ -41,6 +41,9 @@ def score(
         None, help="Where metric tables go (default: OUT's name + '_metrics')."
     ),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    max_pixels: int = typer.Option(
+        50_000_000, min=1, help="Files whose header claims more pixels become error rows (memory bound)."
+    ),
 ) -> None:
     from mri44.atomic import atomic_path
     from mri44.discover import find_images
@@ -91,6 +94,7 @@ def score(
         workers=workers,
         top_k=top_k,
         progress=sys.stderr.isatty(),
+        max_pixels=max_pixels,
     )
     try:
         with atomic_path(out, replace=overwrite) as tmp:

@@ -19,7 +19,7 @@ import polars as pl
 from tqdm import tqdm
 
 from mri44.calibration import softmax
-from mri44.imageio import ImageDecodeError
+from mri44.imageio import MAX_PIXELS, ImageDecodeError
 from mri44.labels import parse_label
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
@@ -55,7 +55,14 @@ def load_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
     return meta
 
 
-def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: int, prefetch: int):
+def decoded_batches(
+    paths: list[Path],
+    spec: PreprocessSpec,
+    batch_size: int,
+    workers: int,
+    prefetch: int,
+    max_pixels: int = MAX_PIXELS,
+):
     """Yield (positions, pixels, errors) in file order; errors: list of (position, message)."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque[tuple[int, Future]] = collections.deque()
@@ -64,7 +71,7 @@ def _batches(paths: list[Path], spec: PreprocessSpec, batch_size: int, workers: 
         def fill() -> None:
             nonlocal next_i
             while next_i < len(paths) and len(pending) < prefetch:
-                pending.append((next_i, pool.submit(load_pixels, paths[next_i], spec)))
+                pending.append((next_i, pool.submit(load_pixels, paths[next_i], spec, max_pixels)))
                 next_i += 1
 
         fill()
@@ -142,6 +149,7 @@ def score_paths(
     top_k: int = 3,
     prefetch: int | None = None,
     progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> ScoreRun:
     """Score files (found under root) in order; returns one prediction row per file."""
     n = len(paths)
@@ -150,8 +158,8 @@ def score_paths(
     errors: list[str | None] = [None] * n
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
-    for positions, pixels, batch_errors in _batches(
-        paths, meta.preprocess, batch_size, workers, prefetch or max(2 * batch_size, 8)
+    for positions, pixels, batch_errors in decoded_batches(
+        paths, meta.preprocess, batch_size, workers, prefetch or max(2 * batch_size, 8), max_pixels
     ):
         if pixels is not None:
             logits = session.run(None, {INPUT_NAME: normalize(pixels, meta.preprocess)})[0]

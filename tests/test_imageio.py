@@ -98,3 +98,35 @@ def test_jpeg_with_bytes_after_its_end_marker_decodes(tmp_path: Path, grey: np.n
 def test_unreadable_path(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="cannot read"):
         read_image(tmp_path / "missing.jpg")
+
+
+def _png_claiming(width: int, height: int, real: bytes) -> bytes:
+    """A small real PNG whose IHDR now claims width x height (CRC fixed, so it looks valid)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">II", width, height) + real[24:29]
+    chunk = b"IHDR" + ihdr
+    return real[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + real[33:]
+
+
+def _jpeg_claiming(width: int, height: int, real: bytes) -> bytes:
+    sof = real.index(b"\xff\xc0")  # baseline frame header: length(2) precision(1) height(2) width(2)
+    return real[: sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + real[sof + 9 :]
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_header_claiming_huge_dimensions_is_refused_before_decoding(
+    tmp_path: Path, grey: np.ndarray, kind: str
+) -> None:
+    real = _write(tmp_path / f"real.{kind}", grey, ".png" if kind == "png" else ".jpg").read_bytes()
+    forge = _png_claiming if kind == "png" else _jpeg_claiming
+    bomb = tmp_path / f"bomb.{kind}"
+    bomb.write_bytes(forge(30000, 30000, real))
+    with pytest.raises(ImageDecodeError, match="(30000 x 30000|900,000,000) pixels, over the limit"):
+        read_image(bomb)
+    small = tmp_path / f"small.{kind}"
+    small.write_bytes(forge(40, 30, real))  # the same forgery at the true size still decodes
+    assert read_image(small).shape[:2] == (30, 40)
+    with pytest.raises(ImageDecodeError, match="over the limit of 1,000"):
+        read_image(small, max_pixels=1000)
