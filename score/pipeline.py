@@ -128,14 +128,17 @@ def prediction_frame(
     frame = pl.DataFrame(
         {"path": rel_paths, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
     )
-    parent = pl.col("path").str.split("/").list.get(-2, null_on_oob=True)
+    # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
+    # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
+    folders = pl.col("path").str.split("/").list.head(pl.col("path").str.count_matches("/"))
+    label = folders.list.eval(pl.element().filter(pl.element().is_in(list(meta.classes)))).list.last()
     return frame.select(
         "path",
         status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
         error="error",
         # Predictions of files that failed are meaningless zeros: null them.
         **{name: pl.when("ok").then(pl.col(name)) for name in predicted},
-        true_class=pl.when(parent.is_in(meta.classes)).then(parent),
+        true_class=label,
     )
 
 

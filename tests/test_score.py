@@ -220,3 +220,20 @@ def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
     fast = _score([examples, "--out", tmp_path / "int8.parquet", "--device", "cpu", "--model", "int8"])
     assert fast.exit_code == 0, fast.output
     assert "mri44-resnet18-int8.onnx" in fast.output
+
+
+def test_label_is_the_nearest_enclosing_class_folder() -> None:
+    """Nested case folders keep their label (training labels everything under DATA/CLASS/ as CLASS)."""
+    from mri44.onnx_meta import ModelMetadata
+    from score.pipeline import prediction_frame
+
+    meta = ModelMetadata(["Circloma T1", "Circloma T2"], PreprocessSpec(size=16), "resnet18", "0" * 64, {})
+    paths = [
+        "Circloma T1/case01/series2/x.jpg",
+        "x.jpg",
+        "other/Circloma T2/y.png",
+        "Circloma T1/Circloma T2/z.png",
+    ]
+    probs = np.full((4, 2), 0.5, np.float32)
+    frame = prediction_frame(paths, probs, np.ones(4, bool), [None] * 4, meta, top_k=1)
+    assert frame["true_class"].to_list() == ["Circloma T1", None, "Circloma T2", "Circloma T2"]
