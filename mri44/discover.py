@@ -8,9 +8,14 @@ from pathlib import Path
 
 from mri44.imageio import is_image_path
 
+# Written into every folder of metric tables we produce: such folders are our outputs, never inputs, so a
+# metrics folder left inside the scored folder is not scored on the next run.
+OUTPUT_MARKER = ".mri44-outputs"
+
 
 def find_images(root: str | os.PathLike[str]) -> list[Path]:
-    """All image-named files below root, sorted by their path relative to root."""
+    """All image-named files below root, sorted by their path relative to root; our own output folders (marked
+    with OUTPUT_MARKER) are skipped."""
     root = Path(root)
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
@@ -24,6 +29,8 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
         if key in seen_dirs:
             return
         seen_dirs.add(key)
+        if (folder / OUTPUT_MARKER).exists() and folder != root:
+            return
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from mri44.atomic import atomic_path
+from mri44.discover import OUTPUT_MARKER
 from mri44.labels import parse_label
 
 TABLES = ("summary", "per_class", "per_contrast", "per_tumor_type", "confusion")
@@ -196,6 +197,7 @@ def write_tables(
 ) -> list[Path]:
     """Each table as CSV and Parquet (atomic writes), plus the confusion heatmap when classes are given."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / OUTPUT_MARKER).touch()
     written = []
     for name, table in tables.items():
         for suffix in (".csv", ".parquet"):

@@ -237,3 +237,17 @@ def test_label_is_the_nearest_enclosing_class_folder() -> None:
     probs = np.full((4, 2), 0.5, np.float32)
     frame = prediction_frame(paths, probs, np.ones(4, bool), [None] * 4, meta, top_k=1)
     assert frame["true_class"].to_list() == ["Circloma T1", None, "Circloma T2", "Circloma T2"]
+
+
+def test_own_outputs_inside_the_input_folder_are_not_scored_next_time(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    folder = tmp_path / "in"
+    shutil.copytree(synthetic_data / "Circloma T1", folder / "Circloma T1")
+    n = len(list((folder / "Circloma T1").iterdir()))
+    out = folder / "preds.csv"
+    assert _score([folder, "--out", out, "--model", exported_model, "--device", "cpu"]).exit_code == 0
+    assert (folder / "preds_metrics" / "confusion.png").is_file()
+    again = _score([folder, "--out", folder / "again.csv", "--model", exported_model, "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert pl.read_csv(folder / "again.csv").height == n  # confusion.png was not picked up
