@@ -16,6 +16,20 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why files could not be created in folder, or None when they could; creates nothing."""
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():
+            return f"{existing} is a dangling link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
 @app.command(
     help="Predict tumour type and contrast for every image under INPUT_DIR (recursively).\n\n"
     "Writes one row per file found (status 'error' with the reason for files that cannot be decoded). When "
@@ -61,6 +75,10 @@ def score(
         raise _fail(f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir")
     if not input_dir.is_dir():
         raise _fail(f"input folder {input_dir} does not exist or is not a folder")
+    for place, what in ((out.parent, "--out"), (target, "--metrics-dir")):
+        problem = unwritable(place)
+        if problem:  # found now, not after every image was scored
+            raise _fail(f"{what}: cannot write into {place}: {problem}")
     if model is None or str(model) in ("default", "int8"):
         from models import shipped_model_path
 

@@ -93,6 +93,12 @@ def decoded_batches(
                 positions, pixels, errors = [], [], []
 
 
+def printable_path(name: str) -> str:
+    """A file name that is not valid UTF-8 (undecodable bytes arrive as surrogates) with those bytes written as
+    \\xNN escapes: the row is kept and the table can be written, where the raw name made the write crash."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def prediction_frame(
     rel_paths: list[str],
     probs: np.ndarray,
@@ -176,6 +182,6 @@ def score_paths(
         bar.update(len(positions) + len(batch_errors))
     bar.close()
     seconds = time.perf_counter() - t0
-    rel = [p.relative_to(root).as_posix() for p in paths]
+    rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
     frame = prediction_frame(rel, probs, ok, errors, meta, top_k)
     return ScoreRun(frame, session.get_providers()[0], seconds, int(ok.sum()), int(n - ok.sum()))

@@ -190,6 +190,34 @@ def test_clear_errors(tmp_path: Path, exported_model: Path, synthetic_data: Path
     none_ok = _score([all_bad, "--out", tmp_path / "q.parquet", "--model", exported_model])
     assert none_ok.exit_code == 1
     assert pl.read_parquet(tmp_path / "q.parquet")["status"].to_list() == ["error"]
+    # Output places that cannot work are found before scoring, not after it.
+    (tmp_path / "afile").write_text("x")
+    for args in (
+        ["--out", tmp_path / "afile" / "p.csv"],
+        ["--out", tmp_path / "r.csv", "--metrics-dir", tmp_path / "afile"],
+    ):
+        late = _score([synthetic_data, *args, "--model", exported_model])
+        assert (
+            late.exit_code == 2 and "is a file, not a folder" in late.output and "scored" not in late.output
+        )
+
+
+def test_file_names_that_are_not_utf8_keep_their_row(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = next((synthetic_data / "Circloma T1").glob("*.png"))
+    name = os.fsdecode(b"slice-\xff\xfe.png")
+    try:
+        (folder / name).write_bytes(src.read_bytes())
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    result = _score([folder, "--out", tmp_path / "p.parquet", "--model", exported_model])
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(tmp_path / "p.parquet")["path"].to_list() == ["slice-\\xff\\xfe.png"]
 
 
 def test_cuda_request_never_falls_back_silently(
