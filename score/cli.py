@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import typer
+
+from mri44.discover import OUTPUT_MARKER
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -28,6 +32,12 @@ def unwritable(folder: Path) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in {existing}"
     return None
+
+
+def remove_output_folder(folder: Path) -> None:
+    """Remove a metrics folder we wrote (it holds OUTPUT_MARKER) or an empty one; never anything else."""
+    if folder.is_dir() and ((folder / OUTPUT_MARKER).exists() or not any(folder.iterdir())):
+        shutil.rmtree(folder)
 
 
 @app.command(
@@ -71,8 +81,11 @@ def score(
     if out.exists() and not overwrite:
         raise _fail(f"{out} exists; pass --overwrite to replace it")
     target = metrics_dir or out.with_name(f"{out.stem}_metrics")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise _fail(f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise _fail(f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir")
+        if not (target / OUTPUT_MARKER).exists():
+            raise _fail(f"{target} holds files mri-score did not write; choose another --metrics-dir")
     if not input_dir.is_dir():
         raise _fail(f"input folder {input_dir} does not exist or is not a folder")
     for place, what in ((out.parent, "--out"), (target, "--metrics-dir")):
@@ -114,13 +127,28 @@ def score(
         progress=sys.stderr.isatty(),
         max_pixels=max_pixels,
     )
+    labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
+    tables = metric_tables(labelled["true_class"], labelled["pred_class"]) if labelled.height else None
+    staged = None
+    if tables is not None:  # tables are written aside first, so a failure here leaves every old output alone
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        write_tables(tables, staged, meta.classes)
+    if overwrite:  # an earlier run's tables must not survive beside new predictions
+        remove_output_folder(target)
     try:
         with atomic_path(out, replace=overwrite) as tmp:
             run.predictions.write_csv(tmp) if out.suffix.lower() == ".csv" else run.predictions.write_parquet(
                 tmp
             )
+        if staged is not None:
+            remove_output_folder(target)  # empty (checked at start) or removed above
+            staged.rename(target)
     except FileExistsError as exc:  # another run wrote it while we were scoring
         raise _fail(str(exc)) from exc
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
     typer.echo(
         f"scored {run.scored} image(s), {run.failed} error(s) in {run.seconds:.1f}s "
         f"({len(paths) / max(run.seconds, 1e-9):.1f} img/s) -> {out}",
@@ -130,11 +158,7 @@ def score(
         bad = run.predictions.filter(status="error").select("path", "error").head(5)
         for path, error in bad.iter_rows():
             typer.echo(f"  error: {path}: {error}", err=True)
-
-    labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
-    if labelled.height:
-        tables = metric_tables(labelled["true_class"], labelled["pred_class"])
-        write_tables(tables, target, meta.classes)
+    if tables is not None:
         import polars as pl
 
         with pl.Config(tbl_hide_dataframe_shape=True, float_precision=3, tbl_cols=12, tbl_width_chars=120):

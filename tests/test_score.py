@@ -279,3 +279,28 @@ def test_own_outputs_inside_the_input_folder_are_not_scored_next_time(
     again = _score([folder, "--out", folder / "again.csv", "--model", exported_model, "--device", "cpu"])
     assert again.exit_code == 0, again.output
     assert pl.read_csv(folder / "again.csv").height == n  # confusion.png was not picked up
+
+
+def test_overwrite_leaves_no_stale_tables_and_never_deletes_foreign_folders(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    out = tmp_path / "p.csv"
+    assert _score([synthetic_data, "--out", out, "--model", exported_model]).exit_code == 0
+    assert (tmp_path / "p_metrics" / "summary.csv").is_file()
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    shutil.copy(next((synthetic_data / "Circloma T1").glob("*.png")), unlabelled / "x.png")
+    result = _score([unlabelled, "--out", out, "--model", exported_model, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (
+        pl.read_csv(out).height == 1 and not (tmp_path / "p_metrics").exists()
+    )  # old tables gone with old preds
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    refused = _score(
+        [synthetic_data, "--out", out, "--model", exported_model, "--overwrite", "--metrics-dir", foreign]
+    )
+    assert refused.exit_code == 2 and "did not write" in refused.output
+    assert (foreign / "notes.txt").read_text() == "keep me" and pl.read_csv(out).height == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
