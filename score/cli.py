@@ -127,8 +127,14 @@ def score(
         progress=sys.stderr.isatty(),
         max_pixels=max_pixels,
     )
+    import polars as pl
+
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
     tables = metric_tables(labelled["true_class"], labelled["pred_class"]) if labelled.height else None
+    if tables is not None:  # the summary says how many files could not be scored, beside what was
+        tables["summary"] = tables["summary"].with_columns(
+            files=pl.lit(len(paths)), errors=pl.lit(run.failed)
+        )
     staged = None
     if tables is not None:  # tables are written aside first, so a failure here leaves every old output alone
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,10 +165,8 @@ def score(
         for path, error in bad.iter_rows():
             typer.echo(f"  error: {path}: {error}", err=True)
     if tables is not None:
-        import polars as pl
-
         with pl.Config(tbl_hide_dataframe_shape=True, float_precision=3, tbl_cols=12, tbl_width_chars=120):
-            typer.echo(tables["summary"].with_columns(errors=pl.lit(run.failed)))
+            typer.echo(tables["summary"])
             typer.echo(tables["per_contrast"])
         typer.echo(f"metric tables ({labelled.height} labelled images) -> {target}", err=True)
     if run.scored == 0:

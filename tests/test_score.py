@@ -107,6 +107,8 @@ def test_bad_inputs_become_error_rows(tmp_path: Path, synthetic_data: Path, expo
     assert preds.filter(pl.col("status") == "error")["error"].null_count() == 0
     assert preds.filter(pl.col("path") == "Squaroma T1C+ (ü) 脑/slice + (1) é.jpg")["true_class"][0] is None
     assert "4 error(s)" in result.output
+    summary = pl.read_csv(next(tmp_path.glob("*_metrics")) / "summary.csv").row(0, named=True)
+    assert summary["errors"] == 4 and summary["files"] == preds.height
 
 
 def test_scores_equal_pytorch_checkpoint(
