@@ -5,6 +5,7 @@
 #   3. selection student: ResNet-18 at 160 px distilled from the teacher on the same split (recipe distill);
 #      its val figures chose the settings, its test figures are what models/README.md reports
 #   4. shipped student: the same settings on every labelled image, with the selection run's temperature
+#      (stages 3 and 4 may run side by side: 4 reads 3's temperature only when it ends)
 #   5. exports: fp16 (default) and INT8, each gated on parity with PyTorch
 # Usage: bash scripts/train_shipped_cpu.sh [DATA] [RUNS]; a finished stage is skipped on a rerun.
 set -euo pipefail
@@ -23,9 +24,8 @@ stage t50-128 python -m train --data "$DATA" --out "$RUNS/t50-128" --arch resnet
   --recipe finetune --image-size 128
 stage s18-160 python -m train --data "$DATA" --out "$RUNS/s18-160" --teacher "$RUNS/t50-128" --recipe distill \
   --image-size 160 --split-file "$RUNS/t50-128/split.parquet"
-temperature=$(python -c "import json; print(json.load(open('$RUNS/s18-160/result.json'))['temperature'])")
 stage s18-160-all python -m train --data "$DATA" --out "$RUNS/s18-160-all" --teacher "$RUNS/t50-128" \
-  --recipe distill --image-size 160 --all-data --temperature "$temperature"
+  --recipe distill --image-size 160 --all-data --temperature-from "$RUNS/s18-160"
 t0=$SECONDS
 onnx-export "$RUNS/s18-160-all" --out "$RUNS/mri44-resnet18.onnx" --fp16 --images "$DATA" --overwrite
 onnx-export "$RUNS/s18-160-all" --out "$RUNS/mri44-resnet18-int8.onnx" --int8 --calibration "$DATA" --images "$DATA" --overwrite

@@ -73,6 +73,11 @@ def train(
         help="Softmax temperature to store (default: fitted on val; an --all-data run should take its "
         "selection run's).",
     ),
+    temperature_from: Path | None = typer.Option(
+        None,
+        help="Take the temperature from this run folder's best.pt when training ends (an --all-data run "
+        "started before its selection run finished).",
+    ),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
     workers: int | None = typer.Option(None, help="Decoding threads (default: CPU count, at most 16)."),
 ) -> None:
@@ -114,6 +119,7 @@ def train(
         teacher=teacher,
         all_data=all_data,
         temperature=temperature,
+        temperature_from=temperature_from,
     )
     try:
         run_training(cfg)

@@ -24,7 +24,14 @@ from tqdm import tqdm
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
-from mri44.model import ARCH, build_model, input_normalisation, load_checkpoint, model_from_checkpoint
+from mri44.model import (
+    ARCH,
+    build_model,
+    checkpoint_path,
+    input_normalisation,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from mri44.preprocess import PreprocessSpec
 from train.augment import random_affine_intensity
 from train.dataset import load_or_scan
@@ -61,6 +68,7 @@ class TrainConfig:
     teacher: Path | None = None  # run folder or checkpoint to distil from (recipe kd_weight > 0)
     all_data: bool = False  # train on every image: no val/test, the last epoch is the model
     temperature: float | None = None  # None: fit on validation; all-data runs take the selection run's
+    temperature_from: Path | None = None  # read the temperature from this run's best.pt when training ends
 
     def resolved(self) -> dict[str, Any]:
         """Epochs, batch size and lr: the given value, or the recipe's when none was given (0 is not 'none')."""
@@ -539,6 +547,11 @@ def evaluate_best(
     }
     if cfg.temperature is not None:
         temperature, source = cfg.temperature, "given with --temperature"
+    elif cfg.temperature_from is not None:
+        temperature = float(load_checkpoint(cfg.temperature_from).get("temperature", 0.0))
+        if temperature <= 0:
+            raise ValueError(f"--temperature-from {cfg.temperature_from}: its checkpoint has no temperature")
+        source = f"fitted on the val split of {checkpoint_path(cfg.temperature_from)}"
     elif "val" in logits:
         temperature, source = (
             fit_temperature(logits["val"], labels[val_idx]),
