@@ -68,6 +68,7 @@ def runs(folders: list[Path]) -> None:
             {
                 "run": folder.name
                 + ("" if (folder / "result.json").exists() else f" (stopped at {history.height})"),
+                "arch": config.get("arch", "resnet18"),
                 "recipe": config["recipe"]["name"],
                 "size": config["image_size"],
                 "epochs": config["epochs"],
