@@ -13,12 +13,17 @@ from mri44.imageio import is_image_path
 OUTPUT_MARKER = ".mri44-outputs"
 
 
-def find_images(root: str | os.PathLike[str]) -> list[Path]:
+def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """All image-named files below root, sorted by their path relative to root; our own output folders (marked
-    with OUTPUT_MARKER) are skipped."""
+    with OUTPUT_MARKER) are skipped. When `skipped` is given, every other file and every folder that could not
+    be listed is appended to it as (path relative to root, reason), so callers can say what they left out."""
     root = Path(root)
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
+
+    def note(path: Path, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((path.relative_to(root).as_posix(), reason))
 
     def walk(folder: Path) -> None:
         try:
@@ -33,7 +38,8 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
             return
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            note(folder, f"folder cannot be listed ({exc.strerror or exc})")
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -43,6 +49,11 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
                     walk(Path(entry.path))
                 elif is_image_path(entry.name):
                     found.append(Path(entry.path))
+                else:
+                    note(
+                        Path(entry.path),
+                        f"not an image type ({Path(entry.name).suffix.lower() or 'no extension'})",
+                    )
             except OSError:
                 # A dangling link with an image name is still a file the user asked about: record it.
                 if is_image_path(entry.name):

@@ -22,6 +22,7 @@ MAX_PIXELS = 50_000_000
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
+    | {".gif", ".jp2", ".j2k"}  # OpenCV >= 4.11 decodes these; an older one makes them per-file error rows
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import sys
@@ -100,7 +101,8 @@ def score(
             raise _fail(f"no shipped model at {model}; pass --model FILE.onnx (see README: onnx-export)")
     if not model.is_file():
         raise _fail(f"model {model} does not exist")
-    paths = find_images(input_dir)
+    skipped: list[tuple[str, str]] = []
+    paths = find_images(input_dir, skipped)
     if not paths:
         raise _fail(f"no image files under {input_dir} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     try:
@@ -133,7 +135,7 @@ def score(
     tables = metric_tables(labelled["true_class"], labelled["pred_class"]) if labelled.height else None
     if tables is not None:  # the summary says how many files could not be scored, beside what was
         tables["summary"] = tables["summary"].with_columns(
-            files=pl.lit(len(paths)), errors=pl.lit(run.failed)
+            files=pl.lit(len(paths)), errors=pl.lit(run.failed), skipped=pl.lit(len(skipped))
         )
     staged = None
     if tables is not None:  # tables are written aside first, so a failure here leaves every old output alone
@@ -160,6 +162,14 @@ def score(
         f"({len(paths) / max(run.seconds, 1e-9):.1f} img/s) -> {out}",
         err=True,
     )
+    if skipped:
+        reasons = collections.Counter(reason for _, reason in skipped)
+        typer.echo(
+            f"skipped {len(skipped)} file(s) or folder(s): "
+            + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common(5))
+            + f" (e.g. {skipped[0][0]})",
+            err=True,
+        )
     if run.failed:
         bad = run.predictions.filter(status="error").select("path", "error").head(5)
         for path, error in bad.iter_rows():

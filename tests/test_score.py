@@ -109,6 +109,10 @@ def test_bad_inputs_become_error_rows(tmp_path: Path, synthetic_data: Path, expo
     assert "4 error(s)" in result.output
     summary = pl.read_csv(next(tmp_path.glob("*_metrics")) / "summary.csv").row(0, named=True)
     assert summary["errors"] == 4 and summary["files"] == preds.height
+    assert (
+        summary["skipped"] == 1
+        and "skipped 1 file(s) or folder(s): 1 not an image type (.txt)" in result.output
+    )
 
 
 def test_scores_equal_pytorch_checkpoint(
