@@ -1,7 +1,10 @@
 """Link one split of a training run into a folder of class folders, so `mri-score` scores exactly that split
 (the model card's test figures are made this way).
 
-python scripts/split_folder.py RUN_DIR DATA OUT_DIR [SPLIT]      # SPLIT: test (default), val or train
+python scripts/split_folder.py RUN_DIR DATA OUT_DIR [SPLIT] [OTHER_SPLIT_CSV]
+
+SPLIT: test (default), val or train. OTHER_SPLIT_CSV: keep only the files that are in SPLIT there too, e.g.
+docs/runs/split.csv, to compare models trained on two different splits on images that neither trained on.
 """
 
 from __future__ import annotations
@@ -13,20 +16,28 @@ from pathlib import Path
 import polars as pl
 
 
-def link_split(run: Path, data: Path, out: Path, split: str = "test") -> int:
+def read_split(path: Path) -> pl.DataFrame:
+    return pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+
+
+def link_split(run: Path, data: Path, out: Path, split: str = "test", other: Path | None = None) -> int:
     """Symlink every file of `split` from data into out under the same relative path; returns the count."""
     if out.exists():
         raise SystemExit(f"{out} exists; choose a new folder")
-    rows = pl.read_parquet(run / "split.parquet").filter(pl.col("split") == split)["path"].to_list()
-    for rel in rows:
+    rows = read_split(run / "split.parquet").filter(pl.col("split") == split).select("path")
+    if other is not None:
+        rows = rows.join(read_split(other).filter(pl.col("split") == split).select("path"), on="path")
+    for rel in rows["path"]:
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink((data / rel).resolve(), target)
-    return len(rows)
+    return rows.height
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5):
+    if len(sys.argv) not in (4, 5, 6):
         sys.exit(__doc__)
-    n = link_split(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *(sys.argv[4:] or ["test"]))
-    print(f"linked {n} files into {sys.argv[3]}")
+    run, data, out = (Path(a) for a in sys.argv[1:4])
+    split = sys.argv[4] if len(sys.argv) > 4 else "test"
+    other = Path(sys.argv[5]) if len(sys.argv) > 5 else None
+    print(f"linked {link_split(run, data, out, split, other)} files into {out}")
