@@ -133,12 +133,13 @@ def score(
 
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
     tables = metric_tables(labelled["true_class"], labelled["pred_class"]) if labelled.height else None
-    if tables is not None:  # the summary says how many files could not be scored, beside what was
+    staged = None
+    if tables is not None:
+        # The summary says how many files could not be scored, beside what was.
         tables["summary"] = tables["summary"].with_columns(
             files=pl.lit(len(paths)), errors=pl.lit(run.failed), skipped=pl.lit(len(skipped))
         )
-    staged = None
-    if tables is not None:  # tables are written aside first, so a failure here leaves every old output alone
+        # Tables are written aside first, so a failure here leaves every old output alone.
         target.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         write_tables(tables, staged, meta.classes)

@@ -17,7 +17,7 @@ from mri44.runtime import make_session
 from score.cli import app
 from score.pipeline import load_metadata, score_paths
 from train.dataset import scan_dataset
-from train.loop import to_input
+from train.model_input import to_input
 
 runner = CliRunner()
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from mri44.model import checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec
+from train.model_input import to_input
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,7 @@ class Teacher:
         """Teacher logits for a uint8-valued float batch (B, C, S, S) of the student's augmented pixels."""
         if raw.shape[-1] != self.spec.size:
             raw = F.interpolate(raw, size=(self.spec.size,) * 2, mode="bilinear", antialias=True)
-        x = raw.expand(-1, 3, -1, -1) if raw.shape[1] == 1 else raw
-        x = x * self.scale.view(1, 3, 1, 1) + self.bias.view(1, 3, 1, 1)
-        return self.model(x).float()
+        return self.model(to_input(raw, self.scale, self.bias)).float()
 
 
 def load_teacher(

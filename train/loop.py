@@ -36,6 +36,7 @@ from mri44.preprocess import PreprocessSpec
 from train.augment import random_affine_intensity
 from train.dataset import load_or_scan
 from train.distill import distillation_loss, load_teacher
+from train.model_input import to_input
 from train.recipes import Recipe
 from train.split import SplitConfig, conflicting_duplicates, make_split, split_report
 
@@ -165,14 +166,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def to_input(batch_u8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """uint8-valued (B, C, H, W) -> normalised float (B, 3, H, W), the spec's x * scale + bias."""
-    x = batch_u8.float()
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x * scale.view(1, 3, 1, 1) + bias.view(1, 3, 1, 1)
 
 
 @torch.no_grad()
