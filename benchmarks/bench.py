@@ -27,12 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from export.onnx_export import export_onnx  # noqa: E402
-from export.parity import spread  # noqa: E402
 from mri44.discover import find_images  # noqa: E402
 from mri44.onnx_meta import INPUT_NAME  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
-from score.pipeline import decoded_batches, load_metadata, score_paths  # noqa: E402
+from mri44.samples import spread  # noqa: E402
+from score.backends import Backend, load_metadata  # noqa: E402
+from score.pipeline import decoded_batches, score_paths  # noqa: E402
 
 
 def median_rate(fn, n_items: int, repeats: int) -> float:
@@ -99,7 +100,8 @@ def naive_baseline(folder: Path, size: int, checkpoint_model: torch.nn.Module, b
 def train_bench(data: Path, paths: list[Path], size: int, batch: int, repeats: int) -> dict[str, float]:
     """Training loop (2 epochs on a class-folder subset; epoch 2 timed) against fwd+bwd+step on ready tensors."""
     from mri44.model import build_model
-    from train.loop import TrainConfig, run_training
+    from train.config import TrainConfig
+    from train.loop import run_training
     from train.recipes import get_recipe
     from train.split import SplitConfig
 
@@ -217,10 +219,12 @@ def main() -> None:
 
         def end_to_end(sess: ort.InferenceSession) -> float:
             """In-process scoring of the folder, as mri-score does it, without process start-up."""
-            sess_meta = load_metadata(sess, "benchmark model")
+            backend = Backend(
+                load_metadata(sess, "benchmark model"), lambda x: sess.run(None, {INPUT_NAME: x})[0], "bench"
+            )
             files = find_images(folder)
             score = lambda: score_paths(  # noqa: E731
-                sess, sess_meta, folder, files, batch_size=bs, workers=os.cpu_count() or 1, progress=False
+                backend, folder, files, batch_size=bs, workers=os.cpu_count() or 1, progress=False
             )
             return median_rate(score, n, args.repeats)
 

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import polars as pl
 
-from export.parity import decodable_pixels, spread
 from mri44.discover import find_images
 from mri44.onnx_meta import INPUT_NAME
 from mri44.preprocess import PreprocessSpec, normalize
+from mri44.samples import decodable_pixels, spread
 
 
 def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:

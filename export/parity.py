@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from mri44.discover import find_images
-from mri44.imageio import ImageDecodeError
 from mri44.model import load_checkpoint
-from mri44.preprocess import PreprocessSpec, load_pixels, normalize
+from mri44.preprocess import PreprocessSpec, normalize
+from mri44.samples import decodable_pixels, spread
 
 FP32_MAX_ABS = 1e-4
 FP16_MAX_REL = 1e-2
@@ -51,25 +52,6 @@ def random_batches(
     }
 
 
-def spread(paths: list[Path], limit: int) -> list[Path]:
-    """At most `limit` paths taken evenly over the list, so every class folder of a sorted listing is sampled."""
-    return paths[:: max(1, len(paths) // limit)][:limit]
-
-
-def decodable_pixels(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[str]]:
-    """uint8 model pixels of the files that decode (the others are skipped), and their paths."""
-    pixels, names = [], []
-    for path in paths:
-        try:
-            pixels.append(load_pixels(path, spec))
-            names.append(str(path))
-        except ImageDecodeError:
-            continue
-    if not pixels:
-        raise FileNotFoundError(f"none of the {len(paths)} files could be decoded")
-    return np.stack(pixels), names
-
-
 def real_batch(folder: Path, spec: PreprocessSpec, limit: int = 64) -> tuple[np.ndarray, list[str]]:
     """Up to `limit` images spread evenly over the folder's sorted files, preprocessed by the shared core."""
     paths = find_images(folder)
@@ -88,18 +70,44 @@ def training_data(checkpoint: Path) -> Path | None:
     return folder if str(folder) not in ("", ".") and folder.is_dir() else None
 
 
+def bounds_hold(precision: str, max_abs: float, max_rel: float, top1: float, real: bool) -> bool:
+    """The parity bounds of the module docstring; `real`: the inputs are real images, not random ones."""
+    if precision == "fp32":
+        return max_abs <= FP32_MAX_ABS and top1 == 1.0
+    if precision == "int8":
+        return top1 >= INT8_MIN_TOP1_REAL or not real
+    return max_rel <= FP16_MAX_REL and (top1 >= FP16_MIN_TOP1_REAL or not real)
+
+
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityRow:
+    """Logits of the exported model against PyTorch's on one batch."""
     diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
     max_abs = float(diff.max())
     max_rel = max_abs / max(float(np.abs(reference).max()), 1e-12)
     top1 = float((candidate.argmax(1) == reference.argmax(1)).mean())
-    if precision == "fp32":
-        passed = max_abs <= FP32_MAX_ABS and top1 == 1.0
-    elif precision == "int8":
-        passed = top1 >= INT8_MIN_TOP1_REAL or not name.startswith("real")
-    else:
-        passed = max_rel <= FP16_MAX_REL and (top1 >= FP16_MIN_TOP1_REAL or not name.startswith("real"))
+    passed = bounds_hold(precision, max_abs, max_rel, top1, real=name.startswith("real"))
     return ParityRow(name, int(reference.shape[0]), max_abs, max_rel, top1, passed)
+
+
+def compare_predictions(
+    name: str, reference: pl.DataFrame, candidate: pl.DataFrame, precision: str
+) -> ParityRow:
+    """Two mri-score prediction tables of the same real files, under the export's bounds: the same files with the
+    same status, top-1 agreement, and the largest difference in confidence where the top-1 classes agree."""
+    both = reference.join(candidate, on="path", how="full", suffix="_c", coalesce=True)
+    same_rows = both.height == reference.height == candidate.height
+    if not same_rows or not (both["status"] == both["status_c"]).all():
+        return ParityRow(name, both.height, float("inf"), float("inf"), 0.0, False)
+    ok = both.filter(pl.col("status") == "ok")
+    agree = (ok["pred_class"] == ok["pred_class_c"]).to_numpy()
+    top1 = float(agree.mean()) if ok.height else 1.0
+    reference_conf = ok["confidence"].to_numpy()
+    diff = np.abs(reference_conf - ok["confidence_c"].to_numpy())[agree]
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = max_abs / max(float(reference_conf.max()) if ok.height else 0.0, 1e-12)
+    return ParityRow(
+        name, ok.height, max_abs, max_rel, top1, bounds_hold(precision, max_abs, max_rel, top1, True)
+    )
 
 
 def check_parity(

@@ -6,8 +6,6 @@ like ONNX Runtime's, running it on CUDA buffers that PyTorch allocates.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME
@@ -64,10 +62,3 @@ def engine_runner(engine_bytes: bytes):
         return out.cpu().numpy()
 
     return run
-
-
-def write_engine(path: Path, engine: bytes) -> None:
-    from mri44.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(engine)

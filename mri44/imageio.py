@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mri44.errors import MRI44Error
+
 # Decoding allocates width x height x channels bytes whatever the file size: a 2.6 MB PNG can claim 30000 x 30000
 # (2.7 GB of pixels). Dimensions are read from the header first and such files refused; MRI slices are far smaller.
 MAX_PIXELS = 50_000_000
@@ -26,7 +28,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(MRI44Error):
     """A file that cannot be turned into an image; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:

@@ -25,16 +25,18 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from mri44.errors import MRI44Error
+
 # Keras "caffe" preprocessing, x_bgr_255 - mean, as (x_rgb_01 - mean) / std after folding BGR into conv1.
-CAFFE_MEAN = (123.68 / 255.0, 116.779 / 255.0, 103.939 / 255.0)
-CAFFE_STD = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
+CAFFE_MEAN: tuple[float, float, float] = (123.68 / 255.0, 116.779 / 255.0, 103.939 / 255.0)
+CAFFE_STD: tuple[float, float, float] = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
 TORCH_BN_EPS = 1e-5
 
 _BLOCK = re.compile(r"^(res|bn)(\d)([a-z])_branch(2a|2b|2c|1)$")
 _PART = {"2a": "1", "2b": "2", "2c": "3"}
 
 
-class KerasModelError(Exception):
+class KerasModelError(MRI44Error):
     """A TF.js model that is not a Keras ResNet of the expected shape; the message says what is off."""
 
 

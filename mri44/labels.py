@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KNOWN_CONTRASTS: tuple[str, ...] = ("T1", "T1C+", "T2", "FLAIR")
 _CONTRAST_RE = re.compile(r"^(?P<tumor>.*?)[\s_-]+(?P<contrast>T1C\+|T1|T2|FLAIR)$", re.IGNORECASE)
 UNKNOWN = "unknown"
 
@@ -19,7 +18,7 @@ UNKNOWN = "unknown"
 class Label:
     name: str
     tumor_type: str
-    contrast: str  # one of KNOWN_CONTRASTS, or UNKNOWN
+    contrast: str  # T1, T1C+, T2 or FLAIR (the contrasts _CONTRAST_RE knows), or UNKNOWN
 
 
 def _tidy_tumor(raw: str) -> str:

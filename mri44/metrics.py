@@ -16,7 +16,11 @@ from mri44.atomic import atomic_path
 from mri44.discover import OUTPUT_MARKER
 from mri44.labels import parse_label
 
-TABLES = ("summary", "per_class", "per_contrast", "per_tumor_type", "confusion")
+
+def _mean(series: pl.Series) -> float:
+    """The mean as a float; 0 for an empty series (polars gives None)."""
+    value = series.cast(pl.Float64).mean()
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _safe_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
@@ -58,7 +62,7 @@ def summary_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "pr
         {
             "n": [n],
             "accuracy": [float((pairs[true] == pairs[pred]).sum()) / n if n else 0.0],
-            **{f"macro_{m}": [float(per_class[m].mean() or 0.0)] for m in metrics},
+            **{f"macro_{m}": [_mean(per_class[m])] for m in metrics},
             **{
                 f"weighted_{m}": [float((per_class[m] * per_class["support"]).sum()) / total_support]
                 for m in metrics
@@ -128,10 +132,8 @@ def metric_tables(
     )
     return {
         "summary": summary_table(pairs).with_columns(
-            tumor_type_accuracy=pl.lit(
-                float((pairs["true_tumor_type"] == pairs["pred_tumor_type"]).mean() or 0.0)
-            ),
-            contrast_accuracy=pl.lit(float((pairs["true_contrast"] == pairs["pred_contrast"]).mean() or 0.0)),
+            tumor_type_accuracy=pl.lit(_mean(pairs["true_tumor_type"] == pairs["pred_tumor_type"])),
+            contrast_accuracy=pl.lit(_mean(pairs["true_contrast"] == pairs["pred_contrast"])),
         ),
         "per_class": per_class_table(pairs),
         "per_contrast": per_contrast,

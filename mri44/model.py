@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torchvision
 
+from mri44.errors import MRI44Error
 from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD, build_keras_resnet
 from mri44.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -23,7 +24,7 @@ ARCH = "resnet18"  # the user's model: what the shipped ONNX files are
 ARCHS = ("resnet18", "resnet50")
 
 
-class CheckpointError(Exception):
+class CheckpointError(MRI44Error):
     """A checkpoint that is missing, unreadable or not one of ours; the message says what to do."""
 
 
@@ -39,7 +40,7 @@ def build_model(num_classes: int, arch: str = ARCH) -> torch.nn.Module:
     return model
 
 
-def input_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def input_normalisation(arch: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) on the 0..1 scale that the architecture's ImageNet weights were trained with."""
     return (CAFFE_MEAN, CAFFE_STD) if arch == "resnet50" else (IMAGENET_MEAN, IMAGENET_STD)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from mri44.errors import MRI44Error
 from mri44.preprocess import PreprocessSpec
 
 INPUT_NAME = "image"  # float32 (batch, 3, size, size), normalised by the preprocessing spec
@@ -24,7 +25,7 @@ KEYS = (
 )
 
 
-class ModelMetadataError(Exception):
+class ModelMetadataError(MRI44Error):
     """An ONNX model without (or with inconsistent) mri44 metadata."""
 
 

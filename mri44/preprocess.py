@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import cv2
@@ -27,6 +27,8 @@ Interpolation = Literal["area", "linear", "cubic"]
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Bumped when a spec field is added or a field's meaning changes; a reader refuses specs newer than it knows.
+SPEC_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,14 @@ class PreprocessSpec:
     channels: Channels = "grey"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    version: int = field(default=1)
+    version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
+        if self.version > SPEC_VERSION:
+            raise ValueError(
+                f"preprocessing spec version {self.version} is newer than this mri44 knows ({SPEC_VERSION}): "
+                "upgrade mri44 to use this model"
+            )
         if self.size < 8:
             raise ValueError(f"image size must be at least 8, got {self.size}")
         if self.resize not in ("pad", "stretch"):
@@ -71,8 +78,10 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:  # a step we do not know would be silently skipped: refuse instead
+            raise ValueError(f"preprocessing spec has fields this mri44 does not know: {', '.join(unknown)}")
+        return cls(**data)
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:

@@ -12,6 +12,8 @@ import os
 
 import onnxruntime as ort
 
+from mri44.errors import MRI44Error
+
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -19,7 +21,7 @@ PROVIDERS = {
 }
 
 
-class ProviderError(RuntimeError):
+class ProviderError(MRI44Error, RuntimeError):
     """The asked execution provider is not available or did not start."""
 
 

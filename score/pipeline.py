@@ -14,45 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import polars as pl
 from tqdm import tqdm
 
 from mri44.calibration import softmax
 from mri44.imageio import MAX_PIXELS, ImageDecodeError
 from mri44.labels import parse_label
-from mri44.onnx_meta import INPUT_NAME, ModelMetadata
+from mri44.onnx_meta import ModelMetadata
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
+from score.backends import Backend
 
 
 @dataclass
 class ScoreRun:
     predictions: pl.DataFrame
-    provider: str
     seconds: float
     scored: int
     failed: int
-
-
-def load_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
-    """The model's mri44 metadata, checked against its actual input and output shapes."""
-    meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if [i.name for i in inputs] != [INPUT_NAME]:
-        raise ValueError(
-            f"{source}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}"
-        )
-    shape = inputs[0].shape
-    if shape[1:] != [3, meta.preprocess.size, meta.preprocess.size]:
-        raise ValueError(
-            f"{source}: input shape {shape} does not match its metadata's {meta.preprocess.size}px spec"
-        )
-    out_shape = outputs[0].shape
-    if out_shape[-1] != len(meta.classes):
-        raise ValueError(
-            f"{source}: output has {out_shape[-1]} classes but the metadata lists {len(meta.classes)}"
-        )
-    return meta
 
 
 def decoded_batches(
@@ -149,8 +127,7 @@ def prediction_frame(
 
 
 def score_paths(
-    session: ort.InferenceSession,
-    meta: ModelMetadata,
+    backend: Backend,
     root: Path,
     paths: list[Path],
     batch_size: int = 32,
@@ -161,6 +138,7 @@ def score_paths(
     max_pixels: int = MAX_PIXELS,
 ) -> ScoreRun:
     """Score files (found under root) in order; returns one prediction row per file."""
+    meta = backend.meta
     n = len(paths)
     probs = np.zeros((n, len(meta.classes)), np.float32)
     ok = np.zeros(n, bool)
@@ -171,7 +149,7 @@ def score_paths(
         paths, meta.preprocess, batch_size, workers, prefetch or max(2 * batch_size, 8), max_pixels
     ):
         if pixels is not None:
-            logits = session.run(None, {INPUT_NAME: normalize(pixels, meta.preprocess)})[0]
+            logits = backend.run(normalize(pixels, meta.preprocess))
             finite = np.isfinite(logits).all(1)
             probs[positions] = softmax(np.where(finite[:, None], logits, 0.0), meta.temperature)
             ok[positions] = finite
@@ -184,4 +162,4 @@ def score_paths(
     seconds = time.perf_counter() - t0
     rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
     frame = prediction_frame(rel, probs, ok, errors, meta, top_k)
-    return ScoreRun(frame, session.get_providers()[0], seconds, int(ok.sum()), int(n - ok.sum()))
+    return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()))

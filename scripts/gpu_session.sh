@@ -52,7 +52,7 @@ else
   run default-224 90 --image-size 224 --epochs 40
   run default-100 60 --image-size 100 --epochs 40
   run default-160 80 --image-size 160 --epochs 40
-  for r in ablate-augment ablate-balance ablate-smoothing ablate-pad-grey sgd-cosine; do
+  for r in ablate-augment ablate-balance ablate-smoothing ablate-pad-grey sgd-ema; do  # sgd-cosine is gone: sgd-ema
     run "$r-224" 90 --image-size 224 --epochs 40 --recipe "$r"
   done
 fi

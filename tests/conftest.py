@@ -21,7 +21,8 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short CPU training run at 48 px; its folder holds best.pt, split, metrics and test tables."""
-    from train.loop import TrainConfig, run_training
+    from train.config import TrainConfig
+    from train.loop import run_training
     from train.recipes import get_recipe
     from train.split import SplitConfig
 

@@ -13,9 +13,9 @@ from mri44.calibration import softmax
 from mri44.imageio import read_image
 from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
-from mri44.runtime import make_session
+from score.backends import Backend, onnx_backend
 from score.cli import app
-from score.pipeline import load_metadata, score_paths
+from score.pipeline import score_paths
 from train.dataset import scan_dataset
 from train.model_input import to_input
 
@@ -137,20 +137,17 @@ def test_scores_equal_pytorch_checkpoint(
 
 def test_non_finite_model_output_is_an_error_row(synthetic_data: Path, exported_model: Path) -> None:
     """A model that emits NaN for an image must not yield an 'ok' row predicting class 0."""
-    session = make_session(exported_model, "cpu")
-    meta = load_metadata(session, "tiny")
+    onnx = onnx_backend(exported_model, "cpu")
 
-    class NanOnFirst:
-        def run(self, names, feeds):
-            out = session.run(names, feeds)
-            out[0][0] = np.nan
-            return out
-
-        def get_providers(self):
-            return session.get_providers()
+    def nan_on_first(batch: np.ndarray) -> np.ndarray:
+        logits = onnx.run(batch)
+        logits[0] = np.nan
+        return logits
 
     paths = sorted(p for p in synthetic_data.rglob("*") if p.is_file())[:5]
-    run = score_paths(NanOnFirst(), meta, synthetic_data, paths, batch_size=8, progress=False)
+    run = score_paths(
+        Backend(onnx.meta, nan_on_first, "test"), synthetic_data, paths, batch_size=8, progress=False
+    )
     assert run.predictions["status"].to_list() == ["error", "ok", "ok", "ok", "ok"]
     assert "non-finite" in run.predictions["error"][0]
     assert run.predictions["pred_class"][0] is None
@@ -310,3 +307,52 @@ def test_overwrite_leaves_no_stale_tables_and_never_deletes_foreign_folders(
     assert refused.exit_code == 2 and "did not write" in refused.output
     assert (foreign / "notes.txt").read_text() == "keep me" and pl.read_csv(out).height == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_checkpoint_scores_like_its_onnx_exports(
+    tmp_path: Path, synthetic_data: Path, trained_run: Path
+) -> None:
+    """The PyTorch backend (a run folder as --model) and the ONNX exports of the same checkpoint give the same
+    prediction tables, within the export gate's bounds (one comparison function for both)."""
+    from export.onnx_export import export_onnx
+    from export.parity import compare_predictions
+
+    tables = {}
+    for precision in ("fp32", "fp16"):
+        proto, _, _ = export_onnx(trained_run, fp16=precision == "fp16")
+        model = tmp_path / f"{precision}.onnx"
+        model.write_bytes(proto.SerializeToString())
+        result = _score([synthetic_data, "--out", tmp_path / f"{precision}.parquet", "--model", model])
+        assert result.exit_code == 0, result.output
+        tables[precision] = pl.read_parquet(tmp_path / f"{precision}.parquet")
+    torch_run = _score(
+        [synthetic_data, "--out", tmp_path / "pt.parquet", "--model", trained_run, "--device", "cpu"]
+    )
+    assert torch_run.exit_code == 0, torch_run.output
+    assert "PyTorch cpu fp32" in torch_run.output
+    reference = pl.read_parquet(tmp_path / "pt.parquet")
+    assert reference.columns == tables["fp32"].columns
+    for precision, table in tables.items():
+        row = compare_predictions(f"real {precision}", reference, table, precision)
+        assert row.passed, row
+        assert row.batch == reference.height
+    # The comparison can fail: one changed prediction breaks fp32's 100 % top-1 bound.
+    flipped = tables["fp32"].with_columns(
+        pred_class=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("other")).otherwise("pred_class")
+    )
+    assert not compare_predictions("real fp32", reference, flipped, "fp32").passed
+    assert not compare_predictions("real fp32", reference, tables["fp32"].head(3), "fp32").passed
+
+
+def test_checkpoint_backend_refuses_what_it_cannot_honour(
+    tmp_path: Path, synthetic_data: Path, trained_run: Path, exported_model: Path
+) -> None:
+    base = [synthetic_data, "--out", tmp_path / "p.parquet"]
+    fp16_cpu = _score([*base, "--model", trained_run, "--device", "cpu", "--precision", "fp16"])
+    assert fp16_cpu.exit_code == 2 and "fp16 needs --device cuda" in fp16_cpu.output
+    onnx_precision = _score([*base, "--model", exported_model, "--precision", "bf16"])
+    assert onnx_precision.exit_code == 2 and "apply to checkpoints" in onnx_precision.output
+    if not torch.cuda.is_available():
+        cuda = _score([*base, "--model", trained_run, "--device", "cuda"])
+        assert cuda.exit_code == 2 and "no CUDA GPU" in cuda.output
+    assert not (tmp_path / "p.parquet").exists()

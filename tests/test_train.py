@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from mri44.model import CheckpointError, load_checkpoint
-from train.loop import TrainConfig, init_weights, run_training
+from train.config import TrainConfig
+from train.loop import run_training
 from train.recipes import get_recipe
 from train.split import SplitConfig
+from train.weights import init_weights
 
 
 def test_short_cpu_run_beats_chance_by_far(trained_run: Path) -> None:
@@ -196,7 +198,7 @@ def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Pat
     last = tmp_path / "run" / "last.pt"
     intact = last.read_bytes()
     last.write_bytes(intact[: len(intact) // 2])  # a truncated last.pt: one line naming it, no traceback
-    with pytest.raises(ValueError, match="--resume: cannot load .*last.pt"):
+    with pytest.raises(CheckpointError, match="cannot load checkpoint .*last.pt"):
         run_training(resume)
     last.write_bytes(intact)
     run_training(resume)

@@ -3,13 +3,95 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from mri44.console import user_errors
 from mri44.model import ARCHS
 from train.recipes import RECIPES
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+DataOpt = Annotated[Path, typer.Option(help="Folder with one sub-folder of images per class.")]
+OutOpt = Annotated[
+    Path, typer.Option(help="Run folder: checkpoints, config.json, split, metrics.csv, test tables.")
+]
+RecipeOpt = Annotated[str, typer.Option(help=f"Hyper-parameter set: {', '.join(RECIPES)}.")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")]
+ImageSizeOpt = Annotated[int, typer.Option(help="Side of the square model input, in pixels.")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default: the recipe's).")]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate (default: the recipe's).")]
+ArchOpt = Annotated[
+    str,
+    typer.Option(
+        help="resnet18 (the shipped model) or resnet50 (Keras layout; the distillation teacher, whose "
+        "--weights imagenet come from `mri-weights`)."
+    ),
+]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Initial weights: 'imagenet' (torchvision download), 'none' (random) or a path to a "
+        "torchvision state dict or an mri44 checkpoint."
+    ),
+]
+AllowRandomInitOpt = Annotated[
+    bool, typer.Option(help="If 'imagenet' cannot be downloaded, warn and start random.")
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+SeedOpt = Annotated[int, typer.Option(help="Seeds the split, sampling, augmentation and initialisation.")]
+ValFractionOpt = Annotated[float, typer.Option(help="Share of each class for validation.")]
+TestFractionOpt = Annotated[float, typer.Option(help="Share of each class for test.")]
+MaxGroupShareOpt = Annotated[
+    float,
+    typer.Option(
+        help="A near-duplicate group holding more than this share of a class's images is re-grouped at a "
+        "stricter pHash distance, so every class reaches val and test (1: never)."
+    ),
+]
+PhashDistanceOpt = Annotated[
+    int,
+    typer.Option(
+        help="Images of one tumour type whose 64-bit perceptual hashes differ "
+        "in at most this many bits are one group (-1: exact duplicates only)."
+    ),
+]
+SplitFileOpt = Annotated[
+    Path | None, typer.Option(help="Reuse the split of an earlier run (its split.parquet/csv).")
+]
+TeacherOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Distil from this run folder or checkpoint (with a recipe that has kd_weight > 0: distill)."
+    ),
+]
+AllDataOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Train on every image (no val/test; the last epoch is the model): the final-model step, after "
+        "settings were chosen on the group split."
+    ),
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Softmax temperature to store (default: fitted on val; an --all-data run should take its "
+        "selection run's)."
+    ),
+]
+TemperatureFromOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Take the temperature from this run folder's best.pt when training ends (an --all-data run "
+        "started before its selection run finished)."
+    ),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
+]
+WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 16).")]
 
 
 @app.command(
@@ -19,69 +101,34 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     "metric tables.\n\n"
     "Example: python -m train --data ../shared/data/brain-mri-44c --out runs/r18-224 --weights none"
 )
+@user_errors
 def train(
-    data: Path = typer.Option(..., help="Folder with one sub-folder of images per class."),
-    out: Path = typer.Option(
-        ..., help="Run folder: checkpoints, config.json, split, metrics.csv, test tables."
-    ),
-    recipe: str = typer.Option("default", help=f"Hyper-parameter set: {', '.join(RECIPES)}."),
-    epochs: int | None = typer.Option(None, help="Epochs (default: the recipe's)."),
-    image_size: int = typer.Option(224, help="Side of the square model input, in pixels."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: the recipe's)."),
-    lr: float | None = typer.Option(None, help="Peak learning rate (default: the recipe's)."),
-    arch: str = typer.Option(
-        "resnet18",
-        help="resnet18 (the shipped model) or resnet50 (Keras layout; the distillation teacher, whose "
-        "--weights imagenet come from `mri-weights`).",
-    ),
-    weights: str = typer.Option(
-        "none",
-        help="Initial weights: 'imagenet' (torchvision download), 'none' (random) or a path to a "
-        "torchvision state dict or an mri44 checkpoint.",
-    ),
-    allow_random_init: bool = typer.Option(
-        False, help="If 'imagenet' cannot be downloaded, warn and start random."
-    ),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
-    seed: int = typer.Option(0, help="Seeds the split, sampling, augmentation and initialisation."),
-    val_fraction: float = typer.Option(0.15, help="Share of each class for validation."),
-    test_fraction: float = typer.Option(0.15, help="Share of each class for test."),
-    max_group_share: float = typer.Option(
-        0.3,
-        help="A near-duplicate group holding more than this share of a class's images is re-grouped at a "
-        "stricter pHash distance, so every class reaches val and test (1: never).",
-    ),
-    phash_distance: int = typer.Option(
-        6,
-        help="Images of one tumour type whose 64-bit perceptual hashes differ "
-        "in at most this many bits are one group (-1: exact duplicates only).",
-    ),
-    split_file: Path | None = typer.Option(
-        None, help="Reuse the split of an earlier run (its split.parquet/csv)."
-    ),
-    teacher: Path | None = typer.Option(
-        None,
-        help="Distil from this run folder or checkpoint (with a recipe that has kd_weight > 0: distill).",
-    ),
-    all_data: bool = typer.Option(
-        False,
-        help="Train on every image (no val/test; the last epoch is the model): the final-model step, after "
-        "settings were chosen on the group split.",
-    ),
-    temperature: float | None = typer.Option(
-        None,
-        help="Softmax temperature to store (default: fitted on val; an --all-data run should take its "
-        "selection run's).",
-    ),
-    temperature_from: Path | None = typer.Option(
-        None,
-        help="Take the temperature from this run folder's best.pt when training ends (an --all-data run "
-        "started before its selection run finished).",
-    ),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last checkpoint."),
-    workers: int | None = typer.Option(None, help="Decoding threads (default: CPU count, at most 16)."),
+    data: DataOpt,
+    out: OutOpt,
+    recipe: RecipeOpt = "default",
+    epochs: EpochsOpt = None,
+    image_size: ImageSizeOpt = 224,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    arch: ArchOpt = "resnet18",
+    weights: WeightsOpt = "none",
+    allow_random_init: AllowRandomInitOpt = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    val_fraction: ValFractionOpt = 0.15,
+    test_fraction: TestFractionOpt = 0.15,
+    max_group_share: MaxGroupShareOpt = 0.3,
+    phash_distance: PhashDistanceOpt = 6,
+    split_file: SplitFileOpt = None,
+    teacher: TeacherOpt = None,
+    all_data: AllDataOpt = False,
+    temperature: TemperatureOpt = None,
+    temperature_from: TemperatureFromOpt = None,
+    resume: ResumeOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
-    from train.loop import TrainConfig, run_training
+    from train.config import TrainConfig
+    from train.loop import run_training
     from train.recipes import get_recipe
     from train.split import SplitConfig
 
@@ -121,11 +168,7 @@ def train(
         temperature=temperature,
         temperature_from=temperature_from,
     )
-    try:
-        run_training(cfg)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+    run_training(cfg)
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ in the run folder, so `--resume` and reruns skip decoding entirely.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,8 @@ from mri44.discover import find_images
 from mri44.imageio import ImageDecodeError, decode_bytes
 from mri44.labels import parse_label
 from mri44.preprocess import PreprocessSpec, to_model_pixels
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = {
     "path": pl.String,
@@ -106,7 +108,7 @@ def scan_dataset(data_dir: Path, spec: PreprocessSpec, workers: int | None = Non
             else:
                 failures.append(result)
     if failures:
-        warnings.warn(f"{len(failures)} unreadable file(s) left out, e.g. {failures[0][1]}", stacklevel=2)
+        log.warning("%d unreadable file(s) left out, e.g. %s", len(failures), failures[0][1])
     if not rows:
         raise ValueError(f"no readable images under {data_dir}")
     stack = np.stack(pixels) if pixels else np.zeros((0, spec.size, spec.size, spec.cache_channels), np.uint8)

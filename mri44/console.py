@@ -1,0 +1,83 @@
+"""What every command shares: one log handler (stderr, plain messages) and one error handler (one line, exit 2).
+
+Expected failures (bad input, missing files, refused settings) are printed as `error: <message>` with exit code 2,
+never as a traceback; set MRI44_DEBUG=1 to see the traceback of one anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import tarfile
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import typer
+
+from mri44.errors import MRI44Error
+
+# What a user can cause and fix: the message says what to do. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    MRI44Error,
+    OSError,
+    ValueError,
+    RuntimeError,
+    tarfile.TarError,
+)
+PACKAGES = ("mri44", "train", "export", "score", "benchmarks")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Our packages' INFO messages to stderr as plain lines; other libraries' only from WARNING up. Idempotent."""
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `error: message` on stderr; raise the returned Exit to end the command with `code`."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def user_errors(command: F) -> F:
+    """Decorator for a command: logging set up, and a user error becomes one line and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # the command's own exit or usage error (typer and click make Exit and Abort RuntimeErrors)
+        except USER_ERRORS as exc:
+            if os.environ.get("MRI44_DEBUG"):
+                raise
+            raise fail(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,38 @@
+"""The `mri44` command: every stage under one name, with the stages' own options and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from mri44 import __version__
+from mri44.cli import app
+
+runner = CliRunner()
+
+
+def test_mri44_lists_the_stages_and_its_version() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for stage in ("train", "export", "score", "weights"):
+        assert stage in result.output
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and __version__ in version.output
+    train_help = runner.invoke(app, ["train", "--help"])
+    assert train_help.exit_code == 0 and "--teacher" in train_help.output
+
+
+def test_subcommands_run_the_stages_with_one_line_errors(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    out = tmp_path / "p.parquet"
+    ok = runner.invoke(app, ["score", str(synthetic_data), "--out", str(out), "--model", str(exported_model)])
+    assert ok.exit_code == 0, ok.output
+    assert pl.read_parquet(out).height == sum(1 for p in synthetic_data.rglob("*") if p.is_file())
+    missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")])
+    assert missing.exit_code == 2 and "no checkpoint at" in missing.output
+    assert "Traceback" not in missing.output
+    train = runner.invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")])
+    assert train.exit_code == 2 and "does not exist" in train.output

@@ -1,0 +1,131 @@
+"""Unit tests for the training loop's parts: split file loader, cache keys, LR schedule, optimiser groups,
+augmentation, checkpoint resume validation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from mri44.model import CheckpointError, build_model
+from mri44.preprocess import PreprocessSpec
+from train.augment import random_affine_intensity
+from train.data import load_split
+from train.dataset import load_or_scan
+from train.loop import lr_factor, make_optimizer
+from train.recipes import get_recipe
+
+
+def _manifest(paths: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({"path": paths, "label": ["a"] * len(paths)})
+
+
+def test_split_loader_joins_by_path_and_refuses_gaps_and_foreign_files(tmp_path: Path) -> None:
+    given = pl.DataFrame({"path": ["x.png", "y.png", "z.png"], "split": ["val", "train", "test"]})
+    given.write_csv(tmp_path / "split.csv")
+    joined = load_split(tmp_path / "split.csv", _manifest(["z.png", "x.png"]))
+    assert joined["split"].to_list() == ["test", "val"]  # the manifest's order, each file's own split
+    assert joined["group"].to_list() == [-1, -1]  # no group column given: none invented
+    with pytest.raises(ValueError, match="no split for 1 image.*new.png"):
+        load_split(tmp_path / "split.csv", _manifest(["x.png", "new.png"]))
+    pl.DataFrame({"file": ["x.png"]}).write_csv(tmp_path / "other.csv")
+    with pytest.raises(ValueError, match="needs the columns path and split"):
+        load_split(tmp_path / "other.csv", _manifest(["x.png"]))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="cannot read split file"):
+        load_split(tmp_path / "bad.parquet", _manifest(["x.png"]))
+
+
+def test_cache_key_follows_the_spec_and_the_file_set(synthetic_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    cache = tmp_path / "cache"
+    spec = PreprocessSpec(size=24)
+    first = load_or_scan(data, spec, cache, workers=1)
+    assert len(list(cache.glob("pixels-*.npy"))) == 1
+    again = load_or_scan(data, spec, cache, workers=1)  # same files and spec: read back, not rescanned
+    assert len(list(cache.glob("pixels-*.npy"))) == 1
+    np.testing.assert_array_equal(first.pixels, again.pixels)
+    load_or_scan(data, PreprocessSpec(size=24, resize="stretch"), cache, workers=1)  # other spec: new entry
+    assert len(list(cache.glob("pixels-*.npy"))) == 2
+    victim = next(p for p in sorted(data.rglob("*.png")))
+    victim.unlink()  # a changed file set: a new entry, with one image fewer
+    fewer = load_or_scan(data, spec, cache, workers=1)
+    assert len(list(cache.glob("pixels-*.npy"))) == 3 and fewer.pixels.shape[0] == first.pixels.shape[0] - 1
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_the_cosine_to_zero() -> None:
+    total, warmup = 100, 10
+    factors = [lr_factor(s, total, warmup, "cosine") for s in range(total)]
+    assert factors[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert factors[warmup] == pytest.approx(1.0)
+    mid = warmup + (total - warmup) // 2
+    assert factors[mid] == pytest.approx(0.5, abs=1e-9)
+    assert all(
+        a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :], strict=False)
+    )  # non-increasing
+    assert lr_factor(total, total, warmup, "cosine") == pytest.approx(0.0)
+    assert lr_factor(total + 50, total, warmup, "cosine") == pytest.approx(0.0)  # never rises again
+    assert lr_factor(60, total, warmup, "constant") == 1.0
+    # As the optimiser sees it, through LambdaLR: step k runs at peak * factor(k).
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, "cosine"))
+    seen = []
+    for _ in range(total):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.4 * f for f in factors])
+    assert math.isclose(seen[-1], 0.4 * factors[-1])
+
+
+def test_adamw_decays_weights_but_not_biases_or_norm_parameters() -> None:
+    model = build_model(5)
+    opt = make_optimizer(model, get_recipe("default"), lr=1e-3)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == get_recipe("default").weight_decay and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert "conv1.weight" in decayed and "fc.weight" in decayed
+    assert {"fc.bias", "bn1.weight", "bn1.bias"} <= undecayed
+    assert decayed.isdisjoint(undecayed) and len(decayed) + len(undecayed) == len(names)
+    sgd = make_optimizer(model, get_recipe("seed"), lr=1e-2)
+    assert len(sgd.param_groups) == 1 and isinstance(sgd, torch.optim.SGD)
+
+
+def test_augmentation_keeps_shape_and_range_is_seeded_and_changes_images() -> None:
+    x = torch.rand(6, 1, 32, 32) * 255
+    a = random_affine_intensity(x, generator=torch.Generator().manual_seed(3))
+    b = random_affine_intensity(x, generator=torch.Generator().manual_seed(3))
+    c = random_affine_intensity(x, generator=torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 255.0
+    torch.testing.assert_close(a, b)  # same generator state, same augmentation: resumable runs rely on it
+    assert not torch.allclose(a, c) and not torch.allclose(a, x)
+    # Mild by design: a blank image stays nearly blank (brightness shift at most 12 of 255).
+    assert float(random_affine_intensity(torch.zeros(4, 1, 16, 16)).max()) <= 12.0 + 1e-4
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(trained_run: Path, tmp_path: Path) -> None:
+    """best.pt holds the model only: resuming from it is refused with a line naming what is missing."""
+    from train.checkpoint import RunState
+    from train.config import TrainConfig
+    from train.loop import new_state
+
+    model = build_model(5)
+    cfg = TrainConfig(data=tmp_path, out=tmp_path, recipe=get_recipe("default"))
+    state: RunState = new_state(cfg, model, steps_per_epoch=2, epochs=2, lr=1e-3)
+    classes = torch.load(trained_run / "best.pt", weights_only=True)["classes"]
+    with pytest.raises(ValueError, match="cannot be resumed: it lacks optimizer"):
+        state.restore(trained_run / "best.pt", classes)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        state.restore(tmp_path / "junk.pt", classes)

@@ -1,0 +1,99 @@
+"""A run's two checkpoints: best.pt (the model that export and scoring read) and last.pt (all a resume needs).
+
+Both are plain dicts of tensors and JSON strings beside the run's common fields (architecture, classes,
+preprocessing spec, recipe, init, teacher, config), saved atomically and read back only through
+mri44.model.load_checkpoint (weights_only=True, key checks), so a resumed run is validated like any other load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from mri44.atomic import atomic_path
+from mri44.model import load_checkpoint
+
+# What last.pt must hold beyond the common fields to resume a run exactly.
+RESUME_KEYS = ("optimizer", "scheduler", "generator", "aug_generator", "epoch", "mix_rng", "history")
+
+
+def save(obj: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+@dataclass
+class RunState:
+    """Everything that changes while a run trains; saved together in last.pt and restored together on resume."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: torch.Generator  # draws each epoch's training order
+    augment: torch.Generator  # draws augmentations and mixup partners, on the training device
+    mix_rng: np.random.Generator  # draws mixup's lambda
+    ema: AveragedModel | None
+    epoch: int = -1  # the last finished epoch, counted from 0
+    best_f1: float = -1.0  # best validation macro-F1 so far
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept: the moving average when the recipe has one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def save_last(self, path: Path, common: dict[str, Any]) -> None:
+        save(
+            {
+                **common,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "generator": self.sampler.get_state(),
+                "aug_generator": self.augment.get_state().cpu(),
+                "epoch": self.epoch,
+                "mix_rng": json.dumps(self.mix_rng.bit_generator.state),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                "best_val_macro_f1": self.best_f1,
+                "history": json.dumps(self.history),
+            },
+            path,
+        )
+
+    def save_best(self, path: Path, common: dict[str, Any], summary: dict[str, Any]) -> None:
+        save(
+            {
+                **common,
+                "model": {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()},
+                "epoch": self.epoch,
+                "val_summary": json.dumps(summary),
+            },
+            path,
+        )
+
+    def restore(self, path: Path, classes: list[str]) -> None:
+        """Continue from last.pt: every state as it was after its epoch, or a one-line error."""
+        state = load_checkpoint(path)
+        missing = [k for k in RESUME_KEYS if k not in state] + (
+            ["ema"] if self.ema is not None and "ema" not in state else []
+        )
+        if missing:
+            raise ValueError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
+        if state["classes"] != classes:
+            raise ValueError(f"{path} was trained on other classes; cannot resume it on these data")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.set_state(state["generator"])
+        self.augment.set_state(state["aug_generator"].to(self.augment.get_state().device))
+        self.mix_rng.bit_generator.state = json.loads(state["mix_rng"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.best_f1 = state["epoch"], state["best_val_macro_f1"]
+        self.history = json.loads(state["history"])

@@ -1,0 +1,115 @@
+"""A run's data: scan (cached), split (new, reused or the run's own on resume), pixels as one tensor.
+
+The decoded, resized images live in one uint8 tensor (on the GPU when there is one); batches are gathered by
+index and augmented on the device, so decoding happens once per run and the data path is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from mri44.atomic import atomic_path
+from mri44.preprocess import PreprocessSpec
+from train.config import TrainConfig
+from train.dataset import load_or_scan
+from train.split import conflicting_duplicates, make_split, split_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunData:
+    split: pl.DataFrame  # one row per image: path, label, split, group, ...; row i <-> pixels[i]
+    classes: list[str]
+    labels: np.ndarray  # class index per row
+    pixels: torch.Tensor  # uint8 (N, C, S, S), on the GPU when training there
+    targets: torch.Tensor  # labels as a tensor beside pixels
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    scale: torch.Tensor  # the spec's normalisation, x * scale + bias, on the training device
+    bias: torch.Tensor
+
+
+def load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
+    """Reuse a split table from an earlier run (its split.parquet or split.csv); every scanned image must be in it."""
+    try:
+        given = pl.read_parquet(split_file) if split_file.suffix == ".parquet" else pl.read_csv(split_file)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ValueError(f"cannot read split file {split_file}: {exc}") from exc
+    if not {"path", "split"} <= set(given.columns):
+        raise ValueError(f"{split_file} is not a split file: it needs the columns path and split")
+    joined = manifest.join(
+        given.select("path", "split", *(["group"] if "group" in given.columns else [])), on="path", how="left"
+    )
+    missing = joined.filter(pl.col("split").is_null())
+    if missing.height:
+        raise ValueError(
+            f"{split_file} has no split for {missing.height} image(s), e.g. {missing['path'][0]}"
+        )
+    if "group" not in joined.columns:
+        joined = joined.with_columns(group=pl.lit(-1, pl.Int64))
+    return joined
+
+
+def choose_split(cfg: TrainConfig, manifest: pl.DataFrame, resuming: bool) -> pl.DataFrame:
+    if resuming:  # the run's own split, never a recomputed one: images already trained on stay in train
+        return load_split(cfg.out / "split.parquet", manifest)
+    if cfg.all_data:
+        return manifest.with_columns(group=pl.lit(-1, pl.Int64), split=pl.lit("train"))
+    if cfg.split_file:
+        return load_split(cfg.split_file, manifest)
+    return make_split(manifest, cfg.split)
+
+
+def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, device: torch.device, resuming: bool) -> RunData:
+    """Scan, split and write the split files into the run folder; pixels on the device that will train."""
+    out = cfg.out
+    t0 = time.perf_counter()
+    scanned = load_or_scan(cfg.data, spec, out / "cache", cfg.workers)
+    log.info(
+        "scanned %d images in %.1fs (%d unreadable, listed in %s)",
+        scanned.manifest.height,
+        time.perf_counter() - t0,
+        scanned.failures.height,
+        out / "unreadable.csv",
+    )
+    with atomic_path(out / "unreadable.csv") as tmp:
+        scanned.failures.write_csv(tmp)
+    split = choose_split(cfg, scanned.manifest, resuming)
+    with atomic_path(out / "split.parquet") as tmp:
+        split.write_parquet(tmp)
+    with atomic_path(out / "split.csv") as tmp:
+        split.select("path", "label", "split", "group", "tumor_type", "contrast", "sha256").write_csv(tmp)
+    with atomic_path(out / "duplicate_conflicts.csv") as tmp:
+        conflicting_duplicates(scanned.manifest).write_csv(tmp)
+    log.info("%s images per split", split_report(split).select(pl.exclude("label").sum()).to_dicts()[0])
+
+    classes = sorted(scanned.manifest["label"].unique().to_list())
+    class_index = {c: i for i, c in enumerate(classes)}
+    labels = split["label"].replace_strict(class_index, return_dtype=pl.Int64).to_numpy().copy()
+    split_names = split["split"].to_numpy()
+    train_idx, val_idx, test_idx = (np.flatnonzero(split_names == s) for s in ("train", "val", "test"))
+    if len(train_idx) == 0 or (len(val_idx) == 0 and not cfg.all_data):
+        raise ValueError("the split left train or val empty; use more images or other --split fractions")
+    store = device if device.type == "cuda" else torch.device("cpu")
+    scale, bias = spec.scale_bias()
+    return RunData(
+        split=split,
+        classes=classes,
+        labels=labels,
+        pixels=torch.from_numpy(np.ascontiguousarray(scanned.pixels.transpose(0, 3, 1, 2))).to(store),
+        targets=torch.as_tensor(labels, device=store),
+        train_idx=train_idx,
+        val_idx=val_idx,
+        test_idx=test_idx,
+        scale=torch.as_tensor(scale, device=device),
+        bias=torch.as_tensor(bias, device=device),
+    )
