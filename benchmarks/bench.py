@@ -26,7 +26,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from export.onnx_export import export_onnx  # noqa: E402
 from mri44.discover import find_images  # noqa: E402
 from mri44.onnx_meta import INPUT_NAME  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
@@ -161,7 +160,22 @@ def main() -> None:
     )
     parser.add_argument("--train-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
+    parser.add_argument(
+        "--device", default="cpu", help="cuda: the GPU tables of benchmarks/gpu.py instead (cpu: this table)"
+    )
+    parser.add_argument("--gpu-images", type=int, default=20000, help="with --device cuda: decodes per pass")
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run the GPU tables' code on --device cpu, to check the script",
+    )
     args = parser.parse_args()
+    if args.device != "cpu" or args.rehearse:
+        from gpu import run as run_gpu
+
+        lines = run_gpu(args.data, args.device, args.gpu_images, args.repeats, os.cpu_count() or 1, 256)
+        write_section(args.out, f"<!-- bench.py --device {args.device} output -->", "\n".join(lines))
+        return
 
     threads = torch.get_num_threads()
     all_paths = find_images(args.data)
@@ -190,6 +204,7 @@ def main() -> None:
     model_pt = None
     if args.checkpoint.is_file():
         from export.int8 import calibration_files
+        from export.onnx_export import export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             for precision in ("fp32", "fp16", "int8"):
@@ -332,13 +347,17 @@ def main() -> None:
         "| --- | ---: | --- |",
         *[f"| {a} | {v:.2f} | {t} |" for a, v, t in ratios],
     ]
-    text = "\n".join(head)
+    write_section(args.out, "<!-- bench.py output -->", "\n".join(head))
+
+
+def write_section(out: Path, marker: str, text: str) -> None:
+    """Print text and put it into `out` under marker, replacing that section (up to the next marker) only."""
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    existing = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-    marker = "<!-- bench.py output -->"
-    prefix = existing.split(marker)[0].rstrip() + "\n\n"
-    args.out.write_text(prefix + marker + "\n" + text + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    existing = out.read_text() if out.exists() else "# Benchmarks\n"
+    before, _, after = existing.partition(marker)
+    rest = after[after.index("<!-- bench.py") :] if "<!-- bench.py" in after else ""
+    out.write_text(before.rstrip() + "\n\n" + marker + "\n" + text + "\n" + ("\n" + rest if rest else ""))
 
 
 if __name__ == "__main__":

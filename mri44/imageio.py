@@ -69,6 +69,20 @@ def header_size(buf: np.ndarray) -> tuple[int, str] | None:
         return None
 
 
+def check_encoded(buf: np.ndarray, source: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> None:
+    """What is refused before any decoder runs (every decoder: OpenCV here, nvJPEG in the scorer): empty files,
+    truncated JPEGs, and headers that claim more than max_pixels pixels."""
+    if buf.size == 0:
+        raise ImageDecodeError(source, "empty file")
+    if _jpeg_is_truncated(buf):
+        raise ImageDecodeError(source, "truncated JPEG (no end-of-image marker)")
+    claimed = header_size(buf)
+    if claimed is not None and claimed[0] > max_pixels:
+        raise ImageDecodeError(
+            source, f"image claims {claimed[1]} pixels, over the limit of {max_pixels:,} (--max-pixels)"
+        )
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """Deeper images (16-bit, float) are rescaled by their own range, as MRI viewers do."""
     if image.dtype == np.uint8:
@@ -91,15 +105,7 @@ def decode_bytes(
     Files whose header claims more than max_pixels are refused before any pixel is allocated.
     """
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
-    if buf.size == 0:
-        raise ImageDecodeError(source, "empty file")
-    if _jpeg_is_truncated(buf):
-        raise ImageDecodeError(source, "truncated JPEG (no end-of-image marker)")
-    claimed = header_size(buf)
-    if claimed is not None and claimed[0] > max_pixels:
-        raise ImageDecodeError(
-            source, f"image claims {claimed[1]} pixels, over the limit of {max_pixels:,} (--max-pixels)"
-        )
+    check_encoded(buf, source, max_pixels)
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. a header that announces more pixels than OpenCV allows

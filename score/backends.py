@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class Backend:
     meta: ModelMetadata
-    run: Callable[[np.ndarray], np.ndarray]  # normalised float32 (N, 3, S, S) -> logits (N, classes)
+    # normalised float32 (N, 3, S, S), a numpy array or a torch tensor (on `device` ideally) -> logits (N, classes)
+    run: Callable[[Any], np.ndarray]
     provider: str  # what runs it, for the log: an ONNX Runtime provider or "PyTorch cuda bf16"
+    device: str = "cpu"  # where inputs should be for the run: "cpu" or "cuda"
 
 
 def load_metadata(session, source: str) -> ModelMetadata:  # session: onnxruntime.InferenceSession
@@ -57,7 +60,36 @@ def onnx_backend(path: Path, device: str) -> Backend:
     except Exception as exc:  # onnxruntime raises its own types for files that are not ONNX models
         raise MRI44Error(f"cannot load {path} as an ONNX model: {exc}") from exc
     meta = load_metadata(session, str(path))
-    return Backend(meta, lambda x: session.run(None, {INPUT_NAME: x})[0], session.get_providers()[0])
+    provider = session.get_providers()[0]
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        return Backend(meta, _io_binding_runner(session), provider, "cuda")
+
+    def run(x: Any) -> np.ndarray:
+        batch = x if isinstance(x, np.ndarray) else x.cpu().numpy()
+        return session.run(None, {INPUT_NAME: batch})[0]
+
+    return Backend(meta, run, provider)
+
+
+def _io_binding_runner(session) -> Callable[[Any], np.ndarray]:
+    """ONNX Runtime on CUDA fed through I/O binding: an input already on the GPU (a torch CUDA tensor from the
+    on-device decoder) is bound in place, not copied to the host and back; numpy inputs are bound as they are."""
+    output = session.get_outputs()[0].name
+
+    def run(x: Any) -> np.ndarray:
+        binding = session.io_binding()
+        if isinstance(x, np.ndarray):
+            binding.bind_cpu_input(INPUT_NAME, np.ascontiguousarray(x, dtype=np.float32))
+        else:
+            x = x.float().contiguous()
+            binding.bind_input(
+                INPUT_NAME, "cuda", x.device.index or 0, np.float32, tuple(x.shape), x.data_ptr()
+            )
+        binding.bind_output(output, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    return run
 
 
 def torch_device(device: str):
@@ -105,14 +137,14 @@ def checkpoint_backend(path: Path, device: str, precision: str = "auto", compile
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     @torch.inference_mode()
-    def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(dev, non_blocking=True)
+    def run(batch: Any) -> np.ndarray:
+        x = torch.as_tensor(batch).to(dev, non_blocking=True)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return network(x).float().cpu().numpy()
 
-    return Backend(meta, run, f"PyTorch {dev.type} {precision}{' compiled' if compile else ''}")
+    return Backend(meta, run, f"PyTorch {dev.type} {precision}{' compiled' if compile else ''}", dev.type)
 
 
 def is_checkpoint(path: Path) -> bool:

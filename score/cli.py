@@ -76,6 +76,13 @@ PrecisionOpt = Annotated[
         "their exported precision."
     ),
 ]
+DecodeOpt = Annotated[
+    str,
+    typer.Option(
+        help="cpu: every file decoded by OpenCV in --workers threads. device: JPEGs decoded where the model runs "
+        "(batched nvJPEG on CUDA, then resized and normalised there); other formats still on the CPU."
+    ),
+]
 CompileOpt = Annotated[
     bool, typer.Option(help="For a checkpoint: torch.compile the network (pays off on GPUs).")
 ]
@@ -199,6 +206,7 @@ def score(
     max_pixels: MaxPixelsOpt = 50_000_000,
     precision: PrecisionOpt = "auto",
     compile: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
 ) -> None:
     import polars as pl
 
@@ -232,6 +240,7 @@ def score(
         top_k=top_k,
         progress=sys.stderr.isatty(),
         max_pixels=max_pixels,
+        decode=decode,
     )
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
     tables = metric_tables(labelled["true_class"], labelled["pred_class"]) if labelled.height else None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -126,6 +128,32 @@ def prediction_frame(
     )
 
 
+def input_batches(
+    backend: Backend,
+    paths: list[Path],
+    batch_size: int,
+    workers: int,
+    prefetch: int | None,
+    max_pixels: int,
+    decode: str,
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+    """(positions, normalised batch, errors) in file order: decoded by OpenCV threads on the CPU (decode="cpu"),
+    or JPEGs decoded where the model runs (decode="device": nvJPEG on CUDA; score/device_decode.py)."""
+    spec = backend.meta.preprocess
+    if decode == "device":
+        import torch
+
+        from score.device_decode import device_batches
+
+        yield from device_batches(paths, spec, batch_size, workers, torch.device(backend.device), max_pixels)
+        return
+    if decode != "cpu":
+        raise ValueError(f"unknown --decode {decode!r}: choose cpu or device")
+    window = prefetch or max(2 * batch_size, 8)
+    for positions, pixels, errors in decoded_batches(paths, spec, batch_size, workers, window, max_pixels):
+        yield positions, (None if pixels is None else normalize(pixels, spec)), errors
+
+
 def score_paths(
     backend: Backend,
     root: Path,
@@ -136,6 +164,7 @@ def score_paths(
     prefetch: int | None = None,
     progress: bool = True,
     max_pixels: int = MAX_PIXELS,
+    decode: str = "cpu",
 ) -> ScoreRun:
     """Score files (found under root) in order; returns one prediction row per file."""
     meta = backend.meta
@@ -145,11 +174,11 @@ def score_paths(
     errors: list[str | None] = [None] * n
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
-    for positions, pixels, batch_errors in decoded_batches(
-        paths, meta.preprocess, batch_size, workers, prefetch or max(2 * batch_size, 8), max_pixels
+    for positions, x, batch_errors in input_batches(
+        backend, paths, batch_size, workers, prefetch, max_pixels, decode
     ):
-        if pixels is not None:
-            logits = backend.run(normalize(pixels, meta.preprocess))
+        if x is not None:
+            logits = backend.run(x)
             finite = np.isfinite(logits).all(1)
             probs[positions] = softmax(np.where(finite[:, None], logits, 0.0), meta.temperature)
             ok[positions] = finite

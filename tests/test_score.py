@@ -13,11 +13,11 @@ from mri44.calibration import softmax
 from mri44.imageio import read_image
 from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.torch_input import to_input
 from score.backends import Backend, onnx_backend
 from score.cli import app
 from score.pipeline import score_paths
 from train.dataset import scan_dataset
-from train.model_input import to_input
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mri44.model import checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec
-from train.model_input import to_input
+from mri44.torch_input import to_input
 
 
 @dataclass(frozen=True)

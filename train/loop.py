@@ -29,12 +29,12 @@ from mri44.model import (
     model_from_checkpoint,
 )
 from mri44.preprocess import PreprocessSpec
+from mri44.torch_input import to_input
 from train.augment import random_affine_intensity
 from train.checkpoint import RunState, save
 from train.config import TrainConfig, check_resume_settings, resolve_device
 from train.data import RunData, prepare_data
 from train.distill import Teacher, distillation_loss, load_teacher
-from train.model_input import to_input
 from train.recipes import Recipe
 from train.weights import init_weights
 

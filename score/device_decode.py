@@ -1,0 +1,120 @@
+"""JPEG decoding on the scoring device: batched nvJPEG on CUDA (torchvision.io.decode_jpeg), then resize and
+normalisation on the device too (mri44.torch_input), so pixels never return to the host before the network.
+
+Only JPEG goes this way. Every other format, and every JPEG the device decoder rejects (CMYK, lossless,
+arithmetic-coded, damaged), is decoded on the CPU by the shared core, one file at a time, so a failure stays one
+file's error row (device decoding is held to the fp16 export's parity bounds against the CPU path: inputs
+within one grey level). The same refusals as the CPU path apply first (empty, truncated, over --max-pixels). On the CPU
+device this is torchvision's libjpeg-turbo decoder, which is how the tests check the path without a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from mri44.imageio import ImageDecodeError, check_encoded
+from mri44.preprocess import PreprocessSpec, load_pixels
+from mri44.torch_input import to_input, to_model_pixels
+
+JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
+
+Prepared = tuple[str, torch.Tensor | np.ndarray]  # ("jpeg", encoded bytes) or ("pixels", CPU-decoded uint8)
+
+
+def prepare(path: Path, spec: PreprocessSpec, max_pixels: int) -> Prepared:
+    """In a worker thread: a JPEG's checked bytes, or any other file decoded and resized on the CPU."""
+    if path.suffix.lower() not in JPEG_SUFFIXES:
+        return "pixels", load_pixels(path, spec, max_pixels)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    check_encoded(data, path, max_pixels)
+    return "jpeg", torch.from_numpy(data)
+
+
+def _decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decoded uint8 (C, H, W) per file, None where the device decoder refused it; one batched call when all go."""
+    with warnings.catch_warnings():
+        # torchvision 0.29 announces that its decoders move to TorchCodec; they work, and nvJPEG is why we use them.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return list(decode_jpeg(encoded, mode=ImageReadMode.UNCHANGED, device=device))
+        except RuntimeError:  # one bad file fails the batch: retry one by one to find it
+            out: list[torch.Tensor | None] = []
+            for data in encoded:
+                try:
+                    out.append(decode_jpeg(data, mode=ImageReadMode.UNCHANGED, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+def _batch(
+    paths: list[Path],
+    chunk: list[int],
+    futures: list[Future],
+    spec: PreprocessSpec,
+    device: torch.device,
+    max_pixels: int,
+) -> tuple[list[int], list[torch.Tensor], list[tuple[int, str]]]:
+    """One batch: (positions, uint8 (C, S, S) per decoded file on the device, errors)."""
+    results: dict[int, torch.Tensor] = {}
+    errors: list[tuple[int, str]] = []
+    jpegs: list[tuple[int, torch.Tensor]] = []
+    for i, future in zip(chunk, futures, strict=True):
+        try:
+            kind, value = future.result()
+        except ImageDecodeError as exc:
+            errors.append((i, exc.reason))
+            continue
+        except Exception as exc:  # anything else about one file stays about that file
+            errors.append((i, f"{exc.__class__.__name__}: {exc}"))
+            continue
+        if kind == "jpeg":
+            jpegs.append((i, value))
+        else:
+            results[i] = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).to(device)
+    decoded = _decode_on_device([data for _, data in jpegs], device) if jpegs else []
+    for (i, _), image in zip(jpegs, decoded, strict=True):
+        try:
+            if image is None or image.shape[0] not in (1, 3):  # refused, or CMYK/grey+alpha: the CPU decoder
+                cpu = load_pixels(paths[i], spec, max_pixels)
+                results[i] = torch.from_numpy(np.ascontiguousarray(cpu)).permute(2, 0, 1).to(device)
+            else:
+                results[i] = to_model_pixels(image, spec)
+        except ImageDecodeError as exc:
+            errors.append((i, exc.reason))
+    positions = sorted(results)
+    return positions, [results[i] for i in positions], errors
+
+
+def device_batches(
+    paths: list[Path],
+    spec: PreprocessSpec,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    max_pixels: int,
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    """Yield (positions, normalised float (N, 3, S, S) on device, errors) in file order, reading the next batch's
+    files in worker threads while this one is decoded."""
+    scale, bias = (torch.as_tensor(v, device=device) for v in spec.scale_bias())
+    chunks = [list(range(s, min(len(paths), s + batch_size))) for s in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+
+        def submit(chunk: list[int]) -> list[Future]:
+            return [pool.submit(prepare, paths[i], spec, max_pixels) for i in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            current, pending = pending, (submit(chunks[k + 1]) if k + 1 < len(chunks) else [])
+            positions, images, errors = _batch(paths, chunk, current, spec, device, max_pixels)
+            yield positions, (to_input(torch.stack(images), scale, bias) if images else None), errors
