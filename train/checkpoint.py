@@ -42,6 +42,13 @@ class RunState:
     epoch: int = -1  # the last finished epoch, counted from 0
     best_f1: float = -1.0  # best validation macro-F1 so far
     history: list[dict[str, Any]] = field(default_factory=list)
+    network: torch.nn.Module | None = (
+        None  # what training calls: DistributedDataParallel(model) under torchrun
+    )
+
+    @property
+    def trainer(self) -> torch.nn.Module:
+        return self.network if self.network is not None else self.model
 
     @property
     def eval_model(self) -> torch.nn.Module:

@@ -59,6 +59,17 @@ def load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     return joined
 
 
+def write_split_files(out: Path, failures: pl.DataFrame, split: pl.DataFrame, manifest: pl.DataFrame) -> None:
+    with atomic_path(out / "unreadable.csv") as tmp:
+        failures.write_csv(tmp)
+    with atomic_path(out / "split.parquet") as tmp:
+        split.write_parquet(tmp)
+    with atomic_path(out / "split.csv") as tmp:
+        split.select("path", "label", "split", "group", "tumor_type", "contrast", "sha256").write_csv(tmp)
+    with atomic_path(out / "duplicate_conflicts.csv") as tmp:
+        conflicting_duplicates(manifest).write_csv(tmp)
+
+
 def choose_split(cfg: TrainConfig, manifest: pl.DataFrame, resuming: bool) -> pl.DataFrame:
     if resuming:  # the run's own split, never a recomputed one: images already trained on stay in train
         return load_split(cfg.out / "split.parquet", manifest)
@@ -69,8 +80,10 @@ def choose_split(cfg: TrainConfig, manifest: pl.DataFrame, resuming: bool) -> pl
     return make_split(manifest, cfg.split)
 
 
-def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, device: torch.device, resuming: bool) -> RunData:
-    """Scan, split and write the split files into the run folder; pixels on the device that will train."""
+def prepare_data(
+    cfg: TrainConfig, spec: PreprocessSpec, device: torch.device, resuming: bool, write: bool = True
+) -> RunData:
+    """Scan, split and (write: rank 0) write the split files into the run folder; pixels on the training device."""
     out = cfg.out
     t0 = time.perf_counter()
     scanned = load_or_scan(cfg.data, spec, out / "cache", cfg.workers)
@@ -81,15 +94,9 @@ def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, device: torch.device, r
         scanned.failures.height,
         out / "unreadable.csv",
     )
-    with atomic_path(out / "unreadable.csv") as tmp:
-        scanned.failures.write_csv(tmp)
     split = choose_split(cfg, scanned.manifest, resuming)
-    with atomic_path(out / "split.parquet") as tmp:
-        split.write_parquet(tmp)
-    with atomic_path(out / "split.csv") as tmp:
-        split.select("path", "label", "split", "group", "tumor_type", "contrast", "sha256").write_csv(tmp)
-    with atomic_path(out / "duplicate_conflicts.csv") as tmp:
-        conflicting_duplicates(scanned.manifest).write_csv(tmp)
+    if write:
+        write_split_files(out, scanned.failures, split, scanned.manifest)
     log.info("%s images per split", split_report(split).select(pl.exclude("label").sum()).to_dicts()[0])
 
     classes = sorted(scanned.manifest["label"].unique().to_list())

@@ -35,6 +35,7 @@ from train.checkpoint import RunState, save
 from train.config import TrainConfig, check_resume_settings, resolve_device
 from train.data import RunData, prepare_data
 from train.distill import Teacher, distillation_loss, load_teacher
+from train.distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
 from train.recipes import Recipe
 from train.weights import init_weights
 
@@ -111,13 +112,18 @@ def train_one_epoch(
     device: torch.device,
     teacher: Teacher | None,
     desc: str,
+    ranks: Ranks = Ranks(),
 ) -> dict[str, float]:
-    """One pass over the epoch's sampled training images; returns loss, images/s and seconds."""
-    model = state.model.train()
+    """One pass over the epoch's sampled training images; returns loss, images/s and seconds.
+
+    batch_size is the global batch: under torchrun every rank augments the same global batch and trains on its
+    slice (train/distributed.py), so the updates are the single-process run's."""
+    model = state.trainer.train()
     order = epoch_order(state, data, recipe)
     steps = max(1, len(data.train_idx) // batch_size)
+    part = slice(ranks.rank * (batch_size // ranks.world), (ranks.rank + 1) * (batch_size // ranks.world))
     seen, loss_total, t0 = 0, torch.zeros((), device=device), time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, unit="batch", leave=False, disable=None)
+    bar = tqdm(range(steps), desc=desc, unit="batch", leave=False, disable=None if ranks.main else True)
     for step in bar:
         sel = order[step * batch_size : (step + 1) * batch_size]
         raw = data.pixels[sel].to(device, non_blocking=True).float()
@@ -125,11 +131,14 @@ def train_one_epoch(
             raw = random_affine_intensity(raw, generator=state.augment)
         x = to_input(raw, data.scale, data.bias)
         y = data.targets[sel].to(device, non_blocking=True)
-        lam, partner = 1.0, None
+        lam, y_partner = 1.0, None
         if recipe.mixup_alpha > 0:
             lam = float(state.mix_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha))
             partner = torch.randperm(len(sel), device=device, generator=state.augment)
-            x = lam * x + (1.0 - lam) * x[partner]
+            x, y_partner = lam * x + (1.0 - lam) * x[partner], y[partner]
+        if ranks.active:  # this rank's share of the global batch
+            raw, x, y = raw[part], x[part], y[part]
+            y_partner = y_partner[part] if y_partner is not None else None
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -138,16 +147,16 @@ def train_one_epoch(
         if teacher is not None:
             soft = distillation_loss(logits, teacher.logits(raw), recipe.kd_temperature)
             loss = (1.0 - recipe.kd_weight) * loss + recipe.kd_weight * soft
-        if partner is not None:
+        if y_partner is not None:
             loss = loss + (1.0 - lam) * F.cross_entropy(
-                logits, y[partner], label_smoothing=recipe.label_smoothing
+                logits, y_partner, label_smoothing=recipe.label_smoothing
             )
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
         state.scheduler.step()
         if state.ema is not None:
-            state.ema.update_parameters(model)
+            state.ema.update_parameters(state.model)
         seen += len(sel)
         loss_total += loss.detach()  # summed on the device: no synchronisation per step
         if bar.disable is False and (step % 10 == 0 or step == steps - 1):
@@ -155,18 +164,32 @@ def train_one_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"train_loss": float(loss_total) / steps, "train_images_per_s": seen / seconds, "epoch_s": seconds}
+    loss_mean = float(all_mean(loss_total, ranks)) / steps
+    return {"train_loss": loss_mean, "train_images_per_s": seen / seconds, "epoch_s": seconds}
 
 
 def evaluate(
-    model: torch.nn.Module, data: RunData, idx: np.ndarray, device: torch.device, batch_size: int
+    model: torch.nn.Module,
+    data: RunData,
+    idx: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    ranks: Ranks = Ranks(),
 ) -> dict:
-    """The summary metrics (accuracy, macro-F1, ...) of model on the images at idx; {} when idx is empty."""
+    """The summary metrics (accuracy, macro-F1, ...) of model on the images at idx; {} when idx is empty. Under
+    torchrun each rank predicts every world-th image and the logits are gathered, so every rank gets the same
+    summary."""
     if not len(idx):
         return {}
+    own = torch.as_tensor(predict_logits(model, data, idx[ranks.rank :: ranks.world], device, batch_size))
+    logits = np.zeros((len(idx), len(data.classes)), np.float32)
+    for r, part in enumerate(gather_rows(own, ranks)):
+        if len(part):
+            logits[r :: ranks.world] = part.numpy()
     names = np.asarray(data.classes)
-    pred = names[predict_logits(model, data, idx, device, batch_size).argmax(1)]
-    return metric_tables(list(names[data.labels[idx]]), list(pred))["summary"].row(0, named=True)
+    return metric_tables(list(names[data.labels[idx]]), list(names[logits.argmax(1)]))["summary"].row(
+        0, named=True
+    )
 
 
 def new_state(
@@ -196,39 +219,61 @@ def new_state(
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, validate every epoch, keep the best checkpoint by validation macro-F1, evaluate it on test."""
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    """Train, validate every epoch, keep the best checkpoint by validation macro-F1, evaluate it on test.
+    Under torchrun, every rank runs this; rank 0 writes the run folder and returns the result, the others {}."""
+    device = resolve_device(cfg.device)
+    ranks = init_ranks(device)
+    try:
+        return _train(cfg, rank_device(device, ranks), ranks)
+    finally:
+        finish(ranks)
+
+
+def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, Any]:
+    last_path, best_path = cfg.out / "last.pt", cfg.out / "best.pt"
     if not cfg.resume and last_path.exists():
         raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     hp = cfg.resolved()
+    if hp["batch_size"] % ranks.world:
+        raise ValueError(f"--batch-size {hp['batch_size']} must be a multiple of the {ranks.world} processes")
     mean, std = input_normalisation(cfg.arch)
     spec = PreprocessSpec(
         size=cfg.image_size, resize=cfg.recipe.resize, channels=cfg.recipe.channels, mean=mean, std=std
     )
     resuming = cfg.resume and last_path.exists()
     if resuming:
-        check_resume_settings(out, cfg)
-    write_text_atomic(out / "config.json", cfg.to_json())
-    data = prepare_data(cfg, spec, device, resuming)
-
+        check_resume_settings(cfg.out, cfg)
+    if (
+        ranks.main
+    ):  # rank 0 writes the config, scans (filling the cache) and writes the split; then the others read
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cfg.out / "config.json", cfg.to_json())
+        data = prepare_data(cfg, spec, device, resuming)
+    barrier(ranks)
+    if not ranks.main:
+        data = prepare_data(cfg, spec, device, resuming, write=False)
     model = build_model(len(data.classes), cfg.arch)
     init_note = init_weights(model, cfg.weights, cfg.allow_random_init, cfg.arch)
-    log.info("model: %s, %d classes, %s; device %s", cfg.arch, len(data.classes), init_note, device)
+    log.info(
+        "model: %s, %d classes, %s; device %s x %d",
+        cfg.arch,
+        len(data.classes),
+        init_note,
+        device,
+        ranks.world,
+    )
     teacher = _teacher_for(cfg, data.classes, spec, device)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    steps_per_epoch = max(1, len(data.train_idx) // hp["batch_size"])
-    state = new_state(cfg, model, steps_per_epoch, hp["epochs"], hp["lr"])
+    state = new_state(cfg, model, max(1, len(data.train_idx) // hp["batch_size"]), hp["epochs"], hp["lr"])
+    state.network = wrap(model, device, ranks)
     if resuming:
         state.restore(last_path, data.classes)
         log.info("resumed from %s after epoch %d", last_path, state.epoch + 1)
@@ -241,10 +286,26 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "teacher": teacher.description if teacher else "",
         "config": cfg.to_json(),
     }
+    fit(state, data, cfg, device, teacher, common, ranks)
+    barrier(ranks)
+    return evaluate_best(best_path, data, cfg, device) if ranks.main else {}
+
+
+def fit(
+    state: RunState,
+    data: RunData,
+    cfg: TrainConfig,
+    device: torch.device,
+    teacher: Teacher | None,
+    common: dict[str, Any],
+    ranks: Ranks,
+) -> None:
+    """The epochs from where state stands: train, validate, keep best.pt and last.pt (rank 0 writes)."""
+    hp = cfg.resolved()
     for epoch in range(state.epoch + 1, hp["epochs"]):
         desc = f"epoch {epoch + 1}/{hp['epochs']}"
-        row = train_one_epoch(state, data, cfg.recipe, hp["batch_size"], device, teacher, desc)
-        summary = evaluate(state.eval_model, data, data.val_idx, device, cfg.eval_batch_size)
+        row = train_one_epoch(state, data, cfg.recipe, hp["batch_size"], device, teacher, desc, ranks)
+        summary = evaluate(state.eval_model, data, data.val_idx, device, cfg.eval_batch_size, ranks)
         state.epoch = epoch
         state.history.append(
             {"epoch": epoch + 1, **row, "lr": state.scheduler.get_last_lr()[0]}
@@ -264,11 +325,13 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         )
         if improved:
             state.best_f1 = summary.get("macro_f1", -1.0)
-            state.save_best(best_path, common, summary)
-        with atomic_path(out / "metrics.csv") as tmp:
+        if not ranks.main:
+            continue
+        if improved:
+            state.save_best(cfg.out / "best.pt", common, summary)
+        with atomic_path(cfg.out / "metrics.csv") as tmp:
             pl.DataFrame(state.history).write_csv(tmp)
-        state.save_last(last_path, common)
-    return evaluate_best(best_path, data, cfg, device)
+        state.save_last(cfg.out / "last.pt", common)
 
 
 def _teacher_for(
