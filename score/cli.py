@@ -45,9 +45,16 @@ def remove_output_folder(folder: Path) -> None:
 
 
 InputDirOpt = Annotated[
-    Path, typer.Argument(help="Folder of images (searched recursively; hidden files skipped).")
+    str,
+    typer.Argument(
+        help="Folder of images (searched recursively; hidden files skipped); with --engine ray also a URL that "
+        "pyarrow reads (s3://bucket/prefix, gs://...)."
+    ),
 ]
-OutOpt = Annotated[Path, typer.Option(help="Predictions file: .parquet, or .csv for CSV.")]
+OutOpt = Annotated[
+    Path,
+    typer.Option(help="Predictions file: .parquet, or .csv for CSV. With --engine ray: a folder of parts."),
+]
 ModelOpt = Annotated[
     Path | None,
     typer.Option(
@@ -82,6 +89,22 @@ DecodeOpt = Annotated[
         help="cpu: every file decoded by OpenCV in --workers threads. device: JPEGs decoded where the model runs "
         "(batched nvJPEG on CUDA, then resized and normalised there); other formats still on the CPU."
     ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="local: this process. ray: a Ray cluster (pip install -e '.[ray]'; docs/scale-out.md)."
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="With --engine ray: auto, ray://host:port, or none for a local Ray instance."),
+]
+ActorsOpt = Annotated[int, typer.Option(min=1, help="With --engine ray: scoring actors (one model each).")]
+GpusPerActorOpt = Annotated[float, typer.Option(min=0.0, help="With --engine ray: GPUs per scoring actor.")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(help="With --engine ray: keep the parts already in OUT and score only the other files."),
 ]
 CompileOpt = Annotated[
     bool, typer.Option(help="For a checkpoint: torch.compile the network (pays off on GPUs).")
@@ -183,6 +206,58 @@ def report(
         log.info("metric tables (%d labelled images) -> %s", tables["summary"]["n"][0], target)
 
 
+def score_on_ray(
+    source: str,
+    out: Path,
+    model: Path,
+    device: str,
+    batch_size: int,
+    top_k: int,
+    max_pixels: int,
+    options: dict,
+) -> None:
+    """--engine ray: part files in the folder OUT, then metric tables in OUT/metrics from a lazy scan of them."""
+    try:
+        from score.ray_engine import counts, labelled_pairs, score_with_ray
+    except ImportError as exc:
+        raise fail(f"--engine ray needs Ray: pip install -e '.[ray]' ({exc})") from exc
+    from mri44.metrics import metric_tables, write_tables
+
+    if out.exists() and not out.is_dir():
+        raise fail(f"--engine ray writes a folder of parts: {out} is a file")
+    if out.is_dir() and any(out.glob("part-*.parquet")) and not options["resume"]:
+        raise fail(f"{out} already holds parts: pass --resume to continue that run, or another --out")
+    written, kept, classes = score_with_ray(
+        source,
+        out,
+        model,
+        batch_size=batch_size,
+        top_k=top_k,
+        max_pixels=max_pixels,
+        device=device,
+        **options,
+    )
+    rows, errors = counts(out)
+    log.info(
+        "scored %d file(s) now, %d kept from before; %d rows, %d error(s) -> %s",
+        written,
+        kept,
+        rows,
+        errors,
+        out,
+    )
+    pairs = labelled_pairs(out)
+    if pairs.height:
+        tables = metric_tables(pairs["true_class"], pairs["pred_class"])
+        target = out / "metrics"
+        remove_output_folder(target)
+        write_tables(tables, target, classes)
+        typer.echo(tables["summary"])
+        log.info("metric tables (%d labelled images) -> %s", pairs.height, target)
+    if rows == errors:
+        raise fail("no image could be scored (see the error rows)", code=1)
+
+
 @app.command(
     help="Predict tumour type and contrast for every image under INPUT_DIR (recursively).\n\n"
     "Writes one row per file found (status 'error' with the reason for files that cannot be decoded). When "
@@ -207,6 +282,11 @@ def score(
     precision: PrecisionOpt = "auto",
     compile: CompileOpt = False,
     decode: DecodeOpt = "cpu",
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    actors: ActorsOpt = 1,
+    gpus_per_actor: GpusPerActorOpt = 0.0,
+    resume: ResumeOpt = False,
 ) -> None:
     import polars as pl
 
@@ -215,12 +295,26 @@ def score(
     from score.backends import open_backend
     from score.pipeline import score_paths
 
-    target = check_outputs(input_dir, out, metrics_dir, overwrite)
+    if engine == "ray":
+        source = resolve_model(model)
+        ray_options = {
+            "address": address,
+            "actors": actors,
+            "gpus_per_actor": gpus_per_actor,
+            "resume": resume,
+        }
+        return score_on_ray(input_dir, out, source, device, batch_size, top_k, max_pixels, ray_options)
+    if engine != "local":
+        raise fail(f"unknown --engine {engine!r}: choose local or ray")
+    if resume:
+        raise fail("--resume is for --engine ray (the local scorer writes one file, all at once)")
+    folder = Path(input_dir)
+    target = check_outputs(folder, out, metrics_dir, overwrite)
     source = resolve_model(model)
     skipped: list[tuple[str, str]] = []
-    paths = find_images(input_dir, skipped)
+    paths = find_images(folder, skipped)
     if not paths:
-        raise fail(f"no image files under {input_dir} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
+        raise fail(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, device, precision, compile)
     meta = backend.meta
     log.info(
@@ -233,7 +327,7 @@ def score(
     )
     run = score_paths(
         backend,
-        input_dir,
+        folder,
         paths,
         batch_size=batch_size,
         workers=workers,

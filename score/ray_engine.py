@@ -1,0 +1,200 @@
+"""Batch scoring on a Ray cluster (`mri-score INPUT --out OUT_DIR --engine ray`), for inputs that outgrow one
+machine or live in object storage.
+
+Ray Data lists the files (a local folder with the local scorer's own discovery, or any URL pyarrow's file systems
+read: s3://, gs://, hdfs://), reads and decodes them in tasks, and scores them in a pool of actors that each load
+the model once. The driver streams the results and writes them as Parquet part files into OUT_DIR while later
+blocks are still being scored, so its memory stays flat in the number of images. Each part is written to a
+temporary name and renamed when complete, so a run that dies leaves only finished parts, and `--resume` skips
+every file already in one. The metric tables are then computed from the parts with a Polars lazy scan.
+
+Rows are the local scorer's (same columns, same error rows, labels from the nearest class-named folder): the
+actors call the same backend and the same prediction_frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mri44.atomic import atomic_path
+from mri44.calibration import softmax
+from mri44.discover import find_images
+from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path
+from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+
+log = logging.getLogger(__name__)
+PART_GLOB = "part-*.parquet"
+
+
+def list_inputs(source: str) -> tuple[str, list[str]]:
+    """(root as pyarrow reads it, image paths relative to it, sorted). Local folders use find_images."""
+    if "://" not in source:
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(f"input folder {source} does not exist or is not a folder")
+        return str(root.resolve()), [p.relative_to(root).as_posix() for p in find_images(root)]
+    from pyarrow import fs
+
+    filesystem, base = fs.FileSystem.from_uri(source)
+    infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+    rel = sorted(
+        posixpath.relpath(i.path, base)
+        for i in infos
+        if i.type == fs.FileType.File
+        and is_image_path(i.path)
+        and "/." not in "/" + posixpath.relpath(i.path, base)
+    )
+    return source.rstrip("/"), rel
+
+
+def finished_paths(out_dir: Path) -> set[str]:
+    """Files already scored by an earlier run into out_dir (only renamed, complete parts count)."""
+    parts = sorted(out_dir.glob(PART_GLOB))
+    if not parts:
+        return set()
+    return set(pl.scan_parquet(parts).select("path").collect()["path"].to_list())
+
+
+def _read(root: str, rel: str) -> bytes:
+    if "://" not in root:
+        return (Path(root) / rel).read_bytes()
+    from pyarrow import fs
+
+    filesystem, base = fs.FileSystem.from_uri(root)
+    with filesystem.open_input_stream(posixpath.join(base, rel)) as handle:
+        return handle.read()
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], root: str, spec: dict, max_pixels: int
+) -> dict[str, np.ndarray]:
+    """A Ray task: read and preprocess files; a file that fails keeps its row with the reason in `error`."""
+    preprocess = PreprocessSpec.from_dict(spec)
+    shape = (preprocess.size, preprocess.size, preprocess.cache_channels)
+    pixels, errors = [], []
+    for rel in batch["path"]:
+        try:
+            pixels.append(to_model_pixels(decode_bytes(_read(root, str(rel)), rel, max_pixels), preprocess))
+            errors.append("")
+        except ImageDecodeError as exc:
+            pixels.append(np.zeros(shape, np.uint8))
+            errors.append(exc.reason)
+        except Exception as exc:  # anything else about one file stays about that file
+            pixels.append(np.zeros(shape, np.uint8))
+            errors.append(f"{exc.__class__.__name__}: {exc}")
+    return {"path": batch["path"], "pixels": np.stack(pixels), "error": np.asarray(errors, dtype=object)}
+
+
+class ScoreActor:
+    """One model session per actor, loaded once; turns decoded batches into prediction rows."""
+
+    def __init__(self, model: str, device: str, top_k: int) -> None:
+        from score.backends import open_backend
+
+        self.backend = open_backend(Path(model), device)
+        self.top_k = top_k
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # a pyarrow.Table: nulls stay nulls
+        from score.pipeline import prediction_frame
+
+        meta = self.backend.meta
+        errors: list[str | None] = [e or None for e in batch["error"]]
+        ok = np.array([e is None for e in errors])
+        probs = np.zeros((len(errors), len(meta.classes)), np.float32)
+        if ok.any():
+            logits = self.backend.run(normalize(batch["pixels"][ok], meta.preprocess))
+            finite = np.isfinite(logits).all(1)
+            probs[ok] = softmax(np.where(finite[:, None], logits, 0.0), meta.temperature)
+            for i in np.flatnonzero(ok)[~finite]:
+                errors[i] = "model produced non-finite output (NaN or inf) for this image"
+            ok[np.flatnonzero(ok)[~finite]] = False
+        frame = prediction_frame([str(p) for p in batch["path"]], probs, ok, errors, meta, self.top_k)
+        return frame.to_arrow()
+
+
+def score_with_ray(
+    source: str,
+    out_dir: Path,
+    model: Path,
+    *,
+    address: str | None = None,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    batch_size: int = 64,
+    top_k: int = 3,
+    max_pixels: int,
+    device: str = "auto",
+    resume: bool = False,
+) -> tuple[int, int, list[str]]:
+    """Score every image under source into part files in out_dir; returns (rows written now, rows kept from an
+    earlier run, the model's classes)."""
+    import ray
+
+    from score.backends import open_backend
+
+    meta = open_backend(model, "cpu" if device == "auto" else device).meta  # checks the model before any work
+    root, paths = list_inputs(source)
+    done = finished_paths(out_dir) if resume else set()
+    todo = [p for p in paths if p not in done]
+    log.info("%d files under %s; %d already scored; %d to score", len(paths), source, len(done), len(todo))
+    if not todo:
+        return 0, len(done), meta.classes
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds: Any = ray.data.from_items(
+        [{"path": p} for p in todo], override_num_blocks=max(1, min(len(todo) // batch_size, 10_000))
+    )
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"root": root, "spec": meta.preprocess.to_dict(), "max_pixels": max_pixels},
+        batch_size=batch_size,
+    )
+    ds = ds.map_batches(
+        ScoreActor,
+        fn_constructor_kwargs={"model": str(model.resolve()), "device": device, "top_k": top_k},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus_per_actor or None,
+    )
+    written = 0
+    run_id = uuid.uuid4().hex[:8]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, batch in enumerate(ds.iter_batches(batch_size=max(batch_size, 1024), batch_format="pyarrow")):
+        part = pl.DataFrame(pl.from_arrow(batch))
+        with atomic_path(out_dir / f"part-{run_id}-{k:06d}.parquet", replace=False) as tmp:
+            part.write_parquet(tmp)
+        written += part.height
+    return written, len(done), meta.classes
+
+
+def labelled_pairs(out_dir: Path) -> pl.DataFrame:
+    """true_class and pred_class of the scored, labelled rows of every part: what the metric tables need, read
+    lazily so only those two columns of those rows are ever in memory."""
+    parts = sorted(out_dir.glob(PART_GLOB))
+    if not parts:
+        return pl.DataFrame(
+            {"true_class": [], "pred_class": []}, schema={"true_class": pl.String, "pred_class": pl.String}
+        )
+    return (
+        pl.scan_parquet(parts)
+        .filter((pl.col("status") == "ok") & pl.col("true_class").is_not_null())
+        .select("true_class", "pred_class")
+        .collect()
+    )
+
+
+def counts(out_dir: Path) -> tuple[int, int]:
+    """(rows, error rows) over every part."""
+    parts = sorted(out_dir.glob(PART_GLOB))
+    if not parts:
+        return 0, 0
+    row = pl.scan_parquet(parts).select(pl.len(), (pl.col("status") == "error").sum()).collect().row(0)
+    return int(row[0]), int(row[1])
