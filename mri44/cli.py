@@ -12,6 +12,7 @@ import typer
 from export.cli import app as export_app
 from mri44 import __version__
 from score.cli import app as score_app
+from score.report_cli import app as report_app
 from train.cli import app as train_app
 from train.pretrained import app as weights_app
 
@@ -28,6 +29,7 @@ STAGES = {
     "export": export_app,  # also: onnx-export
     "score": score_app,  # also: mri-score
     "weights": weights_app,  # also: mri-weights
+    "report": report_app,  # also: mri-report
 }
 for name, stage in STAGES.items():
     (command,) = stage.registered_commands

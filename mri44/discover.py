@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mri44.dicom import has_preamble
 from mri44.imageio import is_image_path
 
 # Written into every folder of metric tables we produce: such folders are our outputs, never inputs, so a
@@ -47,8 +48,8 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
             try:
                 if entry.is_dir(follow_symlinks=True):
                     walk(Path(entry.path))
-                elif is_image_path(entry.name):
-                    found.append(Path(entry.path))
+                elif is_image_path(entry.name) or ("." not in entry.name and has_preamble(entry.path)):
+                    found.append(Path(entry.path))  # extension-less files count when they are DICOM
                 else:
                     note(
                         Path(entry.path),

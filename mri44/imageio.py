@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mri44.dicom import DICOM_EXTENSIONS, DicomError, decode_dicom, is_dicom_bytes, split_frame
 from mri44.errors import MRI44Error
 
 # Decoding allocates width x height x channels bytes whatever the file size: a 2.6 MB PNG can claim 30000 x 30000
@@ -38,7 +39,8 @@ class ImageDecodeError(MRI44Error):
 
 
 def is_image_path(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """By name: a known image extension, or a DICOM one (extension-less DICOM: mri44.dicom.has_preamble)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS
 
 
 def _jpeg_is_truncated(data: np.ndarray) -> bool:
@@ -105,6 +107,11 @@ def decode_bytes(
     Files whose header claims more than max_pixels are refused before any pixel is allocated.
     """
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
+    if is_dicom_bytes(buf):
+        try:
+            return decode_dicom(buf)
+        except DicomError as exc:
+            raise ImageDecodeError(source, str(exc)) from exc
     check_encoded(buf, source, max_pixels)
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -128,7 +135,16 @@ def decode_bytes(
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read and decode one file; see decode_bytes for the returned layout."""
+    """Read and decode one file; see decode_bytes for the returned layout. `x.dcm#frame=K` reads frame K of a
+    multi-frame DICOM file (mri44.dicom.expand_frames lists them so)."""
+    file, frame = split_frame(path)
+    if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
+        try:
+            return decode_dicom(file, frame)
+        except DicomError as exc:
+            raise ImageDecodeError(path, str(exc)) from exc
+        except OSError as exc:
+            raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
     try:
         size = os.path.getsize(path)
         if size == 0:

@@ -106,6 +106,16 @@ ResumeOpt = Annotated[
     bool,
     typer.Option(help="With --engine ray: keep the parts already in OUT and score only the other files."),
 ]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(help="Also write the HTML review report here (needs the report extra: matplotlib)."),
+]
+ExplainOpt = Annotated[
+    int,
+    typer.Option(
+        min=0, help="With --report and a checkpoint --model: Grad-CAM overlays for N images per gallery."
+    ),
+]
 CompileOpt = Annotated[
     bool, typer.Option(help="For a checkpoint: torch.compile the network (pays off on GPUs).")
 ]
@@ -130,6 +140,28 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
         if problem:  # found now, not after every image was scored
             raise fail(f"{what}: cannot write into {place}: {problem}")
     return target
+
+
+def check_report(report: Path | None, explain: int, model: Path, overwrite: bool) -> None:
+    """--report and --explain problems, found before any scoring."""
+    from score.backends import is_checkpoint
+
+    if explain and (report is None or not is_checkpoint(model)):
+        raise fail(
+            "--explain needs --report and a checkpoint or run folder as --model (Grad-CAM runs in PyTorch)"
+        )
+    if report is None:
+        return
+    if report.exists() and not overwrite:
+        raise fail(f"{report} exists; pass --overwrite to replace it")
+    problem = unwritable(report.parent)
+    if problem:
+        raise fail(f"--report: cannot write into {report.parent}: {problem}")
+    try:
+        import jinja2  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise fail(f"--report needs the report extra: pip install -e '.[report]' ({exc})") from exc
 
 
 def resolve_model(model: Path | None) -> Path:
@@ -174,7 +206,7 @@ def write_outputs(
             shutil.rmtree(staged, ignore_errors=True)
 
 
-def report(
+def summarise(
     run: ScoreRun,
     paths: list[Path],
     skipped: list[tuple[str, str]],
@@ -287,9 +319,12 @@ def score(
     actors: ActorsOpt = 1,
     gpus_per_actor: GpusPerActorOpt = 0.0,
     resume: ResumeOpt = False,
+    report: ReportOpt = None,
+    explain: ExplainOpt = 0,
 ) -> None:
     import polars as pl
 
+    from mri44.dicom import expand_frames
     from mri44.discover import find_images
     from mri44.metrics import metric_tables
     from score.backends import open_backend
@@ -311,8 +346,9 @@ def score(
     folder = Path(input_dir)
     target = check_outputs(folder, out, metrics_dir, overwrite)
     source = resolve_model(model)
+    check_report(report, explain, source, overwrite)
     skipped: list[tuple[str, str]] = []
-    paths = find_images(folder, skipped)
+    paths = expand_frames(find_images(folder, skipped))  # a multi-frame DICOM file is one row per frame
     if not paths:
         raise fail(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, device, precision, compile)
@@ -343,7 +379,14 @@ def score(
             files=pl.lit(len(paths)), errors=pl.lit(run.failed), skipped=pl.lit(len(skipped))
         )
     write_outputs(run, tables, out, target, overwrite, meta.classes)
-    report(run, paths, skipped, tables, out, target)
+    summarise(run, paths, skipped, tables, out, target)
+    if report is not None:
+        from score.backends import is_checkpoint
+        from score.report_cli import build_report
+
+        checkpoint = source if is_checkpoint(source) else None
+        build_report(None, run.predictions, report, folder, source.name, explain, checkpoint, overwrite)
+        log.info("report -> %s", report)
     if run.scored == 0:
         raise fail("no image could be scored (see the error rows)", code=1)
 

@@ -1,0 +1,240 @@
+"""A review report a person can look at: one self-contained HTML file (images as data URIs, no scripts, no
+network) built from a predictions table.
+
+Sections: summary and error count; with labels, the per-contrast, per-tumour-type and per-class tables, the
+confusion heatmap, a reliability diagram with the ECE, and galleries of the most confident errors and the least
+confident correct predictions; without labels, the distribution of predicted classes and the least confident
+predictions. Gallery cards show the thumbnail, true and predicted class, top-3 probabilities, and a Grad-CAM
+overlay when one was made (score/explain.py). Plots need matplotlib (pip install -e '.[report]').
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mri44.atomic import atomic_path
+from mri44.imageio import ImageDecodeError, read_image
+from mri44.metrics import expected_calibration_error, metric_tables
+
+GALLERY_SIZE = 12
+BINS = 10
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure_png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return data_uri(buffer.getvalue())
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("the report's plots need matplotlib: pip install -e '.[report]'") from exc
+    return plt
+
+
+def confusion_plot(confusion: pl.DataFrame) -> str:
+    """Row-normalised heat map of the long-format confusion table (true_class, pred_class, count)."""
+    plt = _pyplot()
+    labels = sorted(set(confusion["true_class"]) | set(confusion["pred_class"]))
+    where = {c: i for i, c in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)))
+    for true, pred, count in confusion.iter_rows():
+        matrix[where[true], where[pred]] += count
+    fig, ax = plt.subplots(figsize=(11, 9.5))
+    ax.imshow(matrix / np.maximum(matrix.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (rows normalised)")
+    return _figure_png(fig)
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[str, float]:
+    """The reliability diagram (accuracy per confidence bin, with counts) and the expected calibration error."""
+    plt = _pyplot()
+    edges = np.linspace(0, 1, BINS + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, BINS - 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = np.bincount(which, minlength=BINS)
+    accuracy = np.bincount(which, weights=correct.astype(float), minlength=BINS) / np.maximum(counts, 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.bar(
+        centres[counts > 0], accuracy[counts > 0], width=1 / BINS, edgecolor="k", alpha=0.7, label="accuracy"
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for c, a, n in zip(centres, accuracy, counts, strict=True):
+        if n:
+            ax.text(c, min(a + 0.02, 0.97), str(n), ha="center", fontsize=6)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, loc="upper left")
+    return _figure_png(fig), expected_calibration_error(confidence, correct, bins=BINS)
+
+
+def distribution_plot(predictions: pl.DataFrame) -> str:
+    plt = _pyplot()
+    counts = predictions.group_by("pred_class").len().sort("len", descending=True)
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.bar(range(counts.height), counts["len"].to_list())
+    ax.set_xticks(range(counts.height), counts["pred_class"].to_list(), rotation=90, fontsize=7)
+    ax.set_ylabel("images")
+    return _figure_png(fig)
+
+
+def thumbnail(path: Path, side: int = 88) -> str | None:
+    """A small PNG of the image (None when it cannot be read: the card then shows text only)."""
+    import cv2
+
+    try:
+        image = read_image(path)
+    except ImageDecodeError:
+        return None
+    scale = side / max(image.shape[:2])
+    small = cv2.resize(image, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
+    small = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    ok, png = cv2.imencode(".png", small)
+    return data_uri(png.tobytes()) if ok else None
+
+
+def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> list[dict[str, Any]]:
+    top_columns = [c for c in rows.columns if c.startswith("top") and c.endswith("_class")][:3]
+    out = []
+    for row in rows.iter_rows(named=True):
+        out.append(
+            {
+                "path": row["path"],
+                "name": Path(row["path"]).name[-28:],
+                "thumb": thumbnail(root / row["path"]) if root is not None else None,
+                "cam": overlays.get(row["path"]),
+                "true": row.get("true_class"),
+                "pred": row["pred_class"],
+                "top": [(row[c], row[c.replace("_class", "_prob")]) for c in top_columns],
+            }
+        )
+    return out
+
+
+def gallery_rows(predictions: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:
+    """(id, title, note, rows) of each gallery: which images a reviewer should look at first."""
+    ok = predictions.filter(pl.col("status") == "ok")
+    labelled = ok.filter(pl.col("true_class").is_not_null())
+    if not labelled.height:
+        low = ok.sort("confidence").head(GALLERY_SIZE)
+        return [("low-confidence", "Least confident predictions", "The model hesitates most on these.", low)]
+    wrong = labelled.filter(pl.col("pred_class") != pl.col("true_class")).sort("confidence", descending=True)
+    right = labelled.filter(pl.col("pred_class") == pl.col("true_class")).sort("confidence")
+    return [
+        (
+            "confident-errors",
+            "Most confident errors",
+            "Wrong, and sure of it: the errors a user would trust.",
+            wrong.head(GALLERY_SIZE),
+        ),
+        (
+            "unsure-correct",
+            "Least confident correct predictions",
+            "Right, but barely: one step from an error.",
+            right.head(GALLERY_SIZE),
+        ),
+    ]
+
+
+def html_table(frame: pl.DataFrame, digits: int = 3) -> str:
+    head = "".join(f"<th>{c}</th>" for c in frame.columns)
+    body = []
+    for row in frame.iter_rows():
+        cells = (f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row)
+        body.append("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_report(
+    predictions: pl.DataFrame,
+    root: Path | None,
+    model: str,
+    title: str,
+    overlays: dict[str, str] | None = None,
+) -> str:
+    """The report's HTML for a predictions table (mri-score's columns); root: where its relative paths live."""
+    import jinja2
+
+    overlays = overlays or {}
+    ok = predictions.filter(pl.col("status") == "ok")
+    labelled_rows = ok.filter(pl.col("true_class").is_not_null())
+    labelled = labelled_rows.height > 0
+    context: dict[str, Any] = {
+        "title": title,
+        "model": model,
+        "bins": BINS,
+        "tables": {},
+        "plots": {},
+        "ece": 0.0,
+    }
+    context["generated"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    context["counts"] = {
+        "files": predictions.height,
+        "ok": ok.height,
+        "errors": predictions.height - ok.height,
+        "labelled": labelled_rows.height,
+    }
+    errors = predictions.filter(pl.col("status") == "error").select("path", "error").head(20)
+    context["errors"], context["errors_table"] = errors.height, html_table(errors)
+    if labelled:
+        tables = metric_tables(labelled_rows["true_class"], labelled_rows["pred_class"])
+        for name in ("summary", "per_contrast", "per_tumor_type", "per_class"):
+            context["tables"][name] = html_table(tables[name])
+        context["plots"]["confusion"] = confusion_plot(tables["confusion"])
+        correct = (labelled_rows["pred_class"] == labelled_rows["true_class"]).to_numpy()
+        context["plots"]["reliability"], context["ece"] = reliability(
+            labelled_rows["confidence"].to_numpy(), correct
+        )
+    elif ok.height:
+        context["plots"]["distribution"] = distribution_plot(ok)
+    context["galleries"] = [
+        {"id": gid, "title": title, "note": note, "cards": cards(rows, root, overlays)}
+        for gid, title, note, rows in gallery_rows(predictions)
+    ]
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("score", "templates"), autoescape=jinja2.select_autoescape(default=True)
+    )
+    template = environment.get_template("report.html.j2")
+    return template.render(
+        **{k: _markup(v) if k in ("tables", "errors_table") else v for k, v in context.items()}
+    )
+
+
+def _markup(value: Any) -> Any:
+    """Our own table HTML (cells already escaped) goes into the template as markup, not as text."""
+    from markupsafe import Markup
+
+    if isinstance(value, dict):
+        return {k: Markup(v) for k, v in value.items()}
+    return Markup(value)
+
+
+def write_report(html: str, out: Path, overwrite: bool) -> None:
+    with atomic_path(out, replace=overwrite) as tmp:
+        tmp.write_text(html, encoding="utf-8")

@@ -1,0 +1,105 @@
+"""`mri-report`: the HTML review report from an existing predictions file (mri-score's --out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mri44.console import fail, user_errors
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+PredictionsArg = Annotated[Path, typer.Argument(help="Predictions written by mri-score (.parquet or .csv).")]
+OutOpt = Annotated[Path | None, typer.Option(help="The report (default: PREDICTIONS with .html).")]
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option(help="The folder that was scored, for thumbnails (its paths are relative to it)."),
+]
+ExplainOpt = Annotated[
+    int,
+    typer.Option(
+        min=0, help="Grad-CAM overlays for this many gallery images per gallery (needs --checkpoint)."
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option(help="The checkpoint or run folder behind the predictions, for --explain.")
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace the report if it exists.")]
+
+
+def build_report(
+    predictions: Path | None,
+    frame: object,
+    out: Path,
+    images: Path | None,
+    model: str,
+    explain: int,
+    checkpoint: Path | None,
+    overwrite: bool,
+) -> None:
+    """Render and write the report (shared by mri-report and mri-score --report)."""
+    import polars as pl
+
+    from score.report import render_report, write_report
+
+    assert isinstance(frame, pl.DataFrame)
+    overlays: dict[str, str] = {}
+    if explain:
+        if checkpoint is None or images is None:
+            raise fail("--explain needs --checkpoint (the model, in PyTorch) and the scored images' folder")
+        from score.explain import gallery_overlays
+
+        overlays = gallery_overlays(frame, images, checkpoint, explain)
+    title = predictions.name if predictions is not None else str(images)
+    write_report(render_report(frame, images, model, title, overlays), out, overwrite)
+
+
+@app.command(
+    help="Build the HTML review report of a predictions file: tables, confusion, reliability, galleries."
+)
+@user_errors
+def report(
+    predictions: PredictionsArg,
+    out: OutOpt = None,
+    images: ImagesOpt = None,
+    explain: ExplainOpt = 0,
+    checkpoint: CheckpointOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    import logging
+
+    import polars as pl
+
+    target = out or predictions.with_suffix(".html")
+    if target.exists() and not overwrite:
+        raise fail(f"{target} exists; pass --overwrite to replace it")
+    if not predictions.is_file():
+        raise fail(f"no predictions file at {predictions}")
+    try:
+        frame = (
+            pl.read_parquet(predictions)
+            if predictions.suffix.lower() == ".parquet"
+            else pl.read_csv(predictions)
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise fail(f"cannot read {predictions} as a predictions table: {exc}") from exc
+    missing = {"path", "status", "pred_class", "confidence", "true_class"} - set(frame.columns)
+    if missing:
+        raise fail(f"{predictions} is not mri-score output (missing {', '.join(sorted(missing))})")
+    build_report(
+        predictions,
+        frame,
+        target,
+        images,
+        checkpoint.name if checkpoint else "?",
+        explain,
+        checkpoint,
+        overwrite,
+    )
+    logging.getLogger(__name__).info("report -> %s", target)
+
+
+def main() -> None:
+    app()

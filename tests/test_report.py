@@ -1,0 +1,113 @@
+"""The HTML review report: every section, self-contained, Grad-CAM overlays from a checkpoint, and a real browser
+renders it to something that is not blank."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("matplotlib", reason="the report is an extra: pip install -e '.[report]'")
+from score.cli import app as score_app  # noqa: E402
+from score.report_cli import app as report_app  # noqa: E402
+
+runner = CliRunner()
+LABELLED_SECTIONS = (
+    "summary",
+    "per-contrast",
+    "per-tumor-type",
+    "per-class",
+    "confusion",
+    "reliability",
+    "confident-errors",
+    "unsure-correct",
+)
+
+
+def _self_contained(html: str) -> None:
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)=["']https?:""", html)  # nothing fetched from the network
+    assert html.count('src="data:image/png;base64,') >= 3
+
+
+def test_report_from_mri_score_has_every_section_and_overlays(
+    tmp_path: Path, synthetic_data: Path, trained_run: Path
+) -> None:
+    report = tmp_path / "report.html"
+    args = [str(synthetic_data), "--out", str(tmp_path / "p.parquet"), "--model", str(trained_run)]
+    result = runner.invoke(score_app, [*args, "--report", str(report), "--explain", "2"])
+    assert result.exit_code == 0, result.output
+    html = report.read_text()
+    for section in LABELLED_SECTIONS:
+        assert f'id="{section}"' in html, section
+    _self_contained(html)
+    assert html.count('alt="Grad-CAM of') >= 2  # two per gallery asked; galleries may be short on tiny data
+    other = [str(synthetic_data), "--out", str(tmp_path / "q.parquet"), "--model", str(trained_run)]
+    again = runner.invoke(score_app, [*other, "--report", str(report)])
+    assert again.exit_code == 2 and "--overwrite" in again.output  # the report is not replaced silently...
+    assert not (tmp_path / "q.parquet").exists()  # ...and that is found before any scoring
+    no_ckpt = runner.invoke(
+        report_app, [str(tmp_path / "p.parquet"), "--out", str(tmp_path / "x.html"), "--explain", "1"]
+    )
+    assert no_ckpt.exit_code == 2 and "--checkpoint" in no_ckpt.output
+
+
+def test_unlabelled_report_shows_predicted_classes_and_low_confidence(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for k, png in enumerate(sorted(synthetic_data.rglob("*.png"))[:12]):
+        shutil.copy(png, flat / f"{k}.png")
+    (flat / "bad.png").write_bytes(b"broken")
+    out = tmp_path / "flat.parquet"
+    assert (
+        runner.invoke(score_app, [str(flat), "--out", str(out), "--model", str(exported_model)]).exit_code
+        == 0
+    )
+    result = runner.invoke(report_app, [str(out), "--images", str(flat)])
+    assert result.exit_code == 0, result.output
+    html = out.with_suffix(".html").read_text()
+    assert 'id="predicted-classes"' in html and 'id="low-confidence"' in html and 'id="confusion"' not in html
+    assert "bad.png" in html  # the unreadable file is listed
+    _self_contained(html)
+    not_ours = tmp_path / "other.parquet"
+    pl.DataFrame({"a": [1]}).write_parquet(not_ours)
+    refused = runner.invoke(report_app, [str(not_ours)])
+    assert refused.exit_code == 2 and "not mri-score output" in refused.output
+
+
+def test_headless_chromium_renders_the_report(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip(
+            "no Chromium on this machine (Debian: apt-get install chromium): the rendering check did not run"
+        )
+    report = tmp_path / "r.html"
+    args = [str(synthetic_data), "--out", str(tmp_path / "p.parquet"), "--model", str(exported_model)]
+    assert runner.invoke(score_app, [*args, "--report", str(report)]).exit_code == 0
+    shot = tmp_path / "r.png"
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--screenshot={shot}",
+        "--window-size=1200,1600",
+        report.as_uri(),
+    ]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    image = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
+    assert image is not None, "Chromium wrote no screenshot"
+    assert image.shape == (1600, 1200)
+    dark = (image < 128).mean()
+    assert 0.01 < dark < 0.6 and float(np.std(image)) > 20  # text, tables and plots: neither blank nor black
