@@ -142,6 +142,22 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
     return target
 
 
+def labelled_tables(run: ScoreRun, files: int, skipped: int) -> dict | None:
+    """Metric tables of the labelled, scored rows (None without labels); the summary counts what was not scored."""
+    import polars as pl
+
+    from mri44.metrics import metric_tables
+
+    labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
+    if not labelled.height:
+        return None
+    tables = metric_tables(labelled["true_class"], labelled["pred_class"])
+    tables["summary"] = tables["summary"].with_columns(
+        files=pl.lit(files), errors=pl.lit(run.failed), skipped=pl.lit(skipped)
+    )
+    return tables
+
+
 def check_report(report: Path | None, explain: int, model: Path, overwrite: bool) -> None:
     """--report and --explain problems, found before any scoring."""
     from score.backends import is_checkpoint
@@ -322,11 +338,8 @@ def score(
     report: ReportOpt = None,
     explain: ExplainOpt = 0,
 ) -> None:
-    import polars as pl
-
     from mri44.dicom import expand_frames
     from mri44.discover import find_images
-    from mri44.metrics import metric_tables
     from score.backends import open_backend
     from score.pipeline import score_paths
 
@@ -352,32 +365,18 @@ def score(
     if not paths:
         raise fail(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, device, precision, compile)
-    meta = backend.meta
     log.info(
         "model %s: %d classes, %dpx; %s; %d files",
         source.name,
-        len(meta.classes),
-        meta.preprocess.size,
+        len(backend.meta.classes),
+        backend.meta.preprocess.size,
         backend.provider,
         len(paths),
     )
-    run = score_paths(
-        backend,
-        folder,
-        paths,
-        batch_size=batch_size,
-        workers=workers,
-        top_k=top_k,
-        progress=sys.stderr.isatty(),
-        max_pixels=max_pixels,
-        decode=decode,
-    )
-    labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
-    tables = metric_tables(labelled["true_class"], labelled["pred_class"]) if labelled.height else None
-    if tables is not None:  # the summary says how many files could not be scored, beside what was
-        tables["summary"] = tables["summary"].with_columns(
-            files=pl.lit(len(paths)), errors=pl.lit(run.failed), skipped=pl.lit(len(skipped))
-        )
+    progress = sys.stderr.isatty()
+    run = score_paths(backend, folder, paths, batch_size, workers, top_k, None, progress, max_pixels, decode)
+    tables = labelled_tables(run, len(paths), len(skipped))
+    meta = backend.meta
     write_outputs(run, tables, out, target, overwrite, meta.classes)
     summarise(run, paths, skipped, tables, out, target)
     if report is not None:
