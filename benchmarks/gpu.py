@@ -24,7 +24,7 @@ from mri44.model import build_model
 from mri44.preprocess import PreprocessSpec, to_model_pixels
 from mri44.torch_input import to_model_pixels as tensor_pixels
 from score.backends import Backend, onnx_backend
-from score.device_decode import _decode_on_device
+from score.device_decode import decode_on_device
 from score.pipeline import score_paths
 
 
@@ -100,7 +100,7 @@ def decode_rows(
 
         def on_device(b=b) -> None:
             for s in range(0, len(encoded), b):
-                images = _decode_on_device(encoded[s : s + b], device)
+                images = decode_on_device(encoded[s : s + b], device)
                 torch.stack([tensor_pixels(img, spec) for img in images if img is not None])
 
         rows.append(

@@ -40,7 +40,7 @@ def prepare(path: Path, spec: PreprocessSpec, max_pixels: int) -> Prepared:
     return "jpeg", torch.from_numpy(data)
 
 
-def _decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decoded uint8 (C, H, W) per file, None where the device decoder refused it; one batched call when all go."""
     with warnings.catch_warnings():
         # torchvision 0.29 announces that its decoders move to TorchCodec; they work, and nvJPEG is why we use them.
@@ -82,7 +82,7 @@ def _batch(
             jpegs.append((i, value))
         else:
             results[i] = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).to(device)
-    decoded = _decode_on_device([data for _, data in jpegs], device) if jpegs else []
+    decoded = decode_on_device([data for _, data in jpegs], device) if jpegs else []
     for (i, _), image in zip(jpegs, decoded, strict=True):
         try:
             if image is None or image.shape[0] not in (1, 3):  # refused, or CMYK/grey+alpha: the CPU decoder
