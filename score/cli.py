@@ -344,6 +344,16 @@ def score(
     from score.pipeline import score_paths
 
     if engine == "ray":
+        ignored = {
+            "--decode": decode != "cpu",
+            "--precision": precision != "auto",
+            "--compile": compile,
+            "--report": report is not None,
+            "--explain": bool(explain),
+            "--metrics-dir": metrics_dir is not None,
+        }
+        if any(ignored.values()):  # refused rather than silently ignored
+            raise fail(f"{', '.join(k for k, v in ignored.items() if v)} apply to the local engine only")
         source = resolve_model(model)
         ray_options = {
             "address": address,

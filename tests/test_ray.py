@@ -72,3 +72,21 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     diff = (rows.filter(ok)["confidence"] - reference.filter(ok)["confidence"]).abs().max()
     assert diff is not None and diff <= 1e-5
     assert (out / "metrics" / "summary.csv").exists() == reference["true_class"].is_not_null().any()
+
+
+def test_ray_engine_reads_urls_and_refuses_local_only_options(
+    local_ray, synthetic_data: Path, exported_model: Path, tmp_path: Path
+) -> None:
+    """A URL input goes through pyarrow's file systems (file:// here; s3:// and gs:// take the same path)."""
+    out = tmp_path / "url-out"
+    args = ["--out", str(out), "--model", str(exported_model), "--engine", "ray"]
+    result = runner.invoke(app, [synthetic_data.resolve().as_uri(), *args])
+    assert result.exit_code == 0, result.output
+    rows = pl.read_parquet(sorted(out.glob("part-*.parquet")))
+    files = sorted(p.relative_to(synthetic_data).as_posix() for p in synthetic_data.rglob("*") if p.is_file())
+    assert sorted(rows["path"].to_list()) == files and set(rows["status"]) == {"ok"}
+    assert rows["true_class"].is_not_null().all()
+    refused = runner.invoke(
+        app, [str(synthetic_data), *args[:-2], "--engine", "ray", "--decode", "device", "--report", "r.html"]
+    )
+    assert refused.exit_code == 2 and "--decode, --report apply to the local engine only" in refused.output
