@@ -158,6 +158,22 @@ def labelled_tables(run: ScoreRun, files: int, skipped: int) -> dict | None:
     return tables
 
 
+def refuse_local_only(
+    decode: bool, precision: bool, compile: bool, report: Path | None, explain: int, metrics_dir: Path | None
+) -> None:
+    """--engine ray: options that only the local engine honours are refused, never silently ignored."""
+    given = {
+        "--decode": decode,
+        "--precision": precision,
+        "--compile": compile,
+        "--report": report is not None,
+        "--explain": bool(explain),
+        "--metrics-dir": metrics_dir is not None,
+    }
+    if any(given.values()):
+        raise fail(f"{', '.join(k for k, v in given.items() if v)} apply to the local engine only")
+
+
 def check_report(report: Path | None, explain: int, model: Path, overwrite: bool) -> None:
     """--report and --explain problems, found before any scoring."""
     from score.backends import is_checkpoint
@@ -344,16 +360,7 @@ def score(
     from score.pipeline import score_paths
 
     if engine == "ray":
-        ignored = {
-            "--decode": decode != "cpu",
-            "--precision": precision != "auto",
-            "--compile": compile,
-            "--report": report is not None,
-            "--explain": bool(explain),
-            "--metrics-dir": metrics_dir is not None,
-        }
-        if any(ignored.values()):  # refused rather than silently ignored
-            raise fail(f"{', '.join(k for k, v in ignored.items() if v)} apply to the local engine only")
+        refuse_local_only(decode != "cpu", precision != "auto", compile, report, explain, metrics_dir)
         source = resolve_model(model)
         ray_options = {
             "address": address,
