@@ -15,6 +15,7 @@ import typer
 
 from mri44.console import fail, user_errors
 from mri44.discover import OUTPUT_MARKER
+from score.report_cli import ExplainOpt
 
 if TYPE_CHECKING:
     from score.pipeline import ScoreRun
@@ -58,8 +59,9 @@ OutOpt = Annotated[
 ModelOpt = Annotated[
     Path | None,
     typer.Option(
-        help="ONNX model from `onnx-export`, or a shipped one by name: 'default' (fp16) or 'int8' (about 3x "
-        "faster on a CPU, slightly less accurate; see models/README.md). Default: 'default'."
+        help="ONNX model from `onnx-export` (ONNX Runtime), a training checkpoint or run folder (PyTorch), or a "
+        "shipped model by name: 'default' (fp16) or 'int8' (about 3x faster on a CPU, slightly less accurate; "
+        "see models/README.md). Default: 'default'."
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt.")]
@@ -109,12 +111,6 @@ ResumeOpt = Annotated[
 ReportOpt = Annotated[
     Path | None,
     typer.Option(help="Also write the HTML review report here (needs the report extra: matplotlib)."),
-]
-ExplainOpt = Annotated[
-    int,
-    typer.Option(
-        min=0, help="With --report and a checkpoint --model: Grad-CAM overlays for N images per gallery."
-    ),
 ]
 CompileOpt = Annotated[
     bool, typer.Option(help="For a checkpoint: torch.compile the network (pays off on GPUs).")

@@ -20,7 +20,9 @@ ImagesOpt = Annotated[
 ExplainOpt = Annotated[
     int,
     typer.Option(
-        min=0, help="Grad-CAM overlays for this many gallery images per gallery (needs --checkpoint)."
+        min=0,
+        help="Grad-CAM overlays for N images per gallery of the report (needs the checkpoint: mri-report "
+        "--checkpoint, or a checkpoint or run folder as mri-score --model).",
     ),
 ]
 CheckpointOpt = Annotated[
