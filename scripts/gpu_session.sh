@@ -5,8 +5,9 @@
 # Carried in .gpu/: data.tar (scripts/make_compact_copy.py output), split.parquet, polars.tar.xz (the image
 # has no polars). Results come back in $OUT: results.tar.gz (logs, metrics, tables) and the chosen checkpoint
 # in 15 MB parts (ckpt.part-*). DRY=1 runs a tiny CPU rehearsal of the same script.
-# Next (issue 9): bash scripts/gpu_bench.sh --prepare here, then there
-#   PLAN=4 SPLIT=docs/runs/split-v2.csv OUT=$OUT bash scripts/gpu_session.sh   (carry .gpu)
+# Next (issue 9): bash scripts/gpu_bench.sh --prepare here; there, first `bash scripts/gpu_bench.sh --install`
+# (carry .gpu/polars.tar.xz), then PLAN=4 SPLIT=docs/runs/split-v2.csv OUT=$OUT bash scripts/gpu_session.sh
+# (carry .gpu/data.tar) while the machine is warm.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}
@@ -14,12 +15,10 @@ DEVICE=${DEVICE:-cuda}
 BUDGET_S=${BUDGET_S:-470}
 mkdir -p "$OUT" /tmp/site /tmp/gpudata runs
 start=$(date +%s)
-if [ ! -d /tmp/site/polars ]; then  # the GPU image has no polars: a wheel (gpu_bench.sh --prepare) or a tarball
-  if ls .gpu/polars-*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/polars-*.whl
-  else tar -C /tmp/site -xJf .gpu/polars.tar.xz; fi
-fi
+if [ -d .gpu/site/polars ]; then export PYTHONPATH="$PWD/.gpu/site"  # from `gpu_bench.sh --install`
+elif [ ! -d /tmp/site/polars ]; then tar -C /tmp/site -xJf .gpu/polars.tar.xz; fi
 [ -d /tmp/gpudata/data ] || tar -C /tmp/gpudata -xf .gpu/data.tar
-export PYTHONPATH="$PWD:/tmp/site"
+export PYTHONPATH="$PWD:/tmp/site:${PYTHONPATH:-}"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; nproc; python3 -c "import torch, polars, cv2; print('torch', torch.__version__, 'polars', polars.__version__, 'cv2', cv2.__version__, 'cuda', torch.cuda.is_available())") | tee runs/machine.txt
 
 run() {  # run NAME SECONDS ARGS...
