@@ -285,8 +285,18 @@ def score_on_ray(
 
     if out.exists() and not out.is_dir():
         raise fail(f"--engine ray writes a folder of parts: {out} is a file")
-    if out.is_dir() and any(out.glob("part-*.parquet")) and not options["resume"]:
-        raise fail(f"{out} already holds parts: pass --resume to continue that run, or another --out")
+    overwrite = options.pop("overwrite")
+    if overwrite and options["resume"]:
+        raise fail("--overwrite starts over and --resume continues: choose one")
+    parts = sorted(out.glob("part-*.parquet")) if out.is_dir() else []
+    if parts and not options["resume"]:
+        if not overwrite:
+            raise fail(
+                f"{out} already holds parts: pass --resume to continue that run, --overwrite to start over"
+            )
+        for part in parts:  # only our own outputs: parts and the marked metrics folder
+            part.unlink()
+        remove_output_folder(out / "metrics")
     written, kept, classes = score_with_ray(
         source,
         out,
@@ -363,6 +373,7 @@ def score(
             "actors": actors,
             "gpus_per_actor": gpus_per_actor,
             "resume": resume,
+            "overwrite": overwrite,
         }
         return score_on_ray(input_dir, out, source, device, batch_size, top_k, max_pixels, ray_options)
     if engine != "local":

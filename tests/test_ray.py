@@ -72,6 +72,9 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     diff = (rows.filter(ok)["confidence"] - reference.filter(ok)["confidence"]).abs().max()
     assert diff is not None and diff <= 1e-5
     assert (out / "metrics" / "summary.csv").exists() == reference["true_class"].is_not_null().any()
+    fresh = runner.invoke(app, [str(data), *args, "--overwrite"])  # starts over: the old parts go
+    assert fresh.exit_code == 0, fresh.output
+    assert pl.read_parquet(sorted(out.glob("part-*.parquet"))).height == reference.height
 
 
 def test_ray_engine_reads_urls_and_refuses_local_only_options(
