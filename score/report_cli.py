@@ -11,7 +11,12 @@ from mri44.console import fail, user_errors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-PredictionsArg = Annotated[Path, typer.Argument(help="Predictions written by mri-score (.parquet or .csv).")]
+PredictionsArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Predictions written by mri-score (.parquet or .csv), or its --engine ray parts folder."
+    ),
+]
 OutOpt = Annotated[Path | None, typer.Option(help="The report (default: PREDICTIONS with .html).")]
 ImagesOpt = Annotated[
     Path | None,
@@ -74,17 +79,19 @@ def report(
 
     import polars as pl
 
-    target = out or predictions.with_suffix(".html")
+    parts = sorted(predictions.glob("part-*.parquet")) if predictions.is_dir() else []
+    target = out or (predictions / "report.html" if parts else predictions.with_suffix(".html"))
     if target.exists() and not overwrite:
         raise fail(f"{target} exists; pass --overwrite to replace it")
-    if not predictions.is_file():
-        raise fail(f"no predictions file at {predictions}")
+    if not predictions.is_file() and not parts:
+        raise fail(f"no predictions file (or folder of part-*.parquet) at {predictions}")
     try:
-        frame = (
-            pl.read_parquet(predictions)
-            if predictions.suffix.lower() == ".parquet"
-            else pl.read_csv(predictions)
-        )
+        if parts:
+            frame = pl.read_parquet(parts).sort("path")
+        elif predictions.suffix.lower() == ".parquet":
+            frame = pl.read_parquet(predictions)
+        else:
+            frame = pl.read_csv(predictions)
     except pl.exceptions.PolarsError as exc:
         raise fail(f"cannot read {predictions} as a predictions table: {exc}") from exc
     missing = {"path", "status", "pred_class", "confidence", "true_class"} - set(frame.columns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     fresh = runner.invoke(app, [str(data), *args, "--overwrite"])  # starts over: the old parts go
     assert fresh.exit_code == 0, fresh.output
     assert pl.read_parquet(sorted(out.glob("part-*.parquet"))).height == reference.height
+    if importlib.util.find_spec("matplotlib") is not None:  # the report reads a parts folder too
+        from score.report_cli import app as report_app
+
+        made = runner.invoke(report_app, [str(out)])
+        assert made.exit_code == 0, made.output
+        assert 'id="confident-errors"' in (out / "report.html").read_text()
 
 
 def test_ray_engine_reads_urls_and_refuses_local_only_options(
