@@ -154,6 +154,24 @@ def input_batches(
         yield positions, (None if pixels is None else normalize(pixels, spec)), errors
 
 
+def score_batch(
+    backend: Backend,
+    x: Any,
+    positions: list[int] | np.ndarray,
+    probs: np.ndarray,
+    ok: np.ndarray,
+    errors: list[str | None],
+) -> None:
+    """Run the model on one normalised batch and fill its rows: temperature-scaled probabilities, and ok only where
+    every logit is finite (a NaN or inf output becomes that file's error row, never a confident class 0)."""
+    logits = backend.run(x)
+    finite = np.isfinite(logits).all(1)
+    probs[positions] = softmax(np.where(finite[:, None], logits, 0.0), backend.meta.temperature)
+    ok[positions] = finite
+    for i in np.asarray(positions)[~finite]:
+        errors[i] = "model produced non-finite output (NaN or inf) for this image"
+
+
 def score_paths(
     backend: Backend,
     root: Path,
@@ -178,12 +196,7 @@ def score_paths(
         backend, paths, batch_size, workers, prefetch, max_pixels, decode
     ):
         if x is not None:
-            logits = backend.run(x)
-            finite = np.isfinite(logits).all(1)
-            probs[positions] = softmax(np.where(finite[:, None], logits, 0.0), meta.temperature)
-            ok[positions] = finite
-            for i in np.asarray(positions)[~finite]:
-                errors[i] = "model produced non-finite output (NaN or inf) for this image"
+            score_batch(backend, x, positions, probs, ok, errors)
         for i, message in batch_errors:
             errors[i] = message
         bar.update(len(positions) + len(batch_errors))

@@ -24,7 +24,6 @@ import numpy as np
 import polars as pl
 
 from mri44.atomic import atomic_path
-from mri44.calibration import softmax
 from mri44.discover import find_images
 from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
@@ -102,19 +101,17 @@ class ScoreActor:
         self.top_k = top_k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # a pyarrow.Table: nulls stay nulls
-        from score.pipeline import prediction_frame
+        from score.pipeline import prediction_frame, score_batch
 
         meta = self.backend.meta
         errors: list[str | None] = [e or None for e in batch["error"]]
         ok = np.array([e is None for e in errors])
         probs = np.zeros((len(errors), len(meta.classes)), np.float32)
-        if ok.any():
-            logits = self.backend.run(normalize(batch["pixels"][ok], meta.preprocess))
-            finite = np.isfinite(logits).all(1)
-            probs[ok] = softmax(np.where(finite[:, None], logits, 0.0), meta.temperature)
-            for i in np.flatnonzero(ok)[~finite]:
-                errors[i] = "model produced non-finite output (NaN or inf) for this image"
-            ok[np.flatnonzero(ok)[~finite]] = False
+        decoded = np.flatnonzero(ok)
+        if decoded.size:
+            score_batch(
+                self.backend, normalize(batch["pixels"][decoded], meta.preprocess), decoded, probs, ok, errors
+            )
         frame = prediction_frame([str(p) for p in batch["path"]], probs, ok, errors, meta, self.top_k)
         return frame.to_arrow()
 
