@@ -65,9 +65,9 @@ def frame_count(path: Path) -> int:
     try:
         ds = _pydicom().dcmread(path, stop_before_pixels=True, force=True)
         return max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
-    except DicomError:
-        return 1
-    except Exception:  # an unreadable header becomes the file's error row when its pixels are read
+    except (
+        Exception
+    ):  # no pydicom, or an unreadable header: the file's error row comes when its pixels are read
         return 1
 
 

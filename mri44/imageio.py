@@ -145,13 +145,12 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
             raise ImageDecodeError(path, str(exc)) from exc
         except OSError as exc:
             raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    return decode_bytes(read_file(path), path, max_pixels)  # an empty file is refused by check_encoded
+
+
+def read_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """A file's bytes as uint8; a file that cannot be read is an ImageDecodeError (one error row), not a crash."""
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            raise ImageDecodeError(path, "empty file")
-        data = np.fromfile(path, dtype=np.uint8)
-    except ImageDecodeError:
-        raise
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return decode_bytes(data, path, max_pixels)

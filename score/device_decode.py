@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from mri44.imageio import ImageDecodeError, check_encoded
+from mri44.imageio import ImageDecodeError, check_encoded, read_file
 from mri44.preprocess import PreprocessSpec, load_pixels
 from mri44.torch_input import to_input, to_model_pixels
 
@@ -32,10 +32,7 @@ def prepare(path: Path, spec: PreprocessSpec, max_pixels: int) -> Prepared:
     """In a worker thread: a JPEG's checked bytes, or any other file decoded and resized on the CPU."""
     if path.suffix.lower() not in JPEG_SUFFIXES:
         return "pixels", load_pixels(path, spec, max_pixels)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    data = read_file(path)
     check_encoded(data, path, max_pixels)
     return "jpeg", torch.from_numpy(data)
 

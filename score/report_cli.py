@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mri44.console import fail, user_errors
+
+if TYPE_CHECKING:
+    import polars as pl
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -38,7 +41,7 @@ OverwriteOpt = Annotated[bool, typer.Option(help="Replace the report if it exist
 
 def build_report(
     predictions: Path | None,
-    frame: object,
+    frame: pl.DataFrame,
     out: Path,
     images: Path | None,
     model: str,
@@ -47,11 +50,8 @@ def build_report(
     overwrite: bool,
 ) -> None:
     """Render and write the report (shared by mri-report and mri-score --report)."""
-    import polars as pl
-
     from score.report import render_report, write_report
 
-    assert isinstance(frame, pl.DataFrame)
     overlays: dict[str, str] = {}
     if explain:
         if checkpoint is None or images is None:
