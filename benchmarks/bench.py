@@ -26,35 +26,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_util import median_rate, subset_folder  # noqa: E402
+
 from mri44.discover import find_images  # noqa: E402
-from mri44.onnx_meta import INPUT_NAME  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
-from mri44.runtime import make_session  # noqa: E402
 from mri44.samples import spread  # noqa: E402
-from score.backends import Backend, load_metadata  # noqa: E402
+from score.backends import Backend, onnx_backend  # noqa: E402
 from score.pipeline import decoded_batches, score_paths  # noqa: E402
-
-
-def median_rate(fn, n_items: int, repeats: int) -> float:
-    """Items per second, median over repeats (one warm-up call first)."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        rates.append(n_items / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
-def subset_folder(paths: list[Path], root: Path, n: int, dst: Path) -> Path:
-    """n images (repeating if needed) as symlinks in class folders, like a real input folder."""
-    for i in range(n):
-        src = paths[i % len(paths)]
-        rel = src.relative_to(root)
-        link = dst / rel.parent / f"{i:06d}_{rel.name}"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(src)
-    return dst
 
 
 def run_child(args: list[str]) -> tuple[float, float]:
@@ -181,8 +159,8 @@ def main() -> None:
     all_paths = find_images(args.data)
     paths = spread(all_paths, args.images)
     n = len(paths)
-    session = make_session(args.model, "cpu")
-    meta = load_metadata(session, str(args.model))
+    shipped_backend = onnx_backend(args.model, "cpu")
+    meta = shipped_backend.meta
     spec = meta.preprocess
     bs = args.batch_size
     rows: list[tuple[str, str]] = []
@@ -200,7 +178,7 @@ def main() -> None:
         rng.integers(0, 256, (bs, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec
     )
     shipped = f"{meta.export['precision']}, shipped {args.model.name}"
-    sessions = {shipped: session}
+    backends: dict[str, Backend] = {shipped: shipped_backend}
     model_pt = None
     if args.checkpoint.is_file():
         from export.int8 import calibration_files
@@ -214,11 +192,10 @@ def main() -> None:
                 )
                 path = Path(tmp) / f"{precision}.onnx"
                 path.write_bytes(proto.SerializeToString())
-                sessions[precision] = make_session(path, "cpu")
-    for precision, sess in sessions.items():
+                backends[precision] = onnx_backend(path, "cpu")
+    for precision, backend in backends.items():
         best = max(
-            (median_rate(lambda s=sess, b=b: s.run(None, {INPUT_NAME: ready[:b]}), b, args.repeats), b)
-            for b in (1, 8, bs)
+            (median_rate(lambda r=backend.run, b=b: r(ready[:b]), b, args.repeats), b) for b in (1, 8, bs)
         )
         rates["model_shipped" if precision == shipped else f"model_{precision}"] = best[0]
         rows.append((f"model only, ONNX Runtime CPU {precision} (best batch {best[1]})", f"{best[0]:.1f}"))
@@ -232,21 +209,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = subset_folder(paths, args.data, n, Path(tmp) / "in")
 
-        def end_to_end(sess: ort.InferenceSession) -> float:
+        def end_to_end(backend: Backend) -> float:
             """In-process scoring of the folder, as mri-score does it, without process start-up."""
-            backend = Backend(
-                load_metadata(sess, "benchmark model"), lambda x: sess.run(None, {INPUT_NAME: x})[0], "bench"
-            )
             files = find_images(folder)
             score = lambda: score_paths(  # noqa: E731
                 backend, folder, files, batch_size=bs, workers=os.cpu_count() or 1, progress=False
             )
             return median_rate(score, n, args.repeats)
 
-        rates["e2e_inproc"] = end_to_end(session)
+        rates["e2e_inproc"] = end_to_end(shipped_backend)
         rows.append(("end to end, in process (no start-up)", f"{rates['e2e_inproc']:.1f}"))
-        if "int8" in sessions:
-            rates["e2e_int8"] = end_to_end(sessions["int8"])
+        if "int8" in backends:
+            rates["e2e_int8"] = end_to_end(backends["int8"])
             rows.append(("end to end, in process, int8 model", f"{rates['e2e_int8']:.1f}"))
         cli = [
             str(folder),

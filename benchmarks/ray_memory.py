@@ -25,6 +25,7 @@ def status(key: str) -> float:
 
 def main() -> None:
     import ray
+    from bench_util import subset_folder
 
     from mri44.discover import find_images
     from score.ray_engine import score_with_ray
@@ -33,12 +34,7 @@ def main() -> None:
     data = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO.parent / "shared/data/brain-mri-44c"
     files = find_images(data)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "in"
-        for i in range(n):
-            src = files[i % len(files)]
-            link = folder / src.parent.name / f"{i:06d}_{src.name}"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(src.resolve())
+        folder = subset_folder(files, data, n, Path(tmp) / "in")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         before, t0 = status("VmRSS"), time.perf_counter()
         written, _, _ = score_with_ray(

@@ -18,18 +18,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_util import subset_folder  # noqa: E402
+
 from mri44.discover import find_images  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from score.backends import onnx_backend  # noqa: E402
 from score.pipeline import score_paths  # noqa: E402
-
-
-def link_folder(paths: list[Path], root: Path, dst: Path) -> Path:
-    for i, src in enumerate(paths):
-        link = dst / src.parent.relative_to(root) / f"{i:06d}_{src.name}"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(src.resolve())
-    return dst
 
 
 def main() -> None:
@@ -49,7 +43,7 @@ def main() -> None:
     files = spread(find_images(args.data), args.images)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = link_folder(files, args.data, Path(tmp) / "in")
+        folder = subset_folder(files, args.data, len(files), Path(tmp) / "in")
         listed = find_images(folder)
         backend = onnx_backend(args.model, "cpu")
         local = []

@@ -1,0 +1,35 @@
+"""What the benchmark scripts share: the median-rate timer and the folder of links they score."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def median_rate(
+    fn: Callable[[], object], n_items: int, repeats: int, sync: Callable[[], None] | None = None
+) -> float:
+    """Items per second, median over repeats (one warm-up call first); sync waits for queued GPU work."""
+    wait = sync or (lambda: None)
+    fn()
+    wait()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        wait()
+        rates.append(n_items / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def subset_folder(paths: list[Path], root: Path, n: int, dst: Path) -> Path:
+    """n images (repeating if needed) as symlinks in their class folders under dst, like a real input folder."""
+    for i in range(n):
+        src = paths[i % len(paths)]
+        rel = src.relative_to(root)
+        link = dst / rel.parent / f"{i:06d}_{rel.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(src.resolve())
+    return dst
