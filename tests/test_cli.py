@@ -36,3 +36,9 @@ def test_subcommands_run_the_stages_with_one_line_errors(
     assert "Traceback" not in missing.output
     train = runner.invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")])
     assert train.exit_code == 2 and "does not exist" in train.output
+    assert not (tmp_path / "run").exists()  # no run folder for a run that could not start
+    precision = runner.invoke(
+        app, ["train", "--data", str(synthetic_data), "--out", str(tmp_path / "run"), "--precision", "fp16"]
+    )
+    assert precision.exit_code == 2 and "unknown --precision 'fp16'" in precision.output
+    assert not (tmp_path / "run").exists()

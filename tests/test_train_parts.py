@@ -129,3 +129,21 @@ def test_resume_refuses_a_checkpoint_without_training_state(trained_run: Path, t
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="cannot load checkpoint"):
         state.restore(tmp_path / "junk.pt", classes)
+
+
+def test_precision_auto_uses_bf16_only_where_the_hardware_computes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import train.config as config
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert config.use_bf16(cuda, "auto") and not config.use_bf16(cuda, "fp32")
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)  # an AVX2-only CPU
+    assert not config.use_bf16(cpu, "auto")
+    with pytest.raises(ValueError, match="no native bf16"):
+        config.use_bf16(cpu, "bf16")
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)  # AVX-512 BF16 or AMX
+    assert config.use_bf16(cpu, "auto") and config.use_bf16(cpu, "bf16")
+    assert not config.use_bf16(cpu, "fp32")
+    with pytest.raises(ValueError, match="unknown --precision"):
+        config.use_bf16(cpu, "fp16")

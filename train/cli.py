@@ -41,6 +41,12 @@ AllowRandomInitOpt = Annotated[
     bool, typer.Option(help="If 'imagenet' cannot be downloaded, warn and start random.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (bf16 autocast on CUDA and on CPUs with native bf16: AVX-512 BF16 or AMX; else fp32), fp32 or bf16."
+    ),
+]
 SeedOpt = Annotated[int, typer.Option(help="Seeds the split, sampling, augmentation and initialisation.")]
 ValFractionOpt = Annotated[float, typer.Option(help="Share of each class for validation.")]
 TestFractionOpt = Annotated[float, typer.Option(help="Share of each class for test.")]
@@ -114,6 +120,7 @@ def train(
     weights: WeightsOpt = "none",
     allow_random_init: AllowRandomInitOpt = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     seed: SeedOpt = 0,
     val_fraction: ValFractionOpt = 0.15,
     test_fraction: TestFractionOpt = 0.15,
@@ -127,7 +134,7 @@ def train(
     resume: ResumeOpt = False,
     workers: WorkersOpt = None,
 ) -> None:
-    from train.config import TrainConfig
+    from train.config import PRECISIONS, TrainConfig
     from train.loop import run_training
     from train.recipes import get_recipe
     from train.split import SplitConfig
@@ -144,6 +151,8 @@ def train(
         )
         if arch not in ARCHS:
             raise ValueError(f"unknown --arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     cfg = TrainConfig(
@@ -158,6 +167,7 @@ def train(
         arch=arch,
         allow_random_init=allow_random_init,
         device=device,
+        precision=precision,
         seed=seed,
         resume=resume,
         split=split,

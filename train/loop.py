@@ -32,8 +32,9 @@ from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
 from train.augment import random_affine_intensity
 from train.checkpoint import RunState, save
-from train.config import TrainConfig, check_resume_settings, resolve_device
+from train.config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from train.data import RunData, prepare_data
+from train.dataset import class_folders
 from train.distill import Teacher, distillation_loss, load_teacher
 from train.distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
 from train.recipes import Recipe
@@ -77,16 +78,16 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.o
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, data: RunData, idx: np.ndarray, device: torch.device, batch_size: int
+    model: torch.nn.Module, data: RunData, idx: np.ndarray, device: torch.device, batch_size: int, bf16: bool
 ) -> np.ndarray:
-    """Logits (N, classes) for the cached images at idx."""
+    """Logits (N, classes) for the cached images at idx (under bf16 autocast when bf16)."""
     model.eval()
     out = []
     for start in range(0, len(idx), batch_size):
         sel = torch.as_tensor(idx[start : start + batch_size], device=data.pixels.device)
         x = to_input(data.pixels[sel].to(device, non_blocking=True), data.scale, data.bias)
-        x = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         out.append(logits.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
@@ -110,6 +111,7 @@ def train_one_epoch(
     recipe: Recipe,
     batch_size: int,
     device: torch.device,
+    bf16: bool,
     teacher: Teacher | None,
     desc: str,
     ranks: Ranks = Ranks(),
@@ -139,9 +141,9 @@ def train_one_epoch(
         if ranks.active:  # this rank's share of the global batch
             raw, x, y = raw[part], x[part], y[part]
             y_partner = y_partner[part] if y_partner is not None else None
-        if device.type == "cuda":
+        if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()
         loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         if teacher is not None:
@@ -174,6 +176,7 @@ def evaluate(
     idx: np.ndarray,
     device: torch.device,
     batch_size: int,
+    bf16: bool,
     ranks: Ranks = Ranks(),
 ) -> dict:
     """The summary metrics (accuracy, macro-F1, ...) of model on the images at idx; {} when idx is empty. Under
@@ -181,7 +184,9 @@ def evaluate(
     summary."""
     if not len(idx):
         return {}
-    own = torch.as_tensor(predict_logits(model, data, idx[ranks.rank :: ranks.world], device, batch_size))
+    own = torch.as_tensor(
+        predict_logits(model, data, idx[ranks.rank :: ranks.world], device, batch_size, bf16)
+    )
     logits = np.zeros((len(idx), len(data.classes)), np.float32)
     for r, part in enumerate(gather_rows(own, ranks)):
         if len(part):
@@ -248,6 +253,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     resuming = cfg.resume and last_path.exists()
     if resuming:
         check_resume_settings(cfg.out, cfg)
+    class_folders(cfg.data)  # a wrong --data fails here, before the run folder is made
     if (
         ranks.main
     ):  # rank 0 writes the config, scans (filling the cache) and writes the split; then the others read
@@ -260,17 +266,19 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     model = build_model(len(data.classes), cfg.arch)
     init_note = init_weights(model, cfg.weights, cfg.allow_random_init, cfg.arch)
     log.info(
-        "model: %s, %d classes, %s; device %s x %d",
+        "model: %s, %d classes, %s; device %s x %d, %s",
         cfg.arch,
         len(data.classes),
         init_note,
         device,
         ranks.world,
+        "bf16 autocast" if use_bf16(device, cfg.precision) else "fp32",
     )
     teacher = _teacher_for(cfg, data.classes, spec, device)
     model.to(device)
-    if device.type == "cuda":
+    if use_bf16(device, cfg.precision):
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     state = new_state(cfg, model, max(1, len(data.train_idx) // hp["batch_size"]), hp["epochs"], hp["lr"])
     state.network = wrap(model, device, ranks)
@@ -302,10 +310,11 @@ def fit(
 ) -> None:
     """The epochs from where state stands: train, validate, keep best.pt and last.pt (rank 0 writes)."""
     hp = cfg.resolved()
+    bf16 = use_bf16(device, cfg.precision)
     for epoch in range(state.epoch + 1, hp["epochs"]):
         desc = f"epoch {epoch + 1}/{hp['epochs']}"
-        row = train_one_epoch(state, data, cfg.recipe, hp["batch_size"], device, teacher, desc, ranks)
-        summary = evaluate(state.eval_model, data, data.val_idx, device, cfg.eval_batch_size, ranks)
+        row = train_one_epoch(state, data, cfg.recipe, hp["batch_size"], device, bf16, teacher, desc, ranks)
+        summary = evaluate(state.eval_model, data, data.val_idx, device, cfg.eval_batch_size, bf16, ranks)
         state.epoch = epoch
         state.history.append(
             {"epoch": epoch + 1, **row, "lr": state.scheduler.get_last_lr()[0]}
@@ -372,11 +381,13 @@ def evaluate_best(best_path: Path, data: RunData, cfg: TrainConfig, device: torc
     best = load_checkpoint(best_path)
     names = np.asarray(best["classes"])
     model = model_from_checkpoint(best).to(device)
-    if device.type == "cuda":
+    bf16 = use_bf16(device, cfg.precision)
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
     parts = {name: idx for name, idx in (("val", data.val_idx), ("test", data.test_idx)) if len(idx)}
     logits = {
-        name: predict_logits(model, data, idx, device, cfg.eval_batch_size) for name, idx in parts.items()
+        name: predict_logits(model, data, idx, device, cfg.eval_batch_size, bf16)
+        for name, idx in parts.items()
     }
     temperature, source = choose_temperature(cfg, logits.get("val"), data.labels[data.val_idx])
     save({**best, "temperature": temperature, "temperature_source": source}, best_path)
