@@ -18,7 +18,7 @@ def test_torchrun_two_processes_train_like_one(
     out = tmp_path / "ddp"
     # The same settings as the trained_run fixture (tests/conftest.py), which is the single-process reference.
     args = ["--data", synthetic_data, "--out", out, "--image-size", 48, "--epochs", 8, "--batch-size", 16]
-    args += ["--lr", 2e-3, "--device", "cpu", "--phash-distance", -1, "--workers", 2]
+    args += ["--lr", 2e-3, "--device", "cpu", "--precision", "fp32", "--phash-distance", -1, "--workers", 2]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "train"]
     proc = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)

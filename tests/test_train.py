@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mri44.model import CheckpointError, load_checkpoint
-from train.config import TrainConfig
+from train.config import TrainConfig, cpu_has_native_bf16
 from train.loop import run_training
 from train.recipes import get_recipe
 from train.split import SplitConfig
@@ -138,6 +138,7 @@ def test_distillation_from_a_teacher_run(synthetic_data: Path, trained_run: Path
         epochs=6,
         batch_size=16,
         device="cpu",
+        precision="fp32",
         split_file=trained_run / "split.parquet",
         workers=2,
         teacher=trained_run,
@@ -203,3 +204,26 @@ def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Pat
     last.write_bytes(intact)
     run_training(resume)
     assert pl.read_parquet(tmp_path / "run" / "split.parquet")["split"].to_list() == saved["split"].to_list()
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+def test_bf16_cpu_training_learns_like_fp32(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
+    # The trained_run fixture's settings (fp32), under bf16 autocast: what `--precision auto` picks on such CPUs.
+    cfg = TrainConfig(
+        data=synthetic_data,
+        out=tmp_path / "bf16",
+        recipe=get_recipe("default"),
+        image_size=48,
+        epochs=8,
+        batch_size=16,
+        lr=2e-3,
+        device="cpu",
+        precision="bf16",
+        split_file=trained_run / "split.parquet",
+        workers=2,
+    )
+    result = run_training(cfg)
+    fp32 = json.loads((trained_run / "result.json").read_text())
+    assert result["test"]["accuracy"] >= 0.5  # 5 classes: far above chance (0.2)
+    assert abs(result["test"]["accuracy"] - fp32["test"]["accuracy"]) <= 0.15  # 20 test images: within noise
+    assert json.loads(load_checkpoint(tmp_path / "bf16")["config"])["precision"] == "bf16"
