@@ -134,7 +134,7 @@ def train(
     resume: ResumeOpt = False,
     workers: WorkersOpt = None,
 ) -> None:
-    from train.config import PRECISIONS, TrainConfig
+    from train.config import TrainConfig
     from train.loop import run_training
     from train.recipes import get_recipe
     from train.split import SplitConfig
@@ -151,8 +151,6 @@ def train(
         )
         if arch not in ARCHS:
             raise ValueError(f"unknown --arch {arch!r}; choose one of: {', '.join(ARCHS)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     cfg = TrainConfig(

@@ -254,6 +254,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     if resuming:
         check_resume_settings(cfg.out, cfg)
     class_folders(cfg.data)  # a wrong --data fails here, before the run folder is made
+    bf16 = use_bf16(device, cfg.precision)  # and so does a --precision this machine cannot run
     if (
         ranks.main
     ):  # rank 0 writes the config, scans (filling the cache) and writes the split; then the others read
@@ -272,11 +273,11 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         init_note,
         device,
         ranks.world,
-        "bf16 autocast" if use_bf16(device, cfg.precision) else "fp32",
+        "bf16 autocast" if bf16 else "fp32",
     )
     teacher = _teacher_for(cfg, data.classes, spec, device)
     model.to(device)
-    if use_bf16(device, cfg.precision):
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -294,9 +295,9 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         "teacher": teacher.description if teacher else "",
         "config": cfg.to_json(),
     }
-    fit(state, data, cfg, device, teacher, common, ranks)
+    fit(state, data, cfg, device, bf16, teacher, common, ranks)
     barrier(ranks)
-    return evaluate_best(best_path, data, cfg, device) if ranks.main else {}
+    return evaluate_best(best_path, data, cfg, device, bf16) if ranks.main else {}
 
 
 def fit(
@@ -304,13 +305,13 @@ def fit(
     data: RunData,
     cfg: TrainConfig,
     device: torch.device,
+    bf16: bool,
     teacher: Teacher | None,
     common: dict[str, Any],
     ranks: Ranks,
 ) -> None:
     """The epochs from where state stands: train, validate, keep best.pt and last.pt (rank 0 writes)."""
     hp = cfg.resolved()
-    bf16 = use_bf16(device, cfg.precision)
     for epoch in range(state.epoch + 1, hp["epochs"]):
         desc = f"epoch {epoch + 1}/{hp['epochs']}"
         row = train_one_epoch(state, data, cfg.recipe, hp["batch_size"], device, bf16, teacher, desc, ranks)
@@ -376,12 +377,13 @@ def choose_temperature(
     return 1.0, "none (no val split and no --temperature)"
 
 
-def evaluate_best(best_path: Path, data: RunData, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+def evaluate_best(
+    best_path: Path, data: RunData, cfg: TrainConfig, device: torch.device, bf16: bool
+) -> dict[str, Any]:
     """Best checkpoint -> temperature (stored in it) -> predictions and tables for val and test."""
     best = load_checkpoint(best_path)
     names = np.asarray(best["classes"])
     model = model_from_checkpoint(best).to(device)
-    bf16 = use_bf16(device, cfg.precision)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
     parts = {name: idx for name, idx in (("val", data.val_idx), ("test", data.test_idx)) if len(idx)}
