@@ -21,25 +21,12 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short CPU training run at 48 px; its folder holds best.pt, split, metrics and test tables."""
-    from train.config import TrainConfig
+    from synthetic import tiny_run_config
+
     from train.loop import run_training
-    from train.recipes import get_recipe
-    from train.split import SplitConfig
 
     out = tmp_path_factory.mktemp("run") / "run"
-    cfg = TrainConfig(
-        data=synthetic_data,
-        out=out,
-        recipe=get_recipe("default"),
-        image_size=48,
-        epochs=8,
-        batch_size=16,
-        lr=2e-3,
-        device="cpu",
-        precision="fp32",  # the same numerics on every CI machine, with or without native bf16
-        split=SplitConfig(phash_distance=-1),
-        workers=2,
-    )
+    cfg = tiny_run_config(synthetic_data, out)
     run_training(cfg)
     return out
 

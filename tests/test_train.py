@@ -4,6 +4,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from synthetic import tiny_run_config
 
 from mri44.model import CheckpointError, load_checkpoint
 from train.config import TrainConfig, cpu_has_native_bf16
@@ -208,19 +209,9 @@ def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Pat
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
 def test_bf16_cpu_training_learns_like_fp32(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
-    # The trained_run fixture's settings (fp32), under bf16 autocast: what `--precision auto` picks on such CPUs.
-    cfg = TrainConfig(
-        data=synthetic_data,
-        out=tmp_path / "bf16",
-        recipe=get_recipe("default"),
-        image_size=48,
-        epochs=8,
-        batch_size=16,
-        lr=2e-3,
-        device="cpu",
-        precision="bf16",
-        split_file=trained_run / "split.parquet",
-        workers=2,
+    # The trained_run fixture's settings and split, under bf16 autocast: what `--precision auto` picks on such CPUs.
+    cfg = tiny_run_config(
+        synthetic_data, tmp_path / "bf16", precision="bf16", split_file=trained_run / "split.parquet"
     )
     result = run_training(cfg)
     fp32 = json.loads((trained_run / "result.json").read_text())
