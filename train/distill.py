@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mri44.errors import SettingError
 from mri44.model import checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
@@ -25,6 +26,7 @@ class Teacher:
     scale: torch.Tensor  # the teacher spec's normalisation, x * scale + bias
     bias: torch.Tensor
     description: str  # for the student's checkpoint: which teacher, by content
+    num_classes: int
 
     @torch.no_grad()
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
@@ -40,10 +42,10 @@ def load_teacher(
     """A run folder or checkpoint as a frozen teacher; it must know the same classes and see the same pixels."""
     ckpt = load_checkpoint(source)
     if ckpt["classes"] != classes:
-        raise ValueError(f"teacher {source} was trained on other classes than this data set")
+        raise SettingError(f"teacher {source} was trained on other classes than this data set")
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     if (spec.resize, spec.channels) != (student_spec.resize, student_spec.channels):
-        raise ValueError(
+        raise SettingError(
             f"teacher {source} reads {spec.resize}/{spec.channels} input, the student {student_spec.resize}/"
             f"{student_spec.channels}: train both with the same --recipe resize and channels"
         )
@@ -58,13 +60,14 @@ def load_teacher(
         scale=torch.as_tensor(scale, device=device),
         bias=torch.as_tensor(bias, device=device),
         description=f"{ckpt.get('arch')} {path} sha256 {file_sha256(path)}",
+        num_classes=len(ckpt["classes"]),
     )
 
 
 def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Hinton's soft-target loss, T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
+    """Hinton's soft-target loss, T^2 * KL(p_T || softmax(s/T)), batch mean, where p_T are the teacher's
+    probabilities at temperature T (log_softmax(t / T) of an on-the-fly teacher, or stored soft labels)."""
     log_student = F.log_softmax(student_logits / temperature, dim=1)
-    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+    return F.kl_div(log_student, teacher_log_probs, log_target=True, reduction="batchmean") * temperature**2

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
+from mri44.errors import SettingError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -33,6 +35,7 @@ class Recipe:
     # the teacher seeing the same augmented batch as the student.
     kd_weight: float = 0.0
     kd_temperature: float = 2.0
+    backbone_lr_factor: float = 1.0  # the pretrained body's lr as a share of the head's (fc) lr
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,10 +79,16 @@ RECIPES["default"] = replace(RECIPES["adamw"], name="default", resize="stretch")
 RECIPES["distill"] = replace(RECIPES["default"], name="distill", kd_weight=0.7, kd_temperature=2.0, epochs=15)
 # Fine-tuning ImageNet weights (the ResNet-50 teacher): a tenth of the from-scratch learning rate, short.
 RECIPES["finetune"] = replace(RECIPES["default"], name="finetune", lr=5e-4, epochs=8, warmup_epochs=1.0)
+# The late stages of an ImageNet network on cached frozen features (--freeze-through layer3): the project owners'
+# probe (layer4 at 3e-4, a new head at 2e-3, AdamW, 8 epochs, label smoothing 0.1) reached accuracy 0.819 /
+# macro-F1 0.764 on the held-out set; the body's lr is the head's x 0.15.
+RECIPES["cached"] = replace(
+    RECIPES["default"], name="cached", lr=2e-3, backbone_lr_factor=0.15, epochs=8, warmup_epochs=0.5
+)
 
 
 def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+        raise SettingError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None

@@ -1,0 +1,124 @@
+"""The CPU routes of the model issue: late stages trained on cached frozen features (--freeze-through), and a
+student trained on soft labels computed once (--soft-labels, FKD)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic import tiny_run_config
+
+from mri44.errors import SettingError
+from mri44.model import build_model, load_checkpoint
+from mri44.stages.train.augment import apply_params, draw_params
+from mri44.stages.train.loop import run_training
+from mri44.stages.train.recipes import get_recipe
+from mri44.stages.train.soft_labels import SoftLabels
+
+FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+
+
+def _pretrained(tmp_path: Path) -> Path:
+    """A fixed ResNet-18 state dict standing in for ImageNet weights (none can be downloaded here)."""
+    torch.manual_seed(0)
+    path = tmp_path / "init.pt"
+    torch.save(build_model(5, "resnet18").state_dict(), path)
+    return path
+
+
+def _frozen(data: Path, out: Path, init: Path, epochs: int, resume: bool = False):  # -> TrainConfig
+    # Two warm-up epochs: a run stopped after epoch 1 followed the same schedule as the 2-epoch run.
+    recipe = replace(get_recipe("cached"), warmup_epochs=2.0)
+    return tiny_run_config(
+        data, out, recipe=recipe, weights=str(init), freeze_through="layer3", feature_views=2,
+        image_size=32, epochs=epochs, resume=resume,
+    )  # fmt: skip
+
+
+def test_frozen_route_trains_only_the_late_stages_and_resumes_exactly(
+    synthetic_data: Path, tmp_path: Path
+) -> None:
+    init = _pretrained(tmp_path)
+    result = run_training(_frozen(synthetic_data, tmp_path / "straight", init, epochs=2))
+    run_training(_frozen(synthetic_data, tmp_path / "interrupted", init, epochs=1))
+    run_training(_frozen(synthetic_data, tmp_path / "interrupted", init, epochs=2, resume=True))
+    start = torch.load(init, weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["model"]
+    for key, value in start.items():
+        if key.startswith(FROZEN):  # weights and batch-norm statistics alike: the frozen part never changes
+            torch.testing.assert_close(straight[key], value, rtol=0, atol=0, msg=key)
+    assert not torch.equal(straight["layer4.0.conv1.weight"], start["layer4.0.conv1.weight"])
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, msg=key)
+    cache = np.load(tmp_path / "straight" / "cache" / "features-resnet18-layer3-32px-2views.npy")
+    images = pl.read_parquet(tmp_path / "straight" / "split.parquet").height
+    assert cache.shape[:3] == (2, images, 256) and cache.dtype == np.float16
+    assert not np.array_equal(cache[0], cache[1])  # view 1 is augmented
+    # Validation during training ran the late stages on cached view-0 features; the final evaluation runs the
+    # whole saved network on pixels. They agree: the cache is exactly the frozen part's output.
+    history = pl.read_csv(tmp_path / "straight" / "metrics.csv")
+    best = history.filter(pl.col("epoch") == result["best_epoch"])
+    assert best["val_accuracy"][0] == pytest.approx(result["val"]["accuracy"])
+
+
+def test_frozen_route_refuses_what_it_cannot_mean(synthetic_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SettingError, match="freeze random layers"):
+        run_training(tiny_run_config(synthetic_data, tmp_path / "a", freeze_through="layer3"))
+    with pytest.raises(SettingError, match="needs --freeze-through"):
+        run_training(tiny_run_config(synthetic_data, tmp_path / "b", feature_views=3))
+    with pytest.raises(SettingError, match="unknown --freeze-through"):
+        run_training(tiny_run_config(synthetic_data, tmp_path / "c", freeze_through="layer9", weights="x"))
+
+
+def test_augmentation_parameters_replay_a_view_at_any_size() -> None:
+    """A stored view means the same geometry at the teacher's and the student's input size."""
+    torch.manual_seed(0)
+    big = F.interpolate(torch.rand(4, 1, 8, 8) * 255, size=64, mode="bilinear")
+    small = F.avg_pool2d(big, 2)
+    params = draw_params(4, torch.Generator().manual_seed(1))
+    replayed = F.avg_pool2d(apply_params(big, params), 2)
+    assert (replayed - apply_params(small, params)).abs().mean() < 4.0  # grey levels, of 255
+    other = draw_params(4, torch.Generator().manual_seed(2))
+    assert (replayed - apply_params(small, other)).abs().mean() > 10.0
+
+
+def test_student_trains_on_soft_labels_computed_once(
+    synthetic_data: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_run_config(
+        synthetic_data, tmp_path / "student", recipe=get_recipe("distill"), image_size=32, epochs=6,
+        soft_labels=trained_run, soft_label_views=3, split_file=trained_run / "split.parquet",
+    )  # fmt: skip
+    result = run_training(cfg)
+    assert result["val"]["accuracy"] >= 0.7
+    saved = torch.load(tmp_path / "student" / "soft_labels.pt", weights_only=True)
+    train, images = saved["train_idx"], pl.read_parquet(trained_run / "split.parquet").height
+    assert saved["params"].shape == (3, images, 8) and saved["top_index"].shape == (3, images, 5)
+    assert saved["params"][:, train].abs().sum(-1).min() > 0  # every training image has its views
+    others = torch.ones(images, dtype=torch.bool)
+    others[train] = False
+    assert saved["params"][:, others].abs().sum() == 0  # val and test images are never trained on
+    top = saved["top_prob"][:, train].float().sum(-1)
+    assert float(top.min()) > 0.99 and float(top.max()) < 1.01  # 5 classes: the top 5 hold all the mass
+    # The teacher on the plain validation images, kept for the record, agrees with its own val accuracy.
+    labels = pl.read_parquet(trained_run / "split.parquet")["label"].to_numpy()[saved["val_idx"].numpy()]
+    classes = load_checkpoint(trained_run)["classes"]
+    teacher_acc = float((np.asarray(classes)[saved["val_probs"].float().argmax(1).numpy()] == labels).mean())
+    assert teacher_acc == pytest.approx(
+        json.loads((trained_run / "result.json").read_text())["val"]["accuracy"], abs=0.05
+    )
+
+    soft = SoftLabels(saved["params"], saved["top_index"].long(), saved["top_prob"].float(), 2.0, 5)
+    _, log_probs = soft.batch(train[:4], torch.tensor([0, 1, 2, 0]))
+    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(4), atol=1e-3, rtol=0)
+    with pytest.raises(SettingError, match="one of --teacher RUN_DIR or --soft-labels"):
+        run_training(replace(cfg, out=tmp_path / "both", teacher=trained_run))
+    with pytest.raises(SettingError, match="kd_weight"):
+        run_training(replace(cfg, out=tmp_path / "no-kd", recipe=get_recipe("default")))
