@@ -1,0 +1,117 @@
+"""Knowing when not to answer: an out-of-distribution score on every prediction.
+
+A classifier's softmax says how sure it is among its 44 classes, not whether the image is a brain MRI slice at
+all: on the shipped model a horizontal gradient got "_NORMAL T1" at 0.97 (issue 23: maximum softmax AUROC 0.59,
+energy 0.33). The score here looks at the features instead (Sun et al., "Out-of-Distribution Detection with Deep
+Nearest Neighbors", ICML 2022): the last stage's feature map, averaged over space and L2-normalised, against the
+same features of a reference set of training images; the score is 1 - the cosine similarity of the k-th nearest
+reference. An image unlike every training image has no close neighbour.
+
+The reference set, k and the threshold travel in the model (checkpoint and ONNX metadata), chosen when the model
+is made: the threshold lets 95 % of the validation images pass. The scorer flags a row (`ood`) when its
+`ood_score` is above the threshold.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from mri44.errors import MRI44Error
+
+METHOD = "knn-cosine"
+PASS_RATE = 0.95  # the share of in-distribution validation images the threshold lets through
+MAX_REFERENCE = 2048  # reference images kept in the model (evenly spread over the training set)
+
+
+class OodSpecError(MRI44Error):
+    """Out-of-distribution settings in a model that cannot be used; the message says which."""
+
+
+def pooled(feature_map: np.ndarray) -> np.ndarray:
+    """(N, C, h, w) last-stage feature map -> (N, C) spatial mean, the classifier's input."""
+    return feature_map.reshape(*feature_map.shape[:2], -1).mean(-1)
+
+
+def normalised(vectors: np.ndarray) -> np.ndarray:
+    vectors = vectors.astype(np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distance(queries: np.ndarray, reference: np.ndarray, k: int, skip_self: bool = False) -> np.ndarray:
+    """1 - cosine similarity of each query's k-th nearest reference vector (both L2-normalised). skip_self: the
+    queries are the reference itself, and each one's match with itself does not count."""
+    sims = queries.astype(np.float32) @ reference.astype(np.float32).T
+    if skip_self:
+        np.fill_diagonal(sims, -np.inf)
+    k = min(k, sims.shape[1] - (1 if skip_self else 0))
+    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    return (1.0 - kth).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    reference: np.ndarray  # float16 (M, C): L2-normalised pooled features of training images
+    k: int
+    threshold: float
+    method: str = METHOD
+    source: str = ""  # how the threshold was chosen, for the model card
+
+    def scores(self, feature_map: np.ndarray) -> np.ndarray:
+        """ood_score per image (higher = less like the training images) from the (N, C, h, w) feature map."""
+        return knn_distance(normalised(pooled(feature_map)), self.reference, self.k)
+
+    def to_json(self) -> str:
+        ref = np.ascontiguousarray(self.reference, dtype=np.float16)
+        return json.dumps(
+            {
+                "method": self.method,
+                "k": self.k,
+                "threshold": self.threshold,
+                "source": self.source,
+                "shape": list(ref.shape),
+                "reference_fp16_b64": base64.b64encode(ref.tobytes()).decode("ascii"),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> OodSpec:
+        try:
+            data = json.loads(text)
+            shape = tuple(int(n) for n in data["shape"])
+            reference = np.frombuffer(base64.b64decode(data["reference_fp16_b64"]), np.float16).reshape(shape)
+            k, threshold = int(data["k"]), float(data["threshold"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OodSpecError(f"{source}: unreadable out-of-distribution settings ({exc})") from exc
+        if data.get("method") != METHOD:
+            raise OodSpecError(f"{source}: unknown out-of-distribution method {data.get('method')!r}")
+        if len(shape) != 2 or shape[0] < 1 or not 1 <= k <= shape[0] or not np.isfinite(threshold):
+            raise OodSpecError(f"{source}: out-of-distribution settings out of range (k={k}, shape {shape})")
+        return cls(reference=reference, k=k, threshold=threshold, source=str(data.get("source", "")))
+
+
+def fit_ood(
+    train_pooled: np.ndarray, val_pooled: np.ndarray | None, k: int, max_reference: int = MAX_REFERENCE
+) -> OodSpec:
+    """Reference = the training images' features (at most max_reference, evenly spread); threshold = the score
+    that PASS_RATE of the validation images stay under. Without validation images (an all-data run), the
+    training images' own leave-one-out scores stand in, which flags more unseen in-distribution images than 5 %
+    (their nearest neighbours include near-duplicate slices): the source says so."""
+    train = normalised(train_pooled)
+    keep = np.unique(np.linspace(0, len(train) - 1, min(len(train), max_reference)).round().astype(int))
+    reference = train[keep]
+    if val_pooled is not None and len(val_pooled):
+        scores = knn_distance(normalised(val_pooled), reference, k)
+        source = f"{PASS_RATE:.0%} of {len(scores)} validation images pass"
+    else:
+        scores = knn_distance(reference, reference, k, skip_self=True)
+        source = f"{PASS_RATE:.0%} of {len(scores)} training images pass, leave-one-out (no validation split)"
+    return OodSpec(
+        reference=reference.astype(np.float16),
+        k=k,
+        threshold=float(np.quantile(scores, PASS_RATE)),
+        source=source,
+    )
