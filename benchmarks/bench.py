@@ -31,8 +31,8 @@ from bench_util import median_rate, subset_folder  # noqa: E402
 from mri44.discover import find_images  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
 from mri44.samples import spread  # noqa: E402
-from score.backends import Backend, onnx_backend  # noqa: E402
-from score.pipeline import decoded_batches, score_paths  # noqa: E402
+from mri44.stages.score.backends import Backend, onnx_backend  # noqa: E402
+from mri44.stages.score.pipeline import decoded_batches, score_paths  # noqa: E402
 
 
 def run_child(args: list[str]) -> tuple[float, float]:
@@ -77,10 +77,10 @@ def naive_baseline(folder: Path, size: int, checkpoint_model: torch.nn.Module, b
 def train_bench(data: Path, paths: list[Path], size: int, batch: int, repeats: int) -> dict[str, float]:
     """Training loop (2 epochs on a class-folder subset; epoch 2 timed) against fwd+bwd+step on ready tensors."""
     from mri44.model import build_model
-    from train.config import TrainConfig
-    from train.loop import run_training
-    from train.recipes import get_recipe
-    from train.split import SplitConfig
+    from mri44.stages.train.config import TrainConfig
+    from mri44.stages.train.loop import run_training
+    from mri44.stages.train.recipes import get_recipe
+    from mri44.stages.train.split import SplitConfig
 
     loop_rates = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,8 +181,8 @@ def main() -> None:
     backends: dict[str, Backend] = {shipped: shipped_backend}
     model_pt = None
     if args.checkpoint.is_file():
-        from export.int8 import calibration_files
-        from export.onnx_export import export_onnx
+        from mri44.stages.export.int8 import calibration_files
+        from mri44.stages.export.onnx_export import export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             for precision in ("fp32", "fp16", "int8"):

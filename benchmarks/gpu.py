@@ -22,10 +22,10 @@ from mri44.discover import find_images
 from mri44.imageio import decode_bytes
 from mri44.model import build_model
 from mri44.preprocess import PreprocessSpec, to_model_pixels
+from mri44.stages.score.backends import checkpoint_backend, onnx_backend
+from mri44.stages.score.device_decode import decode_on_device
+from mri44.stages.score.pipeline import score_paths
 from mri44.torch_input import to_model_pixels as tensor_pixels
-from score.backends import checkpoint_backend, onnx_backend
-from score.device_decode import decode_on_device
-from score.pipeline import score_paths
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def onnx_cuda_rows(setup: Setup) -> list[tuple[str, float]]:
                 float("nan"),
             )
         ]
-    from export.onnx_export import export_onnx
+    from mri44.stages.export.onnx_export import export_onnx
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

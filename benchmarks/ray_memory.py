@@ -28,7 +28,7 @@ def main() -> None:
     from bench_util import subset_folder
 
     from mri44.discover import find_images
-    from score.ray_engine import score_with_ray
+    from mri44.stages.score.ray_engine import score_with_ray
 
     n = int(sys.argv[1])
     data = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO.parent / "shared/data/brain-mri-44c"

@@ -22,8 +22,8 @@ from bench_util import subset_folder  # noqa: E402
 
 from mri44.discover import find_images  # noqa: E402
 from mri44.samples import spread  # noqa: E402
-from score.backends import onnx_backend  # noqa: E402
-from score.pipeline import score_paths  # noqa: E402
+from mri44.stages.score.backends import onnx_backend  # noqa: E402
+from mri44.stages.score.pipeline import score_paths  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from score.ray_engine import score_with_ray
+    from mri44.stages.score.ray_engine import score_with_ray
 
     files = spread(find_images(args.data), args.images)
     rows = []

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_util import median_rate  # noqa: E402
 
-from train.config import cpu_has_native_bf16  # noqa: E402
+from mri44.stages.train.config import cpu_has_native_bf16  # noqa: E402
 
 
 def step_rate(

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from export.onnx_export import DEFAULT_OPSET, export_onnx
-from export.parity import ParityRow, check_parity, random_batches, real_batch, training_data
 from mri44.atomic import atomic_path
 from mri44.errors import MRI44Error
 from mri44.model import checkpoint_path
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata
 from mri44.runtime import make_session
+
+from .onnx_export import DEFAULT_OPSET, export_onnx
+from .parity import ParityRow, check_parity, random_batches, real_batch, training_data
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def export_checked(request: ExportRequest) -> Exported:
     """The exported model(s) in memory with their parity tables; nothing is written here."""
     files = None
     if request.int8_calibration is not None:
-        from export.int8 import calibration_files
+        from .int8 import calibration_files
 
         files = calibration_files(
             request.int8_calibration, checkpoint_path(request.checkpoint), request.calibration_images
@@ -77,7 +78,7 @@ def export_checked(request: ExportRequest) -> Exported:
         rows = check_parity(model, lambda x: session.run(None, {INPUT_NAME: x})[0], batches, precision)
         result.checks.append((f"parity {precision} ONNX Runtime (CPU) vs PyTorch", rows))
     if request.tensorrt and result.passed:
-        from export.tensorrt_engine import build_engine, engine_runner
+        from .tensorrt_engine import build_engine, engine_runner
 
         result.engine = build_engine(result.onnx_bytes, meta.preprocess.size, request.fp16)
         if request.check:

@@ -53,6 +53,12 @@ ImagesOpt = Annotated[
 ]
 MaxImagesOpt = Annotated[int, typer.Option(help="At most this many real images in the parity check.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
+AllowUnfinishedOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Export a run that has not finished training (intermediate weights, no fitted temperature)."
+    ),
+]
 
 
 @app.command(
@@ -77,10 +83,13 @@ def export(
     images: ImagesOpt = None,
     max_images: MaxImagesOpt = 64,
     overwrite: OverwriteOpt = False,
+    allow_unfinished: AllowUnfinishedOpt = False,
 ) -> None:
-    from export.checked import ExportRequest, export_checked, write_exported
-    from export.parity import format_table
+    from mri44.model import checkpoint_path
     from mri44.onnx_meta import INPUT_NAME
+
+    from .checked import ExportRequest, export_checked, write_exported
+    from .parity import format_table
 
     if int8 and (fp16 or calibration is None):
         raise typer.BadParameter("--int8 needs --calibration DIR and excludes --fp16")
@@ -89,6 +98,11 @@ def export(
     for path in (out, out.with_suffix(".engine") if tensorrt else None):
         if path is not None and path.exists() and not overwrite:
             raise fail(f"{path} exists; pass --overwrite to replace it")
+        if path is not None and path.exists() and path.resolve() == checkpoint_path(checkpoint).resolve():
+            raise fail(f"--out {path} is the checkpoint being exported; write to another file")
+    unfinished = unfinished_run(checkpoint)
+    if unfinished and not allow_unfinished:
+        raise fail(f"{unfinished}; pass --allow-unfinished to export its current weights anyway")
     request = ExportRequest(
         checkpoint=checkpoint,
         opset=opset,
@@ -119,6 +133,22 @@ def export(
             size,
             size,
         )
+
+
+def unfinished_run(checkpoint: Path) -> str | None:
+    """Why checkpoint belongs to a training run that has not finished, or None. A run writes result.json last,
+    after the final evaluation re-saved best.pt with its fitted temperature; a run folder with last.pt and no
+    result.json at least as new as best.pt is still training (or died before the end)."""
+    from mri44.model import checkpoint_path
+
+    best = checkpoint_path(checkpoint)
+    folder = best.parent
+    if not (folder / "last.pt").is_file():
+        return None  # a checkpoint file outside a run folder: nothing says how it was made
+    result = folder / "result.json"
+    if not result.is_file() or result.stat().st_mtime < best.stat().st_mtime:
+        return f"{folder} has not finished training (no result.json newer than {best.name})"
+    return None
 
 
 def main() -> None:

@@ -15,11 +15,42 @@ from pathlib import Path
 import onnx
 import torch
 
-from mri44.model import ARCH, checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
-from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from mri44.errors import MRI44Error
+from mri44.model import checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
+from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata, checkpoint_metadata
 from mri44.preprocess import PreprocessSpec
 
 DEFAULT_OPSET = 17
+
+
+def add_feature_output(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Expose the last stage's feature map, the input of the network's one GlobalAveragePool, as a second
+    float32 output FEATURES_NAME (N, C, h, w): what the out-of-distribution score and class activation maps read.
+    Nothing is recomputed: the map exists in the graph anyway; ONNX Runtime only copies it out when asked.
+    Works on fp32, fp16 (a Cast back to float32) and INT8 graphs, and on models exported before it existed."""
+    if any(o.name == FEATURES_NAME for o in proto.graph.output):
+        return proto
+    pools = [n for n in proto.graph.node if n.op_type == "GlobalAveragePool"]
+    if len(pools) != 1:
+        raise MRI44Error(f"expected one GlobalAveragePool in the graph (a ResNet), found {len(pools)}")
+    source = pools[0].input[0]
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    info = {v.name: v for v in inferred.graph.value_info}
+    if source not in info:
+        raise MRI44Error(f"cannot infer the type and shape of {source}, the feature map")
+    tensor = info[source].type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    if tensor.elem_type == onnx.TensorProto.FLOAT:
+        node = onnx.helper.make_node("Identity", [source], [FEATURES_NAME], name="features_output")
+    else:
+        node = onnx.helper.make_node(
+            "Cast", [source], [FEATURES_NAME], to=onnx.TensorProto.FLOAT, name="features_output"
+        )
+    proto.graph.node.append(node)
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info(FEATURES_NAME, onnx.TensorProto.FLOAT, ["batch", *dims[1:]])
+    )
+    return proto
 
 
 def export_onnx(
@@ -59,16 +90,14 @@ def export_onnx(
         graph.topological_sort()
         proto = graph.model
     elif int8_calibration:
-        from export.int8 import quantize_int8
+        from .int8 import quantize_int8
 
         proto = quantize_int8(proto, int8_calibration, spec)
-    meta = ModelMetadata(
-        classes=list(ckpt["classes"]),
-        preprocess=spec,
-        arch=ckpt.get("arch", ARCH),
-        source_sha256=file_sha256(ckpt_file),
-        temperature=float(ckpt.get("temperature", 1.0)),
-        export={
+    proto = add_feature_output(proto)
+    meta = checkpoint_metadata(
+        ckpt,
+        file_sha256(ckpt_file),
+        {
             "precision": "fp16" if fp16 else "int8" if int8_calibration else "fp32",
             "opset": opset,
             "torch": torch.__version__,

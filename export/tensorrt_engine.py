@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mri44.errors import MRI44Error
 from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME
 
 INSTALL_HINT = (
@@ -20,14 +21,14 @@ def build_engine(onnx_bytes: bytes, size: int, fp16: bool, max_batch: int = 64, 
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise RuntimeError(INSTALL_HINT) from exc
+        raise MRI44Error(INSTALL_HINT) from exc
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse the ONNX model: {errors}")
+        raise MRI44Error(f"TensorRT could not parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -37,7 +38,7 @@ def build_engine(onnx_bytes: bytes, size: int, fp16: bool, max_batch: int = 64, 
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
-        raise RuntimeError("TensorRT failed to build the engine (see its log above)")
+        raise MRI44Error("TensorRT failed to build the engine (see its log above)")
     return bytes(engine)
 
 

@@ -1,7 +1,9 @@
 """What every command shares: one log handler (stderr, plain messages) and one error handler (one line, exit 2).
 
-Expected failures (bad input, missing files, refused settings) are printed as `error: <message>` with exit code 2,
-never as a traceback; set MRI44_DEBUG=1 to see the traceback of one anyway.
+Expected failures (bad input, missing files, refused settings: our own error classes and the OS's) are printed as
+`error: <message>` with exit code 2, never as a traceback; set MRI44_DEBUG=1 to see the traceback of one anyway.
+Anything else is a bug and keeps its traceback: a ValueError from numpy or a RuntimeError from torch says nothing
+a user can act on, and one line would hide where it came from.
 """
 
 from __future__ import annotations
@@ -14,19 +16,13 @@ import tarfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
 import typer
 
 from mri44.errors import MRI44Error
 
 # What a user can cause and fix: the message says what to do. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    MRI44Error,
-    OSError,
-    ValueError,
-    RuntimeError,
-    tarfile.TarError,
-)
+# typer's own Exit, Abort and usage errors are none of these, so they pass through to typer untouched.
+USER_ERRORS: tuple[type[BaseException], ...] = (MRI44Error, OSError, tarfile.TarError)
 PACKAGES = ("mri44", "train", "export", "score", "benchmarks")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,8 +69,6 @@ def user_errors(command: F) -> F:
         setup_logging()
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise  # the command's own exit or usage error (typer and click make Exit and Abort RuntimeErrors)
         except USER_ERRORS as exc:
             if os.environ.get("MRI44_DEBUG"):
                 raise

@@ -85,7 +85,7 @@ def check_encoded(buf: np.ndarray, source: str | os.PathLike[str], max_pixels: i
         )
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     """Deeper images (16-bit, float) are rescaled by their own range, as MRI viewers do."""
     if image.dtype == np.uint8:
         return image
@@ -121,7 +121,7 @@ def decode_bytes(
         raise ImageDecodeError(source, "not an image OpenCV can decode (corrupt or unsupported format)")
     if image.size == 0 or image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageDecodeError(source, "image has no pixels")
-    image = _to_uint8(image)
+    image = to_uint8(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mri44.atomic import atomic_path
+from mri44.atomic import atomic_path, write_text_atomic
 from mri44.discover import OUTPUT_MARKER
 from mri44.labels import parse_label
 
@@ -142,7 +142,10 @@ def metric_tables(
     }
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+ECE_BINS = 15  # one bin count for every ECE we report: training summaries, scoring tables, the report
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-1 ECE with equal-width confidence bins."""
     confidence = np.asarray(confidence, np.float64)
     correct = np.asarray(correct, np.float64)
@@ -197,9 +200,17 @@ def confusion_heatmap_png(confusion: pl.DataFrame, classes: list[str], path: Pat
 def write_tables(
     tables: dict[str, pl.DataFrame], out_dir: Path, classes: list[str] | None = None
 ) -> list[Path]:
-    """Each table as CSV and Parquet (atomic writes), plus the confusion heatmap when classes are given."""
+    """Each table as CSV and Parquet (atomic writes), plus the confusion heatmap when classes are given.
+
+    The folder's OUTPUT_MARKER lists every file written here, before they are written, so that a later
+    `--overwrite` removes exactly these and never a file someone else put beside them (score/outputs.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / OUTPUT_MARKER).touch()
+    names = [f"{name}{suffix}" for name in tables for suffix in (".csv", ".parquet")]
+    heatmap = bool(classes) and "confusion" in tables
+    names += ["confusion.png"] if heatmap else []
+    marker = out_dir / OUTPUT_MARKER
+    listed = set(marker.read_text().split()) if marker.is_file() else set()
+    write_text_atomic(marker, "\n".join(sorted(listed | set(names))) + "\n")
     written = []
     for name, table in tables.items():
         for suffix in (".csv", ".parquet"):
@@ -207,8 +218,8 @@ def write_tables(
             with atomic_path(path) as tmp:
                 table.write_csv(tmp) if suffix == ".csv" else table.write_parquet(tmp)
             written.append(path)
-    if classes and "confusion" in tables:
+    if heatmap:
         png = out_dir / "confusion.png"
-        confusion_heatmap_png(tables["confusion"], classes, png)
+        confusion_heatmap_png(tables["confusion"], classes or [], png)
         written.append(png)
     return written

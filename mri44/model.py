@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torchvision
+from torchvision.models import ResNet
 
 from mri44.errors import MRI44Error
 from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD, build_keras_resnet
@@ -28,7 +29,7 @@ class CheckpointError(MRI44Error):
     """A checkpoint that is missing, unreadable or not one of ours; the message says what to do."""
 
 
-def build_model(num_classes: int, arch: str = ARCH) -> torch.nn.Module:
+def build_model(num_classes: int, arch: str = ARCH) -> ResNet:
     """torchvision ResNet-18, or the Keras-layout ResNet-50, with its last layer sized for num_classes."""
     if arch == "resnet18":
         model = torchvision.models.resnet18(weights=None)
@@ -71,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
+def model_from_checkpoint(ckpt: dict[str, Any]) -> ResNet:
     arch = ckpt.get("arch", ARCH)
     model = build_model(len(ckpt["classes"]), arch)
     try:
@@ -89,3 +90,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def logits_and_features(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ResNet's logits and its last stage's feature map (N, C, h, w), the input of its global average pool:
+    what the out-of-distribution score (mri44.ood) and class activation maps read. The ONNX export carries the
+    same map as its `features` output."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    features = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return model.fc(torch.flatten(model.avgpool(features), 1)), features

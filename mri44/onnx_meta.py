@@ -7,13 +7,18 @@ refuses a model that lacks them. Input and output names are fixed here too.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from mri44.errors import MRI44Error
+from mri44.ood import OodSpec
 from mri44.preprocess import PreprocessSpec
 
 INPUT_NAME = "image"  # float32 (batch, 3, size, size), normalised by the preprocessing spec
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
+FEATURES_NAME = "features"  # float32 (batch, C, h, w): the last stage's feature map (mri44.ood, explanations)
 FORMAT_VERSION = "1"
 KEYS = (
     "mri44.format",
@@ -37,6 +42,7 @@ class ModelMetadata:
     source_sha256: str
     export: dict
     temperature: float = 1.0  # the scorer's softmax(logits / temperature); fitted on validation at training
+    ood: OodSpec | None = None  # out-of-distribution reference, k and threshold (mri44.ood); None: not fitted
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -47,6 +53,7 @@ class ModelMetadata:
             "mri44.source_sha256": self.source_sha256,
             "mri44.export": json.dumps(self.export, sort_keys=True),
             "mri44.temperature": repr(float(self.temperature)),
+            **({"mri44.ood": self.ood.to_json()} if self.ood is not None else {}),
         }
 
     @classmethod
@@ -73,6 +80,7 @@ class ModelMetadata:
             raise ModelMetadataError(f"{source}: metadata must list at least two distinct class names")
         if not 0.0 < temperature < 100.0:
             raise ModelMetadataError(f"{source}: metadata temperature {temperature} is not a positive number")
+        ood = OodSpec.from_json(props["mri44.ood"], source) if "mri44.ood" in props else None
         return cls(
             classes=classes,
             preprocess=spec,
@@ -80,4 +88,46 @@ class ModelMetadata:
             source_sha256=props["mri44.source_sha256"],
             export=export,
             temperature=temperature,
+            ood=ood,
         )
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A run folder or a .pt file is a checkpoint; anything else is taken for an ONNX model."""
+    return path.is_dir() or path.suffix.lower() in (".pt", ".pth")
+
+
+def checkpoint_metadata(ckpt: dict[str, Any], sha256: str, export: dict) -> ModelMetadata:
+    """The model card of a loaded training checkpoint (mri44.model.load_checkpoint): what its ONNX export will
+    carry and what the PyTorch scorer reads."""
+    from mri44.model import ARCH
+
+    ood = ckpt.get("ood")
+    return ModelMetadata(
+        classes=list(ckpt["classes"]),
+        preprocess=PreprocessSpec.from_dict(ckpt["preprocess"]),
+        arch=ckpt.get("arch", ARCH),
+        source_sha256=sha256,
+        export=export,
+        temperature=float(ckpt.get("temperature", 1.0)),
+        ood=OodSpec.from_json(ood, "checkpoint") if isinstance(ood, str) else None,
+    )
+
+
+def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
+    """The model card of an ONNX file, a checkpoint or a run folder, read without building the network or
+    opening a runtime session on any device (a CPU-only Ray head can check a model its GPU actors will run)."""
+    from mri44.model import checkpoint_path, file_sha256, load_checkpoint
+
+    path = Path(path)
+    if is_checkpoint(path):
+        return checkpoint_metadata(
+            load_checkpoint(path), file_sha256(checkpoint_path(path)), {"runtime": "pytorch"}
+        )
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for a file that is not an ONNX model
+        raise ModelMetadataError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))

@@ -18,6 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from mri44.errors import SettingError
 from mri44.imageio import MAX_PIXELS, read_image
 
 ResizePolicy = Literal["pad", "stretch"]
@@ -51,18 +52,18 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.version > SPEC_VERSION:
-            raise ValueError(
+            raise SettingError(
                 f"preprocessing spec version {self.version} is newer than this mri44 knows ({SPEC_VERSION}): "
                 "upgrade mri44 to use this model"
             )
         if self.size < 8:
-            raise ValueError(f"image size must be at least 8, got {self.size}")
+            raise SettingError(f"image size must be at least 8, got {self.size}")
         if self.resize not in ("pad", "stretch"):
-            raise ValueError(f"unknown resize policy {self.resize!r}")
+            raise SettingError(f"unknown resize policy {self.resize!r}")
         if self.channels not in ("grey", "rgb"):
-            raise ValueError(f"unknown channel handling {self.channels!r}")
+            raise SettingError(f"unknown channel handling {self.channels!r}")
         if self.interpolation not in _INTERP:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+            raise SettingError(f"unknown interpolation {self.interpolation!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
@@ -80,7 +81,9 @@ class PreprocessSpec:
     def from_dict(cls, data: dict) -> PreprocessSpec:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:  # a step we do not know would be silently skipped: refuse instead
-            raise ValueError(f"preprocessing spec has fields this mri44 does not know: {', '.join(unknown)}")
+            raise SettingError(
+                f"preprocessing spec has fields this mri44 does not know: {', '.join(unknown)}"
+            )
         return cls(**data)
 
     @classmethod

@@ -15,8 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from mri44.errors import MRI44Error
-from mri44.onnx_meta import INPUT_NAME, ModelMetadata
+from mri44.errors import MRI44Error, SettingError
+from mri44.onnx_meta import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelMetadata,
+    checkpoint_metadata,
+    is_checkpoint,
+)
 from mri44.runtime import ProviderError, make_session
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -29,6 +36,8 @@ class Backend:
     run: Callable[[Any], np.ndarray]
     provider: str  # what runs it, for the log: an ONNX Runtime provider or "PyTorch cuda bf16"
     device: str = "cpu"  # where inputs should be for the run: "cpu" or "cuda"
+    # the same input -> (logits, the last stage's feature map (N, C, h, w)); None for a model that lacks the map
+    run_features: Callable[[Any], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def load_metadata(session, source: str) -> ModelMetadata:  # session: onnxruntime.InferenceSession
@@ -36,17 +45,17 @@ def load_metadata(session, source: str) -> ModelMetadata:  # session: onnxruntim
     meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME]:
-        raise ValueError(
+        raise SettingError(
             f"{source}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}"
         )
     shape = inputs[0].shape
     if shape[1:] != [3, meta.preprocess.size, meta.preprocess.size]:
-        raise ValueError(
+        raise SettingError(
             f"{source}: input shape {shape} does not match its metadata's {meta.preprocess.size}px spec"
         )
     out_shape = outputs[0].shape
     if out_shape[-1] != len(meta.classes):
-        raise ValueError(
+        raise SettingError(
             f"{source}: output has {out_shape[-1]} classes but the metadata lists {len(meta.classes)}"
         )
     return meta
@@ -61,20 +70,26 @@ def onnx_backend(path: Path, device: str) -> Backend:
         raise MRI44Error(f"cannot load {path} as an ONNX model: {exc}") from exc
     meta = load_metadata(session, str(path))
     provider = session.get_providers()[0]
+    names = [o.name for o in session.get_outputs()]
     if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         return Backend(meta, _io_binding_runner(session), provider, "cuda")
 
     def run(x: Any) -> np.ndarray:
         batch = x if isinstance(x, np.ndarray) else x.cpu().numpy()
-        return session.run(None, {INPUT_NAME: batch})[0]
+        return session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
-    return Backend(meta, run, provider)
+    def run_features(x: Any) -> tuple[np.ndarray, np.ndarray]:
+        batch = x if isinstance(x, np.ndarray) else x.cpu().numpy()
+        logits, features = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: batch})
+        return logits, features
+
+    return Backend(meta, run, provider, run_features=run_features if FEATURES_NAME in names else None)
 
 
 def _io_binding_runner(session) -> Callable[[Any], np.ndarray]:
     """ONNX Runtime on CUDA fed through I/O binding: an input already on the GPU (a torch CUDA tensor from the
     on-device decoder) is bound in place, not copied to the host and back; numpy inputs are bound as they are."""
-    output = session.get_outputs()[0].name
+    output = OUTPUT_NAME
 
     def run(x: Any) -> np.ndarray:
         binding = session.io_binding()
@@ -109,26 +124,26 @@ def checkpoint_backend(path: Path, device: str, precision: str = "auto", compile
     """A training checkpoint (best.pt or its run folder) scored by PyTorch."""
     import torch
 
-    from mri44.model import ARCH, checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
-    from mri44.preprocess import PreprocessSpec
+    from mri44.model import (
+        checkpoint_path,
+        file_sha256,
+        load_checkpoint,
+        logits_and_features,
+        model_from_checkpoint,
+    )
 
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise SettingError(f"unknown --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     ckpt = load_checkpoint(path)
     dev = torch_device(device)
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "fp32"
     if precision == "fp16" and dev.type == "cpu":
-        raise ValueError(
+        raise SettingError(
             "--precision fp16 needs --device cuda (CPU half precision is slow): use fp32 or bf16"
         )
-    meta = ModelMetadata(
-        classes=list(ckpt["classes"]),
-        preprocess=PreprocessSpec.from_dict(ckpt["preprocess"]),
-        arch=ckpt.get("arch", ARCH),
-        source_sha256=file_sha256(checkpoint_path(path)),
-        export={"precision": precision, "runtime": "pytorch"},
-        temperature=float(ckpt.get("temperature", 1.0)),
+    meta = checkpoint_metadata(
+        ckpt, file_sha256(checkpoint_path(path)), {"precision": precision, "runtime": "pytorch"}
     )
     model = model_from_checkpoint(ckpt).to(dev)
     if dev.type == "cuda":
@@ -136,27 +151,30 @@ def checkpoint_backend(path: Path, device: str, precision: str = "auto", compile
     network = torch.compile(model) if compile else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
+    def prepared(batch: Any) -> torch.Tensor:
+        x = torch.as_tensor(batch).to(dev, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else x
+
     @torch.inference_mode()
     def run(batch: Any) -> np.ndarray:
-        x = torch.as_tensor(batch).to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return network(x).float().cpu().numpy()
+            return network(prepared(batch)).float().cpu().numpy()
 
-    return Backend(meta, run, f"PyTorch {dev.type} {precision}{' compiled' if compile else ''}", dev.type)
+    @torch.inference_mode()
+    def run_features(batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits, features = logits_and_features(model, prepared(batch))
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
-
-def is_checkpoint(path: Path) -> bool:
-    """A run folder or a .pt file is a checkpoint; anything else is taken for an ONNX model."""
-    return path.is_dir() or path.suffix.lower() in (".pt", ".pth")
+    provider = f"PyTorch {dev.type} {precision}{' compiled' if compile else ''}"
+    return Backend(meta, run, provider, dev.type, run_features)
 
 
 def open_backend(path: Path, device: str, precision: str = "auto", compile: bool = False) -> Backend:
     if is_checkpoint(path):
         return checkpoint_backend(path, device, precision, compile)
     if precision not in ("auto",) or compile:
-        raise ValueError(
+        raise SettingError(
             "--precision and --compile apply to checkpoints; an ONNX model keeps its exported precision"
         )
     return onnx_backend(path, device)

@@ -11,10 +11,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError
 from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
-from score.report import data_uri, gallery_rows
+
+from .report import data_uri, gallery_rows
 
 
 def overlay(pixels: np.ndarray, heat: np.ndarray) -> bytes:
@@ -58,7 +60,7 @@ def gallery_overlays(
     for _, _, _, rows in gallery_rows(predictions):
         for row in rows.head(per_gallery).iter_rows(named=True):
             if row["pred_class"] not in index:
-                raise ValueError(
+                raise SettingError(
                     f"{checkpoint} does not know the predicted class {row['pred_class']!r}: wrong checkpoint?"
                 )
             try:

@@ -20,11 +20,12 @@ import polars as pl
 from tqdm import tqdm
 
 from mri44.calibration import softmax
+from mri44.errors import SettingError
 from mri44.imageio import MAX_PIXELS, ImageDecodeError
-from mri44.labels import parse_label
-from mri44.onnx_meta import ModelMetadata
+from mri44.predictions import prediction_frame, printable_path
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
-from score.backends import Backend
+
+from .backends import Backend
 
 
 @dataclass
@@ -73,61 +74,6 @@ def decoded_batches(
                 positions, pixels, errors = [], [], []
 
 
-def printable_path(name: str) -> str:
-    """A file name that is not valid UTF-8 (undecodable bytes arrive as surrogates) with those bytes written as
-    \\xNN escapes: the row is kept and the table can be written, where the raw name made the write crash."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def prediction_frame(
-    rel_paths: list[str],
-    probs: np.ndarray,
-    ok: np.ndarray,
-    errors: list[str | None],
-    meta: ModelMetadata,
-    top_k: int,
-) -> pl.DataFrame:
-    """One row per file: status, prediction, top-k, tumour/contrast marginals, and the folder's label if known."""
-    classes = np.asarray(meta.classes)
-    parsed = [parse_label(c) for c in meta.classes]
-    tumors = sorted({p.tumor_type for p in parsed})
-    contrasts = sorted({p.contrast for p in parsed})
-    tumor_of = np.array([tumors.index(p.tumor_type) for p in parsed])
-    contrast_of = np.array([contrasts.index(p.contrast) for p in parsed])
-    tumor_probs = probs @ np.eye(len(tumors))[tumor_of]
-    contrast_probs = probs @ np.eye(len(contrasts))[contrast_of]
-    k = min(top_k, len(classes))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    pred = order[:, 0]
-    rows = np.arange(len(rel_paths))
-    predicted: dict[str, pl.Series] = {
-        "pred_class": pl.Series(classes[pred]),
-        "pred_tumor_type": pl.Series(np.asarray(tumors)[tumor_of[pred]]),
-        "pred_contrast": pl.Series(np.asarray(contrasts)[contrast_of[pred]]),
-        "confidence": pl.Series(probs[rows, pred].astype(np.float64)),
-        "pred_tumor_type_prob": pl.Series(tumor_probs[rows, tumor_of[pred]].astype(np.float64)),
-        "pred_contrast_prob": pl.Series(contrast_probs[rows, contrast_of[pred]].astype(np.float64)),
-    }
-    for j in range(k):
-        predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
-        predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
-    frame = pl.DataFrame(
-        {"path": rel_paths, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
-    )
-    # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
-    # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
-    folders = pl.col("path").str.split("/").list.head(pl.col("path").str.count_matches("/"))
-    label = folders.list.eval(pl.element().filter(pl.element().is_in(list(meta.classes)))).list.last()
-    return frame.select(
-        "path",
-        status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
-        error="error",
-        # Predictions of files that failed are meaningless zeros: null them.
-        **{name: pl.when("ok").then(pl.col(name)) for name in predicted},
-        true_class=label,
-    )
-
-
 def input_batches(
     backend: Backend,
     paths: list[Path],
@@ -143,12 +89,12 @@ def input_batches(
     if decode == "device":
         import torch
 
-        from score.device_decode import device_batches
+        from .device_decode import device_batches
 
         yield from device_batches(paths, spec, batch_size, workers, torch.device(backend.device), max_pixels)
         return
     if decode != "cpu":
-        raise ValueError(f"unknown --decode {decode!r}: choose cpu or device")
+        raise SettingError(f"unknown --decode {decode!r}: choose cpu or device")
     window = prefetch or max(2 * batch_size, 8)
     for positions, pixels, errors in decoded_batches(paths, spec, batch_size, workers, window, max_pixels):
         yield positions, (None if pixels is None else normalize(pixels, spec)), errors
@@ -161,15 +107,29 @@ def score_batch(
     probs: np.ndarray,
     ok: np.ndarray,
     errors: list[str | None],
+    ood_scores: np.ndarray | None = None,
 ) -> None:
-    """Run the model on one normalised batch and fill its rows: temperature-scaled probabilities, and ok only where
-    every logit is finite (a NaN or inf output becomes that file's error row, never a confident class 0)."""
-    logits = backend.run(x)
+    """Run the model on one normalised batch and fill its rows: temperature-scaled probabilities, ok only where
+    every logit is finite (a NaN or inf output becomes that file's error row, never a confident class 0), and,
+    when ood_scores is given, each row's out-of-distribution score (mri44.ood) from the same forward pass."""
+    if ood_scores is not None:
+        spec, run_features = backend.meta.ood, backend.run_features
+        assert spec is not None and run_features is not None  # ood_check() decided
+        logits, features = run_features(x)
+        ood_scores[positions] = spec.scores(features)
+    else:
+        logits = backend.run(x)
     finite = np.isfinite(logits).all(1)
     probs[positions] = softmax(np.where(finite[:, None], logits, 0.0), backend.meta.temperature)
     ok[positions] = finite
     for i in np.asarray(positions)[~finite]:
         errors[i] = "model produced non-finite output (NaN or inf) for this image"
+
+
+def ood_check(backend: Backend, ood: bool) -> bool:
+    """Whether to compute the out-of-distribution score: asked for, and the model carries a reference set and
+    its feature map (models exported before issue 23 have neither: their rows carry null ood columns)."""
+    return ood and backend.meta.ood is not None and backend.run_features is not None
 
 
 def score_paths(
@@ -183,25 +143,30 @@ def score_paths(
     progress: bool = True,
     max_pixels: int = MAX_PIXELS,
     decode: str = "cpu",
+    ood: bool = True,
+    ood_threshold: float | None = None,
 ) -> ScoreRun:
-    """Score files (found under root) in order; returns one prediction row per file."""
+    """Score files (found under root) in order; returns one prediction row per file. ood_threshold overrides the
+    model's own threshold."""
     meta = backend.meta
     n = len(paths)
     probs = np.zeros((n, len(meta.classes)), np.float32)
     ok = np.zeros(n, bool)
     errors: list[str | None] = [None] * n
+    ood_scores = np.full(n, np.nan, np.float32) if ood_check(backend, ood) else None
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
     for positions, x, batch_errors in input_batches(
         backend, paths, batch_size, workers, prefetch, max_pixels, decode
     ):
         if x is not None:
-            score_batch(backend, x, positions, probs, ok, errors)
+            score_batch(backend, x, positions, probs, ok, errors, ood_scores)
         for i, message in batch_errors:
             errors[i] = message
         bar.update(len(positions) + len(batch_errors))
     bar.close()
     seconds = time.perf_counter() - t0
     rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
-    frame = prediction_frame(rel, probs, ok, errors, meta, top_k)
+    threshold = ood_threshold if ood_threshold is not None else meta.ood.threshold if meta.ood else None
+    frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold)
     return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()))

@@ -94,25 +94,36 @@ def decode_batch(
 class ScoreActor:
     """One model session per actor, loaded once; turns decoded batches into prediction rows."""
 
-    def __init__(self, model: str, device: str, top_k: int) -> None:
-        from score.backends import open_backend
+    def __init__(
+        self, model: str, device: str, top_k: int, ood: bool = True, ood_threshold: float | None = None
+    ) -> None:
+        from .backends import open_backend
+        from .pipeline import ood_check
 
         self.backend = open_backend(Path(model), device)
         self.top_k = top_k
+        self.ood = ood_check(self.backend, ood)
+        meta_ood = self.backend.meta.ood
+        self.threshold = (
+            ood_threshold if ood_threshold is not None else meta_ood.threshold if meta_ood else None
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # a pyarrow.Table: nulls stay nulls
-        from score.pipeline import prediction_frame, score_batch
+        from mri44.predictions import prediction_frame
+
+        from .pipeline import score_batch
 
         meta = self.backend.meta
         errors: list[str | None] = [e or None for e in batch["error"]]
         ok = np.array([e is None for e in errors])
         probs = np.zeros((len(errors), len(meta.classes)), np.float32)
         decoded = np.flatnonzero(ok)
+        scores = np.full(len(errors), np.nan, np.float32) if self.ood else None
         if decoded.size:
-            score_batch(
-                self.backend, normalize(batch["pixels"][decoded], meta.preprocess), decoded, probs, ok, errors
-            )
-        frame = prediction_frame([str(p) for p in batch["path"]], probs, ok, errors, meta, self.top_k)
+            x = normalize(batch["pixels"][decoded], meta.preprocess)
+            score_batch(self.backend, x, decoded, probs, ok, errors, scores)
+        paths = [str(p) for p in batch["path"]]
+        frame = prediction_frame(paths, probs, ok, errors, meta.classes, self.top_k, scores, self.threshold)
         return frame.to_arrow()
 
 
@@ -129,14 +140,16 @@ def score_with_ray(
     max_pixels: int,
     device: str = "auto",
     resume: bool = False,
+    ood: bool = True,
+    ood_threshold: float | None = None,
 ) -> tuple[int, int, list[str]]:
     """Score every image under source into part files in out_dir; returns (rows written now, rows kept from an
     earlier run, the model's classes)."""
     import ray
 
-    from score.backends import open_backend
+    from mri44.onnx_meta import read_metadata
 
-    meta = open_backend(model, "cpu" if device == "auto" else device).meta  # checks the model before any work
+    meta = read_metadata(model)  # checks the model before any work, without a session on any device
     root, paths = list_inputs(source)
     done = finished_paths(out_dir) if resume else set()
     todo = [p for p in paths if p not in done]
@@ -156,7 +169,13 @@ def score_with_ray(
     )
     ds = ds.map_batches(
         ScoreActor,
-        fn_constructor_kwargs={"model": str(model.resolve()), "device": device, "top_k": top_k},
+        fn_constructor_kwargs={
+            "model": str(model.resolve()),
+            "device": device,
+            "top_k": top_k,
+            "ood": ood,
+            "ood_threshold": ood_threshold,
+        },
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus_per_actor or None,
@@ -173,17 +192,15 @@ def score_with_ray(
 
 
 def labelled_pairs(out_dir: Path) -> pl.DataFrame:
-    """true_class and pred_class of the scored, labelled rows of every part: what the metric tables need, read
-    lazily so only those two columns of those rows are ever in memory."""
+    """true_class, pred_class and ood of the scored, labelled rows of every part: what the metric tables need,
+    read lazily so only those columns of those rows are ever in memory."""
     parts = sorted(out_dir.glob(PART_GLOB))
     if not parts:
-        return pl.DataFrame(
-            {"true_class": [], "pred_class": []}, schema={"true_class": pl.String, "pred_class": pl.String}
-        )
+        return pl.DataFrame(schema={"true_class": pl.String, "pred_class": pl.String, "ood": pl.Boolean})
     return (
         pl.scan_parquet(parts)
         .filter((pl.col("status") == "ok") & pl.col("true_class").is_not_null())
-        .select("true_class", "pred_class")
+        .select("true_class", "pred_class", "ood")
         .collect()
     )
 
@@ -195,3 +212,68 @@ def counts(out_dir: Path) -> tuple[int, int]:
         return 0, 0
     row = pl.scan_parquet(parts).select(pl.len(), (pl.col("status") == "error").sum()).collect().row(0)
     return int(row[0]), int(row[1])
+
+
+def run_ray(source: str, out: Path, model: Path, options: Any) -> Any:
+    """The Ray engine behind `score()` (options: score.run.ScoreOptions): part files in the folder `out`, then
+    metric tables in out/metrics from a lazy scan of them. --overwrite removes only our own parts and marked
+    metrics folder; --resume keeps the parts and scores the other files."""
+    from mri44.errors import SettingError
+    from mri44.metrics import write_tables
+
+    from .outputs import OutputError, remove_output_folder
+    from .run import ScoreResult, tables_with_counts
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--engine ray writes a folder of parts: {out} is a file")
+    if options.overwrite and options.resume:
+        raise SettingError("--overwrite starts over and --resume continues: choose one")
+    parts = sorted(out.glob(PART_GLOB)) if out.is_dir() else []
+    if parts and not options.resume:
+        if not options.overwrite:
+            raise OutputError(
+                f"{out} already holds parts: pass --resume to continue that run, --overwrite to start over"
+            )
+        for part in parts:  # only our own outputs: parts and the marked metrics folder
+            part.unlink()
+        remove_output_folder(out / "metrics")
+    written, kept, classes = score_with_ray(
+        source,
+        out,
+        model,
+        address=options.address,
+        actors=options.actors,
+        gpus_per_actor=options.gpus_per_actor,
+        batch_size=options.batch_size,
+        top_k=options.top_k,
+        max_pixels=options.max_pixels,
+        device=options.device,
+        resume=options.resume,
+        ood=options.ood == "on",
+        ood_threshold=options.ood_threshold,
+    )
+    rows, errors = counts(out)
+    log.info(
+        "scored %d file(s) now, %d kept from before; %d rows, %d error(s) -> %s",
+        written,
+        kept,
+        rows,
+        errors,
+        out,
+    )
+    pairs = labelled_pairs(out)
+    tables = tables_with_counts(pairs, rows, errors, 0)
+    target = out / "metrics"
+    if tables is not None:
+        remove_output_folder(target)
+        write_tables(tables, target, classes)
+        log.info("metric tables (%d labelled images) -> %s", pairs.height, target)
+    return ScoreResult(
+        predictions=None,
+        tables=tables,
+        scored=rows - errors,
+        failed=errors,
+        model=model,
+        out=out,
+        metrics_dir=target if tables is not None else None,
+    )

@@ -21,10 +21,9 @@ import polars as pl
 
 from mri44.atomic import atomic_path
 from mri44.imageio import ImageDecodeError, read_image
-from mri44.metrics import expected_calibration_error, metric_tables
+from mri44.metrics import ECE_BINS, expected_calibration_error, metric_tables
 
 GALLERY_SIZE = 12
-BINS = 10
 
 
 def data_uri(png: bytes) -> str:
@@ -71,14 +70,19 @@ def confusion_plot(confusion: pl.DataFrame) -> str:
 def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[str, float]:
     """The reliability diagram (accuracy per confidence bin, with counts) and the expected calibration error."""
     plt = _pyplot()
-    edges = np.linspace(0, 1, BINS + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, BINS - 1)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, ECE_BINS - 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    counts = np.bincount(which, minlength=BINS)
-    accuracy = np.bincount(which, weights=correct.astype(float), minlength=BINS) / np.maximum(counts, 1)
+    counts = np.bincount(which, minlength=ECE_BINS)
+    accuracy = np.bincount(which, weights=correct.astype(float), minlength=ECE_BINS) / np.maximum(counts, 1)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.bar(
-        centres[counts > 0], accuracy[counts > 0], width=1 / BINS, edgecolor="k", alpha=0.7, label="accuracy"
+        centres[counts > 0],
+        accuracy[counts > 0],
+        width=1 / ECE_BINS,
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy",
     )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     for c, a, n in zip(centres, accuracy, counts, strict=True):
@@ -87,7 +91,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[str, float
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7, loc="upper left")
-    return _figure_png(fig), expected_calibration_error(confidence, correct, bins=BINS)
+    return _figure_png(fig), expected_calibration_error(confidence, correct)
 
 
 def distribution_plot(predictions: pl.DataFrame) -> str:
@@ -188,7 +192,7 @@ def render_report(
     context: dict[str, Any] = {
         "title": title,
         "model": model,
-        "bins": BINS,
+        "bins": ECE_BINS,
         "tables": {},
         "plots": {},
         "ece": 0.0,

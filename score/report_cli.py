@@ -50,13 +50,13 @@ def build_report(
     overwrite: bool,
 ) -> None:
     """Render and write the report (shared by mri-report and mri-score --report)."""
-    from score.report import render_report, write_report
+    from .report import render_report, write_report
 
     overlays: dict[str, str] = {}
     if explain:
         if checkpoint is None or images is None:
             raise fail("--explain needs --checkpoint (the model, in PyTorch) and the scored images' folder")
-        from score.explain import gallery_overlays
+        from .explain import gallery_overlays
 
         overlays = gallery_overlays(frame, images, checkpoint, explain)
     title = predictions.name if predictions is not None else str(images)

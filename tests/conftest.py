@@ -23,7 +23,7 @@ def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A short CPU training run at 48 px; its folder holds best.pt, split, metrics and test tables."""
     from synthetic import tiny_run_config
 
-    from train.loop import run_training
+    from mri44.stages.train.loop import run_training
 
     out = tmp_path_factory.mktemp("run") / "run"
     cfg = tiny_run_config(synthetic_data, out)
@@ -33,7 +33,7 @@ def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def exported_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.onnx_export import export_onnx
+    from mri44.stages.export.onnx_export import export_onnx
 
     proto, _, _ = export_onnx(trained_run)
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"

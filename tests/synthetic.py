@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from train.config import TrainConfig
+    from mri44.stages.train.config import TrainConfig
 
 CLASSES = ("Circloma T1", "Circloma T2", "Squaroma T1C+", "Squaroma T2", "_NORMAL T1")
 _INTENSITY = {"T1": (40, 200), "T1C+": (90, 255), "T2": (200, 60)}  # (background, lesion)
@@ -54,9 +54,9 @@ def make_dataset(root: Path, per_class: int = 12, size: int = 64, seed: int = 0,
 def tiny_run_config(data: Path, out: Path, **changes: Any) -> TrainConfig:
     """The settings of the tests' reference run (the trained_run fixture): 48 px, 8 epochs on the CPU, fp32 so
     every CI machine gets the same numerics; changes override any field (e.g. precision="bf16")."""
-    from train.config import TrainConfig
-    from train.recipes import get_recipe
-    from train.split import SplitConfig
+    from mri44.stages.train.config import TrainConfig
+    from mri44.stages.train.recipes import get_recipe
+    from mri44.stages.train.split import SplitConfig
 
     settings: dict[str, Any] = {
         "recipe": get_recipe("default"),

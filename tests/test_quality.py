@@ -29,3 +29,16 @@ def test_package_type_checks() -> None:
     api = pytest.importorskip("mypy.api", reason="mypy is in the [dev] extra: pip install -e '.[dev]'")
     stdout, stderr, status = api.run(["--config-file", str(REPO / "pyproject.toml"), "--no-error-summary"])
     assert status == 0, f"mypy found problems:\n{stdout}{stderr}"
+
+
+def test_ruff_lint_and_format_hold() -> None:
+    """ruff check and ruff format --check over the repository, configured in pyproject.toml ([tool.ruff])."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is in the [dev] extra: pip install -e '.[dev]'")
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"ruff {' '.join(args)}:\n{done.stdout}{done.stderr}"

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from score.cli import app
+from mri44.stages.score.cli import app
 
 ray = pytest.importorskip("ray", reason="the Ray engine is an extra: pip install -e '.[ray]'")
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     assert fresh.exit_code == 0, fresh.output
     assert pl.read_parquet(sorted(out.glob("part-*.parquet"))).height == reference.height
     if importlib.util.find_spec("matplotlib") is not None:  # the report reads a parts folder too
-        from score.report_cli import app as report_app
+        from mri44.stages.score.report_cli import app as report_app
 
         made = runner.invoke(report_app, [str(out)])
         assert made.exit_code == 0, made.output

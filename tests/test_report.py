@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 pytest.importorskip("matplotlib", reason="the report is an extra: pip install -e '.[report]'")
-from score.cli import app as score_app  # noqa: E402
-from score.report_cli import app as report_app  # noqa: E402
+from mri44.stages.score.cli import app as score_app  # noqa: E402
+from mri44.stages.score.report_cli import app as report_app  # noqa: E402
 
 runner = CliRunner()
 LABELLED_SECTIONS = (

@@ -13,11 +13,11 @@ from mri44.calibration import softmax
 from mri44.imageio import read_image
 from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.stages.score.backends import Backend, onnx_backend
+from mri44.stages.score.cli import app
+from mri44.stages.score.pipeline import score_paths
+from mri44.stages.train.dataset import scan_dataset
 from mri44.torch_input import to_input
-from score.backends import Backend, onnx_backend
-from score.cli import app
-from score.pipeline import score_paths
-from train.dataset import scan_dataset
 
 runner = CliRunner()
 
@@ -237,7 +237,7 @@ def test_cuda_request_never_falls_back_silently(
 
 def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
     """The README's main job: no --model, the bundled examples, labelled by their folders."""
-    from models import default_model_path
+    from mri44.models import default_model_path
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     if not default_model_path().is_file():
@@ -256,7 +256,7 @@ def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
 def test_label_is_the_nearest_enclosing_class_folder() -> None:
     """Nested case folders keep their label (training labels everything under DATA/CLASS/ as CLASS)."""
     from mri44.onnx_meta import ModelMetadata
-    from score.pipeline import prediction_frame
+    from mri44.predictions import prediction_frame
 
     meta = ModelMetadata(["Circloma T1", "Circloma T2"], PreprocessSpec(size=16), "resnet18", "0" * 64, {})
     paths = [
@@ -266,7 +266,7 @@ def test_label_is_the_nearest_enclosing_class_folder() -> None:
         "Circloma T1/Circloma T2/z.png",
     ]
     probs = np.full((4, 2), 0.5, np.float32)
-    frame = prediction_frame(paths, probs, np.ones(4, bool), [None] * 4, meta, top_k=1)
+    frame = prediction_frame(paths, probs, np.ones(4, bool), [None] * 4, meta.classes, top_k=1)
     assert frame["true_class"].to_list() == ["Circloma T1", None, "Circloma T2", "Circloma T2"]
 
 
@@ -309,13 +309,38 @@ def test_overwrite_leaves_no_stale_tables_and_never_deletes_foreign_folders(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 
+def test_overwrite_keeps_a_users_file_put_into_our_metrics_folder(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """Our own, marked metrics folder with a user's note added later: --overwrite refuses, before any work,
+    instead of deleting the note with the folder; without the note, it replaces exactly our files."""
+    out, metrics = tmp_path / "p.parquet", tmp_path / "p_metrics"
+    assert _score([synthetic_data, "--out", out, "--model", exported_model]).exit_code == 0
+    (metrics / "notes.md").write_text("my reading of the confusions")
+    (metrics / "figures").mkdir()
+    before = out.read_bytes()
+    refused = _score([synthetic_data, "--out", out, "--model", exported_model, "--overwrite"])
+    assert refused.exit_code == 2 and "did not write (figures, notes.md)" in refused.output
+    assert (metrics / "notes.md").is_file() and (metrics / "figures").is_dir() and out.read_bytes() == before
+    (metrics / "notes.md").unlink()
+    (metrics / "figures").rmdir()
+    mtime = (metrics / "summary.csv").stat().st_mtime_ns
+    again = _score([synthetic_data, "--out", out, "--model", exported_model, "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert (metrics / "summary.csv").stat().st_mtime_ns != mtime
+    listed = set((metrics / ".mri44-outputs").read_text().split())
+    assert listed == {p.name for p in metrics.iterdir()} - {
+        ".mri44-outputs"
+    }  # the marker lists what we wrote
+
+
 def test_checkpoint_scores_like_its_onnx_exports(
     tmp_path: Path, synthetic_data: Path, trained_run: Path
 ) -> None:
     """The PyTorch backend (a run folder as --model) and the ONNX exports of the same checkpoint give the same
     prediction tables, within the export gate's bounds (one comparison function for both)."""
-    from export.onnx_export import export_onnx
-    from export.parity import compare_predictions
+    from mri44.stages.export.onnx_export import export_onnx
+    from mri44.stages.export.parity import compare_predictions
 
     tables = {}
     for precision in ("fp32", "fp16"):

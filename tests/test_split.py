@@ -6,8 +6,8 @@ import polars as pl
 from synthetic import make_dataset
 
 from mri44.preprocess import PreprocessSpec
-from train.dataset import scan_dataset
-from train.split import SplitConfig, conflicting_duplicates, group_ids, make_split
+from mri44.stages.train.dataset import scan_dataset
+from mri44.stages.train.split import SplitConfig, conflicting_duplicates, group_ids, make_split
 
 
 def _scan(root: Path) -> pl.DataFrame:

@@ -6,12 +6,13 @@ import pytest
 import torch
 from synthetic import tiny_run_config
 
+from mri44.errors import MRI44Error
 from mri44.model import CheckpointError, load_checkpoint
-from train.config import TrainConfig, cpu_has_native_bf16
-from train.loop import run_training
-from train.recipes import get_recipe
-from train.split import SplitConfig
-from train.weights import init_weights
+from mri44.stages.train.config import TrainConfig, cpu_has_native_bf16
+from mri44.stages.train.loop import run_training
+from mri44.stages.train.recipes import get_recipe
+from mri44.stages.train.split import SplitConfig
+from mri44.stages.train.weights import init_weights
 
 
 def test_short_cpu_run_beats_chance_by_far(trained_run: Path) -> None:
@@ -105,7 +106,7 @@ def test_imagenet_without_network_says_what_to_do(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(
         torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline
     )
-    with pytest.raises(RuntimeError, match="--weights none"):
+    with pytest.raises(MRI44Error, match="--weights none"):
         init_weights(build_model(3), "imagenet", allow_random_init=False)
     assert "random" in init_weights(build_model(3), "imagenet", allow_random_init=True)
 

@@ -13,11 +13,11 @@ import torch
 
 from mri44.model import CheckpointError, build_model
 from mri44.preprocess import PreprocessSpec
-from train.augment import random_affine_intensity
-from train.data import load_split
-from train.dataset import load_or_scan
-from train.loop import lr_factor, make_optimizer
-from train.recipes import get_recipe
+from mri44.stages.train.augment import random_affine_intensity
+from mri44.stages.train.data import load_split
+from mri44.stages.train.dataset import load_or_scan
+from mri44.stages.train.loop import lr_factor, make_optimizer
+from mri44.stages.train.recipes import get_recipe
 
 
 def _manifest(paths: list[str]) -> pl.DataFrame:
@@ -116,9 +116,9 @@ def test_augmentation_keeps_shape_and_range_is_seeded_and_changes_images() -> No
 
 def test_resume_refuses_a_checkpoint_without_training_state(trained_run: Path, tmp_path: Path) -> None:
     """best.pt holds the model only: resuming from it is refused with a line naming what is missing."""
-    from train.checkpoint import RunState
-    from train.config import TrainConfig
-    from train.loop import new_state
+    from mri44.stages.train.checkpoint import RunState
+    from mri44.stages.train.config import TrainConfig
+    from mri44.stages.train.loop import new_state
 
     model = build_model(5)
     cfg = TrainConfig(data=tmp_path, out=tmp_path, recipe=get_recipe("default"))
@@ -134,7 +134,7 @@ def test_resume_refuses_a_checkpoint_without_training_state(trained_run: Path, t
 def test_precision_auto_uses_bf16_only_where_the_hardware_computes_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import train.config as config
+    import mri44.stages.train.config as config
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert config.use_bf16(cuda, "auto") and not config.use_bf16(cuda, "fp32")

@@ -17,6 +17,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from mri44.atomic import atomic_path
+from mri44.errors import SettingError
 from mri44.model import load_checkpoint
 
 # What last.pt must hold beyond the common fields to resume a run exactly.
@@ -91,9 +92,9 @@ class RunState:
             ["ema"] if self.ema is not None and "ema" not in state else []
         )
         if missing:
-            raise ValueError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
+            raise SettingError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
         if state["classes"] != classes:
-            raise ValueError(f"{path} was trained on other classes; cannot resume it on these data")
+            raise SettingError(f"{path} was trained on other classes; cannot resume it on these data")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

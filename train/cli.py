@@ -8,13 +8,22 @@ from typing import Annotated
 import typer
 
 from mri44.console import user_errors
-from mri44.model import ARCHS
-from train.recipes import RECIPES
+
+from .recipes import RECIPES
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-DataOpt = Annotated[Path, typer.Option(help="Folder with one sub-folder of images per class.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder with one sub-folder of images per class (required without --config)."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Start from an earlier run's settings (RUN_DIR/config.json); the options given here override them."
+    ),
+]
 OutOpt = Annotated[
     Path, typer.Option(help="Run folder: checkpoints, config.json, split, metrics.csv, test tables.")
 ]
@@ -97,6 +106,30 @@ TemperatureFromOpt = Annotated[
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
 ]
+SoftLabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Distil from this teacher run's soft labels, computed once before training on "
+        "--soft-label-views stored augmented views per training image (RUN_DIR/soft_labels.pt; FKD), "
+        "instead of running the teacher every step (--teacher). Needs a recipe with kd_weight > 0: distill."
+    ),
+]
+SoftLabelViewsOpt = Annotated[int, typer.Option(help="With --soft-labels: stored views per training image.")]
+FreezeThroughOpt = Annotated[
+    str,
+    typer.Option(
+        help="Freeze the pretrained network through this stage (layer1, layer2 or layer3; none: train all), "
+        "compute its output once per image and train the later stages on that cache: many epochs of an "
+        "ImageNet ResNet-50 on a CPU. Needs --weights imagenet or a checkpoint."
+    ),
+]
+FeatureViewsOpt = Annotated[
+    int,
+    typer.Option(
+        help="With --freeze-through: cached views per image (view 0 plain, the others through the training "
+        "augmentation); each step picks one at random."
+    ),
+]
 WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 16).")]
 
 
@@ -109,8 +142,10 @@ WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default:
 )
 @user_errors
 def train(
-    data: DataOpt,
+    ctx: typer.Context,
     out: OutOpt,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
     recipe: RecipeOpt = "default",
     epochs: EpochsOpt = None,
     image_size: ImageSizeOpt = 224,
@@ -133,49 +168,28 @@ def train(
     temperature_from: TemperatureFromOpt = None,
     resume: ResumeOpt = False,
     workers: WorkersOpt = None,
+    freeze_through: FreezeThroughOpt = "none",
+    feature_views: FeatureViewsOpt = 1,
+    soft_labels: SoftLabelsOpt = None,
+    soft_label_views: SoftLabelViewsOpt = 8,
 ) -> None:
-    from train.config import TrainConfig
-    from train.loop import run_training
-    from train.recipes import get_recipe
-    from train.split import SplitConfig
+    from .config import TrainConfig, config_from_settings
+    from .loop import run_training
 
-    try:
-        chosen = get_recipe(recipe)
-        split = SplitConfig(
-            train=1.0 - val_fraction - test_fraction,
-            val=val_fraction,
-            test=test_fraction,
-            seed=seed,
-            phash_distance=phash_distance,
-            max_group_share=max_group_share,
-        )
-        if arch not in ARCHS:
-            raise ValueError(f"unknown --arch {arch!r}; choose one of: {', '.join(ARCHS)}")
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    cfg = TrainConfig(
-        data=data,
-        out=out,
-        recipe=chosen,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weights=weights,
-        arch=arch,
-        allow_random_init=allow_random_init,
-        device=device,
-        precision=precision,
-        seed=seed,
-        resume=resume,
-        split=split,
-        split_file=split_file,
-        workers=workers,
-        teacher=teacher,
-        all_data=all_data,
-        temperature=temperature,
-        temperature_from=temperature_from,
-    )
+    settings = {name: value for name, value in ctx.params.items() if name != "config"}
+    if config is None:
+        if data is None:
+            raise typer.BadParameter(
+                "--data is required (or --config RUN_DIR/config.json)", param_hint="--data"
+            )
+        cfg = config_from_settings(None, **settings)
+    else:  # the saved run's settings, then only the flags given on this command line
+        given = {
+            name: value
+            for name, value in settings.items()
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+        }
+        cfg = config_from_settings(TrainConfig.read_json(config), **given)
     run_training(cfg)
 
 

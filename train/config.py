@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mri44.model import ARCH
-from train.recipes import Recipe
-from train.split import SplitConfig
+from mri44.errors import MRI44Error, SettingError
+from mri44.model import ARCH, ARCHS
+
+from .recipes import Recipe, get_recipe
+from .split import SplitConfig
 
 # Settings that decide the split, the inputs or the model: a resumed run must keep every one of them.
-RESUME_FIXED = ("data", "seed", "split", "split_file", "all_data", "image_size", "arch", "recipe", "teacher")
+RESUME_FIXED = (
+    "data",
+    "seed",
+    "split",
+    "split_file",
+    "all_data",
+    "image_size",
+    "arch",
+    "recipe",
+    "teacher",
+    "freeze_through",
+    "feature_views",
+    "soft_labels",
+    "soft_label_views",
+)
 
 
 @dataclass
@@ -41,6 +59,14 @@ class TrainConfig:
     all_data: bool = False  # train on every image: no val/test, the last epoch is the model
     temperature: float | None = None  # None: fit on validation; all-data runs take the selection run's
     temperature_from: Path | None = None  # read the temperature from this run's best.pt when training ends
+    freeze_through: str = (
+        "none"  # train only the stages after this one, on its output cached once (train/frozen.py)
+    )
+    feature_views: int = 1  # cached views per image with --freeze-through: view 0 plain, the others augmented
+    soft_labels: Path | None = (
+        None  # teacher run whose soft labels on K stored views this run trains on (FKD)
+    )
+    soft_label_views: int = 8  # K: stored augmented views per training image
 
     def resolved(self) -> dict[str, Any]:
         """Epochs, batch size and lr: the given value, or the recipe's when none was given (0 is not 'none')."""
@@ -51,22 +77,109 @@ class TrainConfig:
         }
         for name, value in values.items():
             if not value > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise SettingError(f"--{name.replace('_', '-')} must be positive, got {value}")
         return values
 
     def to_json(self) -> str:
+        """The settings (epochs, batch size and lr resolved) and, apart, the provenance of the run: versions
+        and the git commit of the code, which a rerun with `--config` does not need to match."""
         data = asdict(self)
         data.update(self.resolved())
+        data["provenance"] = provenance()
         return json.dumps(data, indent=2, default=str)
+
+    @classmethod
+    def read_json(cls, path: Path) -> TrainConfig:
+        """A run's config.json back into settings (`python -m train --config RUN_DIR/config.json`)."""
+        try:
+            saved = json.loads(Path(path).read_text())
+            known = {f.name for f in fields(cls)}
+            values = {k: v for k, v in saved.items() if k in known}
+            values["recipe"] = Recipe(**saved["recipe"])
+            values["split"] = SplitConfig(**saved["split"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SettingError(f"--config {path}: not a readable run config.json ({exc})") from exc
+        for name in ("data", "out", "split_file", "teacher", "temperature_from", "soft_labels"):
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        values["resume"] = False
+        return cls(**values)
+
+
+# The python -m train options that are SplitConfig fields, by option name -> field name.
+SPLIT_OPTIONS = {
+    "val_fraction": "val",
+    "test_fraction": "test",
+    "phash_distance": "phash_distance",
+    "max_group_share": "max_group_share",
+}
+
+
+def config_from_settings(base: TrainConfig | None = None, **settings: Any) -> TrainConfig:
+    """A run's settings from python -m train's option names (recipe by name, the split's fractions and
+    distances, ...) over a base config (defaults when None): one builder for the CLI and mri44.train()."""
+    known = {f.name for f in fields(TrainConfig)} | set(SPLIT_OPTIONS)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise SettingError(f"unknown training setting(s): {', '.join(unknown)}")
+    if base is None:
+        missing = [name for name in ("data", "out") if settings.get(name) is None]
+        if missing:
+            raise SettingError(f"training needs {' and '.join(missing)}")
+        base = TrainConfig(
+            data=Path(settings["data"]), out=Path(settings["out"]), recipe=get_recipe("default")
+        )
+    values = {f.name: getattr(base, f.name) for f in fields(TrainConfig)}
+    split = asdict(base.split)
+    for name, value in settings.items():
+        if name in SPLIT_OPTIONS:
+            split[SPLIT_OPTIONS[name]] = value
+        elif name == "recipe" and isinstance(value, str):
+            values["recipe"] = get_recipe(value)
+        else:
+            values[name] = value
+    split["seed"] = values["seed"]
+    split["train"] = 1.0 - split["val"] - split["test"]
+    if values["arch"] not in ARCHS:
+        raise SettingError(f"unknown --arch {values['arch']!r}; choose one of: {', '.join(ARCHS)}")
+    for name in ("out", "split_file", "teacher", "temperature_from", "soft_labels"):
+        if values[name] is not None:
+            values[name] = Path(values[name])
+    values["data"] = Path(values["data"]).absolute()  # export and reruns find it from any folder
+    values["split"] = SplitConfig(**split)
+    return TrainConfig(**values)
+
+
+def provenance() -> dict[str, str]:
+    """Versions of what shapes a run's numerics, and the git commit of the code when it runs from a checkout."""
+    from mri44 import __version__
+
+    versions = {"mri44": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchvision", "numpy", "polars", "onnx", "onnxruntime"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # not installed, or no __version__: recorded as absent
+            versions[name] = "absent"
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        commit = done.stdout.strip() if done.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    versions["git_commit"] = commit or "unknown (not a git checkout)"
+    return versions
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto"
-        )
+        raise MRI44Error("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -85,11 +198,11 @@ def use_bf16(device: torch.device, precision: str) -> bool:
     auto: on CUDA, and on CPUs with native bf16, where it gave 2.3x the fp32 training throughput of a ResNet-18
     at 160 px and 2.7x at 256 px on our 2-core AVX-512 BF16 CPU (benchmarks/train_precision.py)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise SettingError(f"unknown --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return device.type == "cuda" or cpu_has_native_bf16()
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        raise ValueError(
+        raise SettingError(
             "--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where it is slower than fp32; "
             "use --precision fp32 or auto"
         )
@@ -101,13 +214,13 @@ def check_resume_settings(out: Path, cfg: TrainConfig) -> None:
     try:
         saved = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot resume {out}: its config.json is unreadable ({exc})") from exc
+        raise SettingError(f"cannot resume {out}: its config.json is unreadable ({exc})") from exc
     if not (out / "split.parquet").is_file():
-        raise ValueError(f"cannot resume {out}: it has no split.parquet")
+        raise SettingError(f"cannot resume {out}: it has no split.parquet")
     now = json.loads(cfg.to_json())
     differ = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_FIXED if saved.get(k) != now.get(k)]
     if differ:
-        raise ValueError(
+        raise SettingError(
             f"cannot resume {out} with other settings ({'; '.join(differ)}); rerun with the original ones "
             "or train into a new --out"
         )

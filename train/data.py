@@ -16,10 +16,12 @@ import polars as pl
 import torch
 
 from mri44.atomic import atomic_path
+from mri44.errors import SettingError
 from mri44.preprocess import PreprocessSpec
-from train.config import TrainConfig
-from train.dataset import load_or_scan
-from train.split import conflicting_duplicates, make_split, split_report
+
+from .config import TrainConfig
+from .dataset import load_or_scan
+from .split import conflicting_duplicates, make_split, split_report
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,15 @@ def load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     try:
         given = pl.read_parquet(split_file) if split_file.suffix == ".parquet" else pl.read_csv(split_file)
     except (OSError, pl.exceptions.PolarsError) as exc:
-        raise ValueError(f"cannot read split file {split_file}: {exc}") from exc
+        raise SettingError(f"cannot read split file {split_file}: {exc}") from exc
     if not {"path", "split"} <= set(given.columns):
-        raise ValueError(f"{split_file} is not a split file: it needs the columns path and split")
+        raise SettingError(f"{split_file} is not a split file: it needs the columns path and split")
     joined = manifest.join(
         given.select("path", "split", *(["group"] if "group" in given.columns else [])), on="path", how="left"
     )
     missing = joined.filter(pl.col("split").is_null())
     if missing.height:
-        raise ValueError(
+        raise SettingError(
             f"{split_file} has no split for {missing.height} image(s), e.g. {missing['path'][0]}"
         )
     if "group" not in joined.columns:
@@ -105,7 +107,7 @@ def prepare_data(
     split_names = split["split"].to_numpy()
     train_idx, val_idx, test_idx = (np.flatnonzero(split_names == s) for s in ("train", "val", "test"))
     if len(train_idx) == 0 or (len(val_idx) == 0 and not cfg.all_data):
-        raise ValueError("the split left train or val empty; use more images or other --split fractions")
+        raise SettingError("the split left train or val empty; use more images or other --split fractions")
     store = device if device.type == "cuda" else torch.device("cpu")
     scale, bias = spec.scale_bias()
     return RunData(

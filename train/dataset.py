@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mri44.atomic import atomic_path
 from mri44.discover import find_images
+from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError, decode_bytes
 from mri44.labels import parse_label
 from mri44.preprocess import PreprocessSpec, to_model_pixels
@@ -63,7 +64,9 @@ def class_folders(data_dir: Path) -> list[str]:
     names = sorted(d.name for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = [n for n in names if find_images(data_dir / n)]
     if len(classes) < 2:
-        raise ValueError(f"{data_dir} must hold at least two class folders with images, found {len(classes)}")
+        raise SettingError(
+            f"{data_dir} must hold at least two class folders with images, found {len(classes)}"
+        )
     return classes
 
 
@@ -110,7 +113,7 @@ def scan_dataset(data_dir: Path, spec: PreprocessSpec, workers: int | None = Non
     if failures:
         log.warning("%d unreadable file(s) left out, e.g. %s", len(failures), failures[0][1])
     if not rows:
-        raise ValueError(f"no readable images under {data_dir}")
+        raise SettingError(f"no readable images under {data_dir}")
     stack = np.stack(pixels) if pixels else np.zeros((0, spec.size, spec.size, spec.cache_channels), np.uint8)
     return ScannedData(
         manifest=pl.DataFrame(rows, schema=MANIFEST_SCHEMA),

@@ -9,6 +9,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +22,40 @@ from tqdm import tqdm
 
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
+from mri44.errors import SettingError
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
 from mri44.model import (
     build_model,
     checkpoint_path,
     input_normalisation,
     load_checkpoint,
+    logits_and_features,
     model_from_checkpoint,
 )
+from mri44.ood import MAX_REFERENCE, OodSpec, fit_ood, knn_distance, normalised
+from mri44.predictions import prediction_frame
 from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
-from train.augment import random_affine_intensity
-from train.checkpoint import RunState, save
-from train.config import TrainConfig, check_resume_settings, resolve_device, use_bf16
-from train.data import RunData, prepare_data
-from train.dataset import class_folders
-from train.distill import Teacher, distillation_loss, load_teacher
-from train.distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
-from train.recipes import Recipe
-from train.weights import init_weights
+
+from .augment import apply_params, random_affine_intensity
+from .checkpoint import RunState, save
+from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
+from .data import RunData, prepare_data
+from .dataset import class_folders
+from .distill import Teacher, distillation_loss, load_teacher
+from .distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
+from .frozen import (
+    check_freeze_settings,
+    compute_features,
+    feature_batch,
+    freeze,
+    load_or_compute_features,
+    trainable_part,
+)
+from .recipes import Recipe
+from .soft_labels import FILE_NAME as SOFT_LABELS_FILE
+from .soft_labels import SoftLabels, compute_soft_labels, load_or_compute
+from .weights import init_weights
 
 log = logging.getLogger(__name__)
 
@@ -58,34 +75,99 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov when momentum > 0) or AdamW; AdamW leaves biases and norm parameters undecayed."""
+    """SGD (Nesterov when momentum > 0) or AdamW over the trainable parameters; AdamW leaves biases and norm
+    parameters undecayed. The body (all but the classifier `fc`) learns at lr * recipe.backbone_lr_factor: a
+    pretrained network's layers need a gentler step than its new head."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group_lr = lr if name.startswith("fc.") else lr * recipe.backbone_lr_factor
+        decay = recipe.weight_decay if recipe.optimizer == "sgd" or param.ndim > 1 else 0.0
+        groups.setdefault((group_lr, decay), []).append(param)
+    param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=lr,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            nesterov=recipe.momentum > 0,
-        )
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=lr)
+
+
+EvalBatch = Callable[[torch.Tensor], torch.Tensor]  # row indices -> the network's input on the device
+# (row indices, augmentation generator) -> (network input, the augmented uint8-valued pixels an on-the-fly
+# teacher sees, the stored soft labels' log-probabilities for those views)
+TrainBatch = Callable[
+    [torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How batches reach the network: decoded pixels through the whole model, or cached frozen-part features
+    through its late stages (train/frozen.py). `network` picks, from a full model, the part these batches feed."""
+
+    train_batch: TrainBatch
+    eval_batch: EvalBatch
+    network: Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def pixel_route(data: RunData, augment: bool, device: torch.device, soft: SoftLabels | None = None) -> Route:
+    """Decoded pixels, augmented on the device; with soft labels, each image as one of its stored views."""
+
+    def train_batch(
+        sel: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        raw = data.pixels[sel].to(device, non_blocking=True).float()
+        if soft is not None:
+            views = torch.randint(len(soft.params), (len(sel),), generator=generator, device=generator.device)
+            params, target = soft.batch(sel.cpu(), views.cpu())
+            return to_input(apply_params(raw, params), data.scale, data.bias), None, target.to(device)
+        if augment:
+            raw = random_affine_intensity(raw, generator=generator)
+        return to_input(raw, data.scale, data.bias), raw, None
+
+    def eval_batch(sel: torch.Tensor) -> torch.Tensor:
+        return to_input(data.pixels[sel].to(device, non_blocking=True), data.scale, data.bias)
+
+    return Route(train_batch, eval_batch, lambda model: model)
+
+
+def feature_route(
+    cfg: TrainConfig, model: torch.nn.Module, data: RunData, device: torch.device, bf16: bool
+) -> Route:
+    """Cache the frozen part's output once (RUN_DIR/cache, reused on resume), then batch from the cache."""
+    through, views = cfg.freeze_through, cfg.feature_views
+    cache_file = cfg.out / "cache" / f"features-{cfg.arch}-{through}-{cfg.image_size}px-{views}views.npy"
+    features = load_or_compute_features(
+        cache_file,
+        lambda: compute_features(
+            model, through, data.pixels, data.scale, data.bias, views, cfg.seed, device, bf16
+        ),
+    )
+
+    def train_batch(
+        sel: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        return feature_batch(features, sel, generator, cfg.recipe.augment, device), None, None
+
+    def eval_batch(sel: torch.Tensor) -> torch.Tensor:
+        return features[0, sel.cpu()].to(device).float()
+
+    return Route(train_batch, eval_batch, lambda full: trainable_part(full, through))
 
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, data: RunData, idx: np.ndarray, device: torch.device, batch_size: int, bf16: bool
+    model: torch.nn.Module,
+    batch_of: EvalBatch,
+    idx: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    bf16: bool,
 ) -> np.ndarray:
-    """Logits (N, classes) for the cached images at idx (under bf16 autocast when bf16)."""
+    """Logits (N, classes) for the rows at idx (under bf16 autocast when bf16)."""
     model.eval()
     out = []
     for start in range(0, len(idx), batch_size):
-        sel = torch.as_tensor(idx[start : start + batch_size], device=data.pixels.device)
-        x = to_input(data.pixels[sel].to(device, non_blocking=True), data.scale, data.bias)
+        x = batch_of(torch.as_tensor(idx[start : start + batch_size]))
         x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
@@ -108,6 +190,7 @@ def epoch_order(state: RunState, data: RunData, recipe: Recipe) -> torch.Tensor:
 def train_one_epoch(
     state: RunState,
     data: RunData,
+    route: Route,
     recipe: Recipe,
     batch_size: int,
     device: torch.device,
@@ -128,10 +211,7 @@ def train_one_epoch(
     bar = tqdm(range(steps), desc=desc, unit="batch", leave=False, disable=None if ranks.main else True)
     for step in bar:
         sel = order[step * batch_size : (step + 1) * batch_size]
-        raw = data.pixels[sel].to(device, non_blocking=True).float()
-        if recipe.augment:
-            raw = random_affine_intensity(raw, generator=state.augment)
-        x = to_input(raw, data.scale, data.bias)
+        x, raw, soft = route.train_batch(sel, state.augment)
         y = data.targets[sel].to(device, non_blocking=True)
         lam, y_partner = 1.0, None
         if recipe.mixup_alpha > 0:
@@ -139,16 +219,20 @@ def train_one_epoch(
             partner = torch.randperm(len(sel), device=device, generator=state.augment)
             x, y_partner = lam * x + (1.0 - lam) * x[partner], y[partner]
         if ranks.active:  # this rank's share of the global batch
-            raw, x, y = raw[part], x[part], y[part]
+            x, y = x[part], y[part]
+            raw = raw[part] if raw is not None else None
+            soft = soft[part] if soft is not None else None
             y_partner = y_partner[part] if y_partner is not None else None
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()
         loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-        if teacher is not None:
-            soft = distillation_loss(logits, teacher.logits(raw), recipe.kd_temperature)
-            loss = (1.0 - recipe.kd_weight) * loss + recipe.kd_weight * soft
+        if teacher is not None and raw is not None:
+            soft = F.log_softmax(teacher.logits(raw) / recipe.kd_temperature, 1)
+        if soft is not None:
+            kd = distillation_loss(logits, soft, recipe.kd_temperature)
+            loss = (1.0 - recipe.kd_weight) * loss + recipe.kd_weight * kd
         if y_partner is not None:
             loss = loss + (1.0 - lam) * F.cross_entropy(
                 logits, y_partner, label_smoothing=recipe.label_smoothing
@@ -173,6 +257,7 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module,
     data: RunData,
+    batch_of: EvalBatch,
     idx: np.ndarray,
     device: torch.device,
     batch_size: int,
@@ -185,7 +270,7 @@ def evaluate(
     if not len(idx):
         return {}
     own = torch.as_tensor(
-        predict_logits(model, data, idx[ranks.rank :: ranks.world], device, batch_size, bf16)
+        predict_logits(model, batch_of, idx[ranks.rank :: ranks.world], device, batch_size, bf16)
     )
     logits = np.zeros((len(idx), len(data.classes)), np.float32)
     for r, part in enumerate(gather_rows(own, ranks)):
@@ -245,7 +330,9 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     torch.manual_seed(cfg.seed)
     hp = cfg.resolved()
     if hp["batch_size"] % ranks.world:
-        raise ValueError(f"--batch-size {hp['batch_size']} must be a multiple of the {ranks.world} processes")
+        raise SettingError(
+            f"--batch-size {hp['batch_size']} must be a multiple of the {ranks.world} processes"
+        )
     mean, std = input_normalisation(cfg.arch)
     spec = PreprocessSpec(
         size=cfg.image_size, resize=cfg.recipe.resize, channels=cfg.recipe.channels, mean=mean, std=std
@@ -254,6 +341,11 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     if resuming:
         check_resume_settings(cfg.out, cfg)
     class_folders(cfg.data)  # a wrong --data fails here, before the run folder is made
+    check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
+    if cfg.freeze_through != "none" and (ranks.active or cfg.teacher is not None):
+        raise SettingError(
+            "--freeze-through trains in one process without a teacher: drop torchrun or --teacher"
+        )
     bf16 = use_bf16(device, cfg.precision)  # and so does a --precision this machine cannot run
     if (
         ranks.main
@@ -276,13 +368,20 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         "bf16 autocast" if bf16 else "fp32",
     )
     teacher = _teacher_for(cfg, data.classes, spec, device)
+    if cfg.freeze_through != "none":
+        freeze(model, cfg.freeze_through)
     model.to(device)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
+    route = (
+        pixel_route(data, cfg.recipe.augment, device, _soft_labels_for(cfg, data, spec, device, bf16))
+        if cfg.freeze_through == "none"
+        else feature_route(cfg, model, data, device, bf16)
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     state = new_state(cfg, model, max(1, len(data.train_idx) // hp["batch_size"]), hp["epochs"], hp["lr"])
-    state.network = wrap(model, device, ranks)
+    state.network = route.network(wrap(model, device, ranks))
     if resuming:
         state.restore(last_path, data.classes)
         log.info("resumed from %s after epoch %d", last_path, state.epoch + 1)
@@ -295,7 +394,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         "teacher": teacher.description if teacher else "",
         "config": cfg.to_json(),
     }
-    fit(state, data, cfg, device, bf16, teacher, common, ranks)
+    fit(state, data, route, cfg, device, bf16, teacher, common, ranks)
     barrier(ranks)
     return evaluate_best(best_path, data, cfg, device, bf16) if ranks.main else {}
 
@@ -303,6 +402,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
 def fit(
     state: RunState,
     data: RunData,
+    route: Route,
     cfg: TrainConfig,
     device: torch.device,
     bf16: bool,
@@ -314,8 +414,19 @@ def fit(
     hp = cfg.resolved()
     for epoch in range(state.epoch + 1, hp["epochs"]):
         desc = f"epoch {epoch + 1}/{hp['epochs']}"
-        row = train_one_epoch(state, data, cfg.recipe, hp["batch_size"], device, bf16, teacher, desc, ranks)
-        summary = evaluate(state.eval_model, data, data.val_idx, device, cfg.eval_batch_size, bf16, ranks)
+        row = train_one_epoch(
+            state, data, route, cfg.recipe, hp["batch_size"], device, bf16, teacher, desc, ranks
+        )
+        summary = evaluate(
+            route.network(state.eval_model),
+            data,
+            route.eval_batch,
+            data.val_idx,
+            device,
+            cfg.eval_batch_size,
+            bf16,
+            ranks,
+        )
         state.epoch = epoch
         state.history.append(
             {"epoch": epoch + 1, **row, "lr": state.scheduler.get_last_lr()[0]}
@@ -347,18 +458,53 @@ def fit(
 def _teacher_for(
     cfg: TrainConfig, classes: list[str], spec: PreprocessSpec, device: torch.device
 ) -> Teacher | None:
-    """The frozen teacher when the run distils, after checking that teacher and recipe go together."""
-    if (cfg.teacher is None) != (cfg.recipe.kd_weight == 0):
-        raise ValueError(
-            "distillation needs both --teacher RUN_DIR and a recipe with kd_weight > 0 (e.g. --recipe distill)"
+    """The frozen on-the-fly teacher when the run distils with --teacher, after checking that the distillation
+    source (--teacher or --soft-labels, one of them) and the recipe go together."""
+    sources = (cfg.teacher is not None) + (cfg.soft_labels is not None)
+    if sources > 1 or (sources == 1) != (cfg.recipe.kd_weight > 0):
+        raise SettingError(
+            "distillation needs one of --teacher RUN_DIR or --soft-labels RUN_DIR and a recipe with "
+            "kd_weight > 0 (e.g. --recipe distill)"
         )
+    if sources and cfg.recipe.mixup_alpha > 0:
+        raise SettingError("distillation and mixup do not combine: choose a recipe without mixup")
     if cfg.teacher is None:
         return None
-    if cfg.recipe.mixup_alpha > 0:
-        raise ValueError("distillation and mixup do not combine: choose a recipe without mixup")
     teacher = load_teacher(cfg.teacher, classes, spec, device)
     log.info("teacher: %s", teacher.description)
     return teacher
+
+
+def _soft_labels_for(
+    cfg: TrainConfig, data: RunData, spec: PreprocessSpec, device: torch.device, bf16: bool
+) -> SoftLabels | None:
+    """With --soft-labels TEACHER_RUN: the teacher's soft labels on this run's training views, computed once
+    into RUN_DIR/soft_labels.pt (train/soft_labels.py); the teacher is released before training starts."""
+    if cfg.soft_labels is None:
+        return None
+    teacher = load_teacher(cfg.soft_labels, data.classes, spec, device)
+    log.info("soft labels from teacher %s", teacher.description)
+    return load_or_compute(
+        cfg.out / SOFT_LABELS_FILE,
+        lambda: compute_soft_labels(
+            teacher,
+            data.pixels,
+            data.train_idx,
+            data.val_idx,
+            cfg.soft_label_views,
+            SOFT_LABEL_TOP_K,
+            cfg.recipe.kd_temperature,
+            cfg.seed,
+            bf16,
+        ),
+        teacher.description,
+        cfg.recipe.kd_temperature,
+    )
+
+
+# FKD keeps the top 10 of 1,000 ImageNet classes; for 44 classes the top 10 hold nearly all the mass.
+SOFT_LABEL_TOP_K = 10
+OOD_K = 5  # the distance to the k-th nearest reference image is the ood_score (mri44.ood)
 
 
 def choose_temperature(
@@ -370,48 +516,109 @@ def choose_temperature(
     if cfg.temperature_from is not None:
         temperature = float(load_checkpoint(cfg.temperature_from).get("temperature", 0.0))
         if temperature <= 0:
-            raise ValueError(f"--temperature-from {cfg.temperature_from}: its checkpoint has no temperature")
+            raise SettingError(
+                f"--temperature-from {cfg.temperature_from}: its checkpoint has no temperature"
+            )
         return temperature, f"fitted on the val split of {checkpoint_path(cfg.temperature_from)}"
     if val_logits is not None:
         return fit_temperature(val_logits, val_labels), "fitted on this run's val split"
     return 1.0, "none (no val split and no --temperature)"
 
 
+@torch.no_grad()
+def predict_with_features(
+    model: torch.nn.Module,
+    batch_of: EvalBatch,
+    idx: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    bf16: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, classes) and pooled last-stage features (N, C) of the rows at idx, from one forward pass."""
+    model.eval()
+    logits, pooled = [], []
+    for start in range(0, len(idx), batch_size):
+        x = batch_of(torch.as_tensor(idx[start : start + batch_size]))
+        x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out, features = logits_and_features(model, x)
+        logits.append(out.float().cpu())
+        pooled.append(features.float().mean((2, 3)).cpu())
+    return torch.cat(logits).numpy(), torch.cat(pooled).numpy()
+
+
+def write_split_results(
+    name: str,
+    idx: np.ndarray,
+    outputs: tuple[np.ndarray, np.ndarray],
+    temperature: float,
+    ood: OodSpec,
+    data: RunData,
+    out: Path,
+    best: dict[str, Any],
+) -> dict[str, Any]:
+    """{name}_predictions.parquet (the scorer's rows: paths relative to --data, labels from their class folders,
+    so mri-report reads them) and {name}_metrics/; returns the summary row."""
+    logits, pooled = outputs
+    names = np.asarray(best["classes"])
+    raw, probs = softmax(logits), softmax(logits, temperature)
+    correct = probs.argmax(1) == data.labels[idx]
+    scores = knn_distance(normalised(pooled), ood.reference, ood.k)
+    preds = prediction_frame(
+        data.split["path"][idx].to_list(),
+        probs,
+        np.ones(len(idx), bool),
+        [None] * len(idx),
+        best["classes"],
+        3,
+        scores,
+        ood.threshold,
+    )
+    with atomic_path(out / f"{name}_predictions.parquet") as tmp:
+        preds.write_parquet(tmp)
+    tables = metric_tables(names[data.labels[idx]].tolist(), preds["pred_class"].to_list())
+    tables["summary"] = tables["summary"].with_columns(
+        ece=pl.lit(expected_calibration_error(probs.max(1), correct)),
+        ece_before_temperature=pl.lit(expected_calibration_error(raw.max(1), correct)),
+        ood_flagged=pl.lit(int(preds["ood"].sum())),
+    )
+    write_tables(tables, out / f"{name}_metrics", best["classes"])
+    return tables["summary"].row(0, named=True)
+
+
 def evaluate_best(
     best_path: Path, data: RunData, cfg: TrainConfig, device: torch.device, bf16: bool
 ) -> dict[str, Any]:
-    """Best checkpoint -> temperature (stored in it) -> predictions and tables for val and test."""
+    """Best checkpoint -> temperature and out-of-distribution reference (stored in it) -> predictions and tables
+    for val and test. The whole saved network runs on pixels here, whatever route trained it."""
     best = load_checkpoint(best_path)
-    names = np.asarray(best["classes"])
     model = model_from_checkpoint(best).to(device)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
-    parts = {name: idx for name, idx in (("val", data.val_idx), ("test", data.test_idx)) if len(idx)}
-    logits = {
-        name: predict_logits(model, data, idx, device, cfg.eval_batch_size, bf16)
+    reference = data.train_idx[
+        np.unique(np.linspace(0, len(data.train_idx) - 1, MAX_REFERENCE).round().astype(int))
+    ]
+    parts = {"reference": reference, "val": data.val_idx, "test": data.test_idx}
+    batch_of = pixel_route(data, False, device).eval_batch
+    outputs = {
+        name: predict_with_features(model, batch_of, idx, device, cfg.eval_batch_size, bf16)
         for name, idx in parts.items()
+        if len(idx)
     }
-    temperature, source = choose_temperature(cfg, logits.get("val"), data.labels[data.val_idx])
-    save({**best, "temperature": temperature, "temperature_source": source}, best_path)
+    val = outputs.get("val")
+    temperature, source = choose_temperature(cfg, val[0] if val else None, data.labels[data.val_idx])
+    ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K)
+    save(
+        {**best, "temperature": temperature, "temperature_source": source, "ood": ood.to_json()},
+        best_path,
+    )
     result: dict[str, Any] = {"best_epoch": best["epoch"] + 1, "temperature": temperature}
-    log.info("temperature %.3f (%s)", temperature, source)
-    for name, idx in parts.items():
-        raw, probs = softmax(logits[name]), softmax(logits[name], temperature)
-        correct = probs.argmax(1) == data.labels[idx]
-        preds = (
-            data.split[idx]
-            .select("path", "label")
-            .with_columns(pred_class=pl.Series(names[probs.argmax(1)]), confidence=pl.Series(probs.max(1)))
-        )
-        with atomic_path(cfg.out / f"{name}_predictions.parquet") as tmp:
-            preds.write_parquet(tmp)
-        tables = metric_tables(names[data.labels[idx]].tolist(), preds["pred_class"].to_list())
-        tables["summary"] = tables["summary"].with_columns(
-            ece=pl.lit(expected_calibration_error(probs.max(1), correct)),
-            ece_before_temperature=pl.lit(expected_calibration_error(raw.max(1), correct)),
-        )
-        write_tables(tables, cfg.out / f"{name}_metrics", best["classes"])
-        result[name] = tables["summary"].row(0, named=True)
+    log.info("temperature %.3f (%s); ood threshold %.4f (%s)", temperature, source, ood.threshold, ood.source)
+    for name in ("val", "test"):
+        if name in outputs:
+            result[name] = write_split_results(
+                name, parts[name], outputs[name], temperature, ood, data, cfg.out, best
+            )
     test = result.get("test")
     log.info(
         "best epoch %d; test: %s",

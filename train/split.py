@@ -16,6 +16,8 @@ import polars as pl
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from mri44.errors import SettingError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -33,7 +35,7 @@ class SplitConfig:
     def __post_init__(self) -> None:
         fractions = (self.train, self.val, self.test)
         if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+            raise SettingError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
 
 
 def _components(sha_codes: np.ndarray, hashes: np.ndarray, tumor: np.ndarray, distance: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mri44.errors import MRI44Error, SettingError
 from mri44.model import ARCH
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def load_tensors(path: Path, option: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or pickled-code files raise several types
-        raise ValueError(
+        raise SettingError(
             f"{option}: cannot load {path} ({exc.__class__.__name__}: {str(exc)[:200]})"
         ) from exc
 
@@ -32,7 +33,7 @@ def load_tensors(path: Path, option: str) -> Any:
 def _imagenet_state(arch: str, allow_random_init: bool) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(state dict, where it came from); (None, why) when a failed download may fall back to random."""
     if arch == "resnet50":
-        from train.pretrained import resnet50_weights_path
+        from .pretrained import resnet50_weights_path
 
         path = resnet50_weights_path()
         if not path.is_file():
@@ -52,7 +53,7 @@ def _imagenet_state(arch: str, allow_random_init: bool) -> tuple[dict[str, torch
         if allow_random_init:
             log.warning("%s\nFalling back to random initialisation (%s).", IMAGENET_HINT, type(exc).__name__)
             return None, "random initialisation (ImageNet download failed)"
-        raise RuntimeError(f"{IMAGENET_HINT} ({exc.__class__.__name__}: {exc})") from exc
+        raise MRI44Error(f"{IMAGENET_HINT} ({exc.__class__.__name__}: {exc})") from exc
     return state, "ImageNet (torchvision IMAGENET1K_V1)"
 
 
@@ -71,13 +72,13 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool, 
         loaded = load_tensors(path, "--weights")
         state = loaded["model"] if isinstance(loaded, dict) and "model" in loaded else loaded
         if not isinstance(state, dict):
-            raise ValueError(f"{path} holds no state dict")
+            raise SettingError(f"{path} holds no state dict")
         source = f"weights from {path}"
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
     if len(usable) < len(own) // 2:
-        raise ValueError(
+        raise SettingError(
             f"{weights}: only {len(usable)} of {len(own)} tensors match a {arch}; wrong file or --arch?"
         )
     model.load_state_dict(usable, strict=False)

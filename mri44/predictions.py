@@ -1,0 +1,75 @@
+"""The prediction rows every part of mri44 writes and reads: the scorer (local and Ray), the Python API, and
+training's val/test predictions, so `mri-report` reads any of them.
+
+One row per file: path, status, error, pred_class, pred_tumor_type, pred_contrast, confidence, the tumour-type and
+contrast marginals, top-k classes and probabilities, and true_class from the nearest class-named folder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from mri44.labels import parse_label
+
+
+def printable_path(name: str) -> str:
+    """A file name that is not valid UTF-8 (undecodable bytes arrive as surrogates) with those bytes written as
+    \\xNN escapes: the row is kept and the table can be written, where the raw name made the write crash."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def prediction_frame(
+    rel_paths: list[str],
+    probs: np.ndarray,
+    ok: np.ndarray,
+    errors: list[str | None],
+    class_names: list[str],
+    top_k: int,
+    ood_scores: np.ndarray | None = None,
+    ood_threshold: float | None = None,
+) -> pl.DataFrame:
+    """One row per file: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
+    flag (mri44.ood; null when the model has no reference set or the check is off), and the folder's label if
+    known."""
+    classes = np.asarray(class_names)
+    parsed = [parse_label(c) for c in class_names]
+    tumors = sorted({p.tumor_type for p in parsed})
+    contrasts = sorted({p.contrast for p in parsed})
+    tumor_of = np.array([tumors.index(p.tumor_type) for p in parsed])
+    contrast_of = np.array([contrasts.index(p.contrast) for p in parsed])
+    tumor_probs = probs @ np.eye(len(tumors))[tumor_of]
+    contrast_probs = probs @ np.eye(len(contrasts))[contrast_of]
+    k = min(top_k, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    pred = order[:, 0]
+    rows = np.arange(len(rel_paths))
+    predicted: dict[str, pl.Series] = {
+        "pred_class": pl.Series(classes[pred]),
+        "pred_tumor_type": pl.Series(np.asarray(tumors)[tumor_of[pred]]),
+        "pred_contrast": pl.Series(np.asarray(contrasts)[contrast_of[pred]]),
+        "confidence": pl.Series(probs[rows, pred].astype(np.float64)),
+        "pred_tumor_type_prob": pl.Series(tumor_probs[rows, tumor_of[pred]].astype(np.float64)),
+        "pred_contrast_prob": pl.Series(contrast_probs[rows, contrast_of[pred]].astype(np.float64)),
+    }
+    for j in range(k):
+        predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
+        predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
+    scores = np.full(len(rel_paths), np.nan) if ood_scores is None else np.asarray(ood_scores, np.float64)
+    predicted["ood_score"] = pl.Series(scores, dtype=pl.Float64).fill_nan(None)
+    flagged = pl.col("ood_score") > ood_threshold if ood_threshold is not None else pl.lit(None, pl.Boolean)
+    frame = pl.DataFrame(
+        {"path": rel_paths, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
+    ).with_columns(ood=pl.when(pl.col("ood_score").is_not_null()).then(flagged))
+    # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
+    # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
+    folders = pl.col("path").str.split("/").list.head(pl.col("path").str.count_matches("/"))
+    label = folders.list.eval(pl.element().filter(pl.element().is_in(list(class_names)))).list.last()
+    return frame.select(
+        "path",
+        status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
+        error="error",
+        # Predictions of files that failed are meaningless zeros: null them.
+        **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "ood"]},
+        true_class=label,
+    )

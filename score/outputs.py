@@ -1,0 +1,148 @@
+"""Output policy of the local scorer, in one place: check every output before any work, stage, then write.
+
+Nothing is replaced unless --overwrite says so, and even then only what this tool wrote: a metrics folder is
+emptied only of the files its marker (mri44.discover.OUTPUT_MARKER) lists, and refused when it holds others.
+The predictions file and its tables are replaced together or not at all: tables are staged beside their folder
+and renamed into place after the predictions were written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from mri44.atomic import atomic_path
+from mri44.discover import OUTPUT_MARKER
+from mri44.errors import MRI44Error
+from mri44.metrics import write_tables
+
+
+class OutputError(MRI44Error):
+    """An output that cannot or should not be written; the message says which and what to do."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files could not be created in folder, or None when they could; creates nothing."""
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():
+            return f"{existing} is a dangling link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
+# What a metrics folder held before its marker listed its files: an empty marker owns these names only.
+LEGACY_TABLE_FILES = frozenset(
+    f"{name}{suffix}"
+    for name in ("summary", "per_class", "per_contrast", "per_tumor_type", "confusion")
+    for suffix in (".csv", ".parquet")
+) | {"confusion.png"}
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """The entries of an existing folder that this tool did not write (all of them when it has no marker)."""
+    marker = folder / OUTPUT_MARKER
+    if not marker.is_file():
+        return sorted(p.name for p in folder.iterdir())
+    listed = set(marker.read_text().split()) or set(LEGACY_TABLE_FILES)
+    return sorted(p.name for p in folder.iterdir() if p.name not in listed and p.name != OUTPUT_MARKER)
+
+
+def refuse_foreign_files(folder: Path) -> None:
+    foreign = foreign_files(folder)
+    if foreign:
+        raise OutputError(
+            f"{folder} holds files mri-score did not write ({', '.join(foreign[:3])}); move them or choose "
+            "another --metrics-dir"
+        )
+
+
+def remove_output_folder(folder: Path) -> None:
+    """Remove the files we wrote into folder (listed in its marker), the marker, and the folder once empty.
+    A folder holding anything else is refused: --overwrite replaces our outputs, never a user's files."""
+    if not folder.is_dir():
+        return
+    refuse_foreign_files(folder)
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
+
+
+def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrite: bool) -> Path:
+    """Refuse, before any scoring, every output that could not or should not be written; returns the metrics
+    folder."""
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise OutputError(f"--out must end in .parquet or .csv, got {out.name}")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it")
+    target = metrics_dir or out.with_name(f"{out.stem}_metrics")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise OutputError(
+                f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir"
+            )
+        refuse_foreign_files(target)
+    if not input_dir.is_dir():
+        raise OutputError(f"input folder {input_dir} does not exist or is not a folder")
+    for place, what in ((out.parent, "--out"), (target, "--metrics-dir")):
+        problem = unwritable(place)
+        if problem:  # found now, not after every image was scored
+            raise OutputError(f"{what}: cannot write into {place}: {problem}")
+    return target
+
+
+def check_report_path(report: Path, overwrite: bool) -> None:
+    if report.exists() and not overwrite:
+        raise OutputError(f"{report} exists; pass --overwrite to replace it")
+    problem = unwritable(report.parent)
+    if problem:
+        raise OutputError(f"--report: cannot write into {report.parent}: {problem}")
+
+
+def write_outputs(
+    predictions: pl.DataFrame,
+    tables: dict | None,
+    out: Path,
+    target: Path,
+    overwrite: bool,
+    classes: list[str],
+) -> None:
+    """Predictions and tables, both or neither replaced: tables are staged beside their folder first."""
+    staged = None
+    if tables is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        staged.chmod(
+            0o777 & ~_umask()
+        )  # mkdtemp's 0700 would hide the tables from colleagues on a shared server
+        write_tables(tables, staged, classes)
+    if overwrite:  # an earlier run's tables must not survive beside new predictions
+        remove_output_folder(target)
+    try:
+        with atomic_path(out, replace=overwrite) as tmp:
+            if out.suffix.lower() == ".csv":
+                predictions.write_csv(tmp)
+            else:
+                predictions.write_parquet(tmp)
+        if staged is not None:
+            remove_output_folder(target)  # empty (checked at start) or removed above
+            staged.rename(target)
+    except FileExistsError as exc:  # another run wrote it while we were scoring
+        raise OutputError(str(exc)) from exc
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)

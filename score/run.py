@@ -1,0 +1,239 @@
+"""Scoring as a library: one typed options object, one `score()` that runs the local or the Ray engine.
+
+`mri-score` and `mri44.score()` are thin layers over this module; both engines write the same predictions rows
+and the same summary columns (files, errors, skipped beside the metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from mri44.errors import MRI44Error, SettingError
+from mri44.metrics import metric_tables
+
+from .outputs import check_outputs, check_report_path, write_outputs
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Every setting of a scoring run; the CLI's options one for one (see `mri-score --help`)."""
+
+    model: str | Path | None = (
+        None  # None or 'default': the shipped default; 'int8'; an ONNX file or checkpoint
+    )
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = max(1, min(8, os.cpu_count() or 1))
+    top_k: int = 3
+    metrics_dir: Path | None = None
+    overwrite: bool = False
+    max_pixels: int = 50_000_000
+    precision: str = "auto"  # checkpoints only
+    compile: bool = False  # checkpoints only
+    decode: str = "cpu"
+    engine: str = "local"
+    address: str | None = None  # ray only
+    actors: int = 1  # ray only
+    gpus_per_actor: float = 0.0  # ray only
+    resume: bool = False  # ray only
+    report: Path | None = None
+    explain: int = 0
+    progress: bool = False
+    ood: str = (
+        "on"  # on: every row gets ood_score and ood (when the model carries a reference set); off: skipped
+    )
+    ood_threshold: float | None = None  # overrides the model's own threshold
+
+    def local_only_given(self) -> list[str]:
+        """The options that only the local engine honours and that differ from their defaults."""
+        default = ScoreOptions()
+        given = {
+            "--decode": self.decode != default.decode,
+            "--precision": self.precision != default.precision,
+            "--compile": self.compile,
+            "--report": self.report is not None,
+            "--explain": bool(self.explain),
+            "--metrics-dir": self.metrics_dir is not None,
+        }
+        return [name for name, on in given.items() if on]
+
+
+@dataclass
+class ScoreResult:
+    """What a run produced. The Ray engine's predictions stay in its part files (`out`), not in memory."""
+
+    predictions: pl.DataFrame | None
+    tables: dict[str, pl.DataFrame] | None
+    scored: int
+    failed: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    model: Path | None = None
+    out: Path | None = None
+    metrics_dir: Path | None = None
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A shipped model by name ('default', 'int8'), or the given ONNX file, checkpoint or run folder."""
+    from mri44.models import SHIPPED, shipped_model_path
+
+    if model is None or str(model) in SHIPPED:
+        path = shipped_model_path(str(model or "default"))
+        if not path.is_file():
+            raise SettingError(
+                f"no shipped model at {path}; pass --model FILE.onnx (see README: onnx-export)"
+            )
+        return path
+    path = Path(model)
+    if not path.exists():
+        raise SettingError(f"model {path} does not exist")
+    return path
+
+
+def tables_with_counts(
+    labelled: pl.DataFrame, files: int, errors: int, skipped: int
+) -> dict[str, pl.DataFrame] | None:
+    """Metric tables of the labelled, scored rows (true_class, pred_class, ood); None without any. The summary
+    also counts what was not scored, the rows flagged out of distribution, and gives accuracy and macro-F1
+    without them (null when the check did not run)."""
+    if not labelled.height:
+        return None
+    tables = metric_tables(labelled["true_class"], labelled["pred_class"])
+    checked = labelled.drop_nulls("ood") if "ood" in labelled.columns else labelled.clear()
+    kept = checked.filter(~pl.col("ood"))
+    without = metric_tables(kept["true_class"], kept["pred_class"])["summary"] if kept.height else None
+    tables["summary"] = tables["summary"].with_columns(
+        files=pl.lit(files),
+        errors=pl.lit(errors),
+        skipped=pl.lit(skipped),
+        ood_flagged=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
+        accuracy_without_ood=pl.lit(without["accuracy"][0] if without is not None else None, pl.Float64),
+        macro_f1_without_ood=pl.lit(without["macro_f1"][0] if without is not None else None, pl.Float64),
+    )
+    return tables
+
+
+def check_report(options: ScoreOptions, model: Path) -> None:
+    """--report and --explain problems, found before any scoring."""
+    from mri44.onnx_meta import is_checkpoint
+
+    if options.explain and (options.report is None or not is_checkpoint(model)):
+        raise SettingError(
+            "--explain needs --report and a checkpoint or run folder as --model (Grad-CAM runs in PyTorch)"
+        )
+    if options.report is None:
+        return
+    check_report_path(options.report, options.overwrite)
+    try:
+        import jinja2  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MRI44Error(f"--report needs the report extra: pip install 'mri44[report]' ({exc})") from exc
+
+
+def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = ScoreOptions()) -> ScoreResult:
+    """Score every image under input_dir with options.model; write predictions to out (and tables beside it)
+    unless out is None, in which case nothing is written and the result holds them."""
+    if options.engine not in ENGINES:
+        raise SettingError(f"unknown --engine {options.engine!r}: choose local or ray")
+    if options.ood not in ("on", "off"):
+        raise SettingError(f"unknown --ood {options.ood!r}: choose on or off")
+    if options.engine == "ray":
+        if out is None:
+            raise SettingError("--engine ray writes its rows as part files: give an --out folder")
+        local_only = options.local_only_given()
+        if local_only:
+            raise SettingError(f"{', '.join(local_only)} apply to the local engine only")
+        try:
+            from .ray_engine import run_ray
+        except ImportError as exc:
+            raise MRI44Error(f"--engine ray needs Ray: pip install 'mri44[ray]' ({exc})") from exc
+        return run_ray(str(input_dir), out, resolve_model(options.model), options)
+    if options.resume:
+        raise SettingError("--resume is for --engine ray (the local scorer writes one file, all at once)")
+    return run_local(Path(input_dir), out, options)
+
+
+def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreResult:
+    """The local engine: discover, decode in threads, infer in batches, write predictions and tables."""
+    from mri44.dicom import expand_frames
+    from mri44.discover import find_images
+
+    from .backends import open_backend
+    from .pipeline import score_paths
+
+    if out is not None:
+        target = check_outputs(folder, out, options.metrics_dir, options.overwrite)
+    elif not folder.is_dir():
+        raise SettingError(f"input folder {folder} does not exist or is not a folder")
+    source = resolve_model(options.model)
+    check_report(options, source)
+    skipped: list[tuple[str, str]] = []
+    paths = expand_frames(find_images(folder, skipped))  # a multi-frame DICOM file is one row per frame
+    if not paths:
+        raise SettingError(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
+    backend = open_backend(source, options.device, options.precision, options.compile)
+    meta = backend.meta
+    log.info(
+        "model %s: %d classes, %dpx; %s; %d files",
+        source.name,
+        len(meta.classes),
+        meta.preprocess.size,
+        backend.provider,
+        len(paths),
+    )
+    run = score_paths(
+        backend,
+        folder,
+        paths,
+        options.batch_size,
+        options.workers,
+        options.top_k,
+        None,
+        options.progress,
+        options.max_pixels,
+        options.decode,
+        ood=options.ood == "on",
+        ood_threshold=options.ood_threshold,
+    )
+    labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
+    tables = tables_with_counts(labelled, len(paths), run.failed, len(skipped))
+    if out is not None:
+        write_outputs(run.predictions, tables, out, target, options.overwrite, meta.classes)
+    if options.report is not None:
+        from mri44.onnx_meta import is_checkpoint
+
+        from .report_cli import build_report
+
+        checkpoint = source if is_checkpoint(source) else None
+        build_report(
+            None,
+            run.predictions,
+            options.report,
+            folder,
+            source.name,
+            options.explain,
+            checkpoint,
+            options.overwrite,
+        )
+        log.info("report -> %s", options.report)
+    return ScoreResult(
+        predictions=run.predictions,
+        tables=tables,
+        scored=run.scored,
+        failed=run.failed,
+        skipped=skipped,
+        seconds=run.seconds,
+        model=source,
+        out=out,
+        metrics_dir=target if out is not None and tables is not None else None,
+    )

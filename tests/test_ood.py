@@ -1,0 +1,115 @@
+"""The out-of-distribution flag (issue 23): a k-NN cosine distance on pooled last-stage features, with its
+reference set and threshold carried by the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+import mri44
+from mri44.onnx_meta import FEATURES_NAME, read_metadata
+from mri44.ood import OodSpec, OodSpecError, fit_ood, knn_distance, normalised
+from mri44.stages.score.cli import app as score_app
+
+
+def _cluster(rng: np.random.Generator, n: int, centre: np.ndarray) -> np.ndarray:
+    return centre + 0.3 * rng.normal(size=(n, len(centre)))
+
+
+def test_threshold_passes_95_percent_of_validation_and_far_points_are_flagged() -> None:
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    spec = fit_ood(_cluster(rng, 300, centre), _cluster(rng, 200, centre), k=5)
+    val = knn_distance(normalised(_cluster(rng, 200, centre)), spec.reference, spec.k)
+    assert 0.90 <= float((val <= spec.threshold).mean()) <= 0.99  # fresh images of the same kind
+    far = knn_distance(normalised(_cluster(rng, 50, -centre)), spec.reference, spec.k)
+    assert (far > spec.threshold).all()
+    again = OodSpec.from_json(spec.to_json())
+    assert again.k == 5 and again.threshold == spec.threshold
+    np.testing.assert_array_equal(again.reference, spec.reference)
+    # A feature map (N, C, h, w) is pooled over space before the distance.
+    maps = np.repeat(_cluster(rng, 4, -centre)[:, :, None, None], 3, axis=2).repeat(3, axis=3)
+    assert (spec.scores(maps) > spec.threshold).all()
+
+
+def test_without_validation_the_threshold_comes_from_leave_one_out_and_says_so() -> None:
+    rng = np.random.default_rng(1)
+    spec = fit_ood(_cluster(rng, 100, rng.normal(size=8)), None, k=3)
+    assert "leave-one-out" in spec.source and spec.threshold > 0  # no image counts as its own neighbour
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"method": "energy"}, {"k": 0}, {"shape": [3]}, {"reference_fp16_b64": "!!"}, {"threshold": "nan"}],
+)
+def test_unusable_settings_in_a_model_are_refused(change: dict) -> None:
+    import json
+
+    data = json.loads(OodSpec(np.ones((4, 2), np.float16), 2, 0.1).to_json())
+    with pytest.raises(OodSpecError):
+        OodSpec.from_json(json.dumps({**data, **change}))
+
+
+def _unlike_mri(folder: Path) -> Path:
+    """Images nothing like the training set: noise, a page of text, a gradient, a blank and a saturated frame."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "noise.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    text = np.full((64, 64), 255, np.uint8)
+    for row in range(8, 64, 12):
+        cv2.putText(text, "lorem ipsum", (1, row), cv2.FONT_HERSHEY_PLAIN, 0.6, 0, 1)
+    cv2.imwrite(str(folder / "text.png"), text)
+    cv2.imwrite(str(folder / "gradient.png"), np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1)))
+    cv2.imwrite(str(folder / "blank.png"), np.zeros((64, 64), np.uint8))
+    cv2.imwrite(str(folder / "saturated.png"), np.full((64, 64), 255, np.uint8))
+    return folder
+
+
+def test_exported_model_flags_images_unlike_its_training_set(
+    exported_model: Path, trained_run: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    meta = read_metadata(exported_model)
+    assert meta.ood is not None and "validation" in meta.ood.source
+    assert FEATURES_NAME in [o.name for o in onnx.load(str(exported_model)).graph.output]
+    model = mri44.load_model(exported_model)
+    odd = model.predict(_unlike_mri(tmp_path / "odd"))
+    known = model.predict(synthetic_data)
+    assert known["ood_score"].null_count() == 0
+    assert float(known["ood"].mean()) <= 0.15  # training, val and test images: few flagged
+    assert int(odd["ood"].sum()) >= 4, odd.select("path", "pred_class", "confidence", "ood_score")
+    assert float(odd["ood_score"].min()) > float(known["ood_score"].median())
+    # The PyTorch checkpoint computes the same score from the same features.
+    torch_rows = mri44.load_model(trained_run).predict(_unlike_mri(tmp_path / "odd2"))
+    np.testing.assert_allclose(torch_rows["ood_score"].to_numpy(), odd["ood_score"].to_numpy(), atol=1e-3)
+
+
+def test_ood_off_and_threshold_override(exported_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    off = runner.invoke(
+        score_app,
+        [
+            str(synthetic_data),
+            "--out",
+            str(tmp_path / "off.parquet"),
+            "--model",
+            str(exported_model),
+            "--ood",
+            "off",
+        ],
+    )
+    assert off.exit_code == 0, off.output
+    import polars as pl
+
+    rows = pl.read_parquet(tmp_path / "off.parquet")
+    assert rows["ood_score"].null_count() == rows["ood"].null_count() == rows.height
+    result = mri44.score(synthetic_data, model=exported_model, ood_threshold=10.0)
+    assert result.predictions is not None and not result.predictions["ood"].any()
+    assert result.tables is not None and result.tables["summary"]["ood_flagged"][0] == 0
+    strict = mri44.score(synthetic_data, model=exported_model, ood_threshold=-1.0)
+    summary = strict.tables["summary"]  # type: ignore[index]
+    assert summary["ood_flagged"][0] == summary["n"][0] and summary["accuracy_without_ood"][0] is None
