@@ -40,8 +40,9 @@ ModelOpt = Annotated[
     Path | None,
     typer.Option(
         help="ONNX model from `onnx-export` (ONNX Runtime), a training checkpoint or run folder (PyTorch), or a "
-        "shipped model by name: 'default' (fp16) or 'int8' (about 3x faster on a CPU, slightly less accurate; "
-        "see models/README.md). Default: 'default'."
+        "shipped model by name: 'default' (ResNet-18, fp16), 'int8' (about 3x faster on a CPU, slightly less "
+        "accurate) or 'resnet50' (the ImageNet ResNet-50: more accurate, slower; models/README.md). Default: "
+        "'default'."
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt.")]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import mri44
 from mri44.onnx_meta import FEATURES_NAME, read_metadata
-from mri44.ood import OodSpec, OodSpecError, fit_ood, knn_distance, normalised
+from mri44.ood import OodSpec, OodSpecError, fit_ood, knn_distance, leave_one_out_pass_rate, normalised
 from mri44.stages.score.cli import app as score_app
 
 
@@ -41,6 +41,28 @@ def test_without_validation_the_threshold_comes_from_leave_one_out_and_says_so()
     rng = np.random.default_rng(1)
     spec = fit_ood(_cluster(rng, 100, rng.normal(size=8)), None, k=3)
     assert "leave-one-out" in spec.source and spec.threshold > 0  # no image counts as its own neighbour
+
+
+def test_an_all_data_fit_takes_its_selection_runs_leave_one_out_pass_rate() -> None:
+    """Training sets hold near-duplicate neighbouring slices (a fifth of the images here), so leave-one-out scores
+    run small and their 95th percentile flags too many unseen images; the selection run's rate puts the threshold
+    where its validation images put it."""
+    rng = np.random.default_rng(3)
+    centre = rng.normal(size=16)
+    base = _cluster(rng, 2000, centre)
+    train = np.concatenate([base, base[:500] + 0.01 * rng.normal(size=(500, 16))])
+    selection = fit_ood(train, _cluster(rng, 2000, centre), k=1, max_reference=len(train))
+    rate = leave_one_out_pass_rate(selection)
+    assert 0.95 < rate < 1.0
+    fresh = _cluster(rng, 2000, centre)
+    plain = fit_ood(train, None, k=1, max_reference=len(train))
+    calibrated = fit_ood(train, None, k=1, max_reference=len(train), loo_pass_rate=rate)
+    flagged = {
+        name: float((knn_distance(normalised(fresh), s.reference, 1) > s.threshold).mean())
+        for name, s in (("plain", plain), ("calibrated", calibrated))
+    }
+    assert flagged["calibrated"] == pytest.approx(0.05, abs=0.02)  # like its selection run: 95 % pass
+    assert flagged["plain"] > flagged["calibrated"] + 0.02  # plain 95 % leave-one-out is stricter
 
 
 @pytest.mark.parametrize(

@@ -381,3 +381,20 @@ def test_checkpoint_backend_refuses_what_it_cannot_honour(
         cuda = _score([*base, "--model", trained_run, "--device", "cuda"])
         assert cuda.exit_code == 2 and "no CUDA GPU" in cuda.output
     assert not (tmp_path / "p.parquet").exists()
+
+
+@pytest.mark.parametrize("name", ["default", "int8", "resnet50"])
+def test_every_shipped_model_scores_and_carries_its_ood_check(name: str) -> None:
+    """The shipped files by name: metadata with a fitted out-of-distribution check and the features output, and
+    real rows on three example slices (every one of them decodes, none is an error row)."""
+    import mri44
+    from mri44.onnx_meta import read_metadata
+    from mri44.stages.score.run import resolve_model
+
+    meta = read_metadata(resolve_model(name))
+    assert meta.ood is not None and meta.ood.k == 1 and 0 < meta.ood.threshold < 1
+    model = mri44.load_model(name)
+    assert model.backend.run_features is not None
+    files = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.jpg"))[:3]
+    rows = model.predict(files)
+    assert rows["status"].to_list() == ["ok"] * 3 and rows["ood_score"].null_count() == 0

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
+from torchvision.models import ResNet
 from tqdm import tqdm
 
 from mri44.atomic import atomic_path, write_text_atomic
@@ -32,7 +33,15 @@ from mri44.model import (
     logits_and_features,
     model_from_checkpoint,
 )
-from mri44.ood import MAX_REFERENCE, OodSpec, fit_ood, knn_distance, normalised
+from mri44.ood import (
+    MAX_REFERENCE,
+    PASS_RATE,
+    OodSpec,
+    fit_ood,
+    knn_distance,
+    leave_one_out_pass_rate,
+    normalised,
+)
 from mri44.predictions import prediction_frame
 from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
@@ -155,6 +164,25 @@ def feature_route(
 
 
 @torch.no_grad()
+def run_batched(
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    batch_of: EvalBatch,
+    idx: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    bf16: bool,
+) -> list[np.ndarray]:
+    """forward's outputs for the rows at idx, batch by batch (under bf16 autocast and channels_last when bf16),
+    concatenated as float32 arrays."""
+    out: list[list[torch.Tensor]] = []
+    for start in range(0, len(idx), batch_size):
+        x = batch_of(torch.as_tensor(idx[start : start + batch_size]))
+        x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append([t.float().cpu() for t in forward(x)])
+    return [torch.cat(parts).numpy() for parts in zip(*out, strict=True)] if out else []
+
+
 def predict_logits(
     model: torch.nn.Module,
     batch_of: EvalBatch,
@@ -163,16 +191,10 @@ def predict_logits(
     batch_size: int,
     bf16: bool,
 ) -> np.ndarray:
-    """Logits (N, classes) for the rows at idx (under bf16 autocast when bf16)."""
+    """Logits (N, classes) for the rows at idx."""
     model.eval()
-    out = []
-    for start in range(0, len(idx), batch_size):
-        x = batch_of(torch.as_tensor(idx[start : start + batch_size]))
-        x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        out.append(logits.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    result = run_batched(lambda x: (model(x),), batch_of, idx, device, batch_size, bf16)
+    return result[0] if result else np.zeros((0, 0), np.float32)
 
 
 def epoch_order(state: RunState, data: RunData, recipe: Recipe) -> torch.Tensor:
@@ -504,7 +526,9 @@ def _soft_labels_for(
 
 # FKD keeps the top 10 of 1,000 ImageNet classes; for 44 classes the top 10 hold nearly all the mass.
 SOFT_LABEL_TOP_K = 10
-OOD_K = 5  # the distance to the k-th nearest reference image is the ood_score (mri44.ood)
+OOD_K = (
+    1  # the distance to the k-th nearest reference image is the ood_score: k = 1 measured best (docs/ood.md)
+)
 
 
 def choose_temperature(
@@ -526,25 +550,27 @@ def choose_temperature(
 
 
 @torch.no_grad()
+def _loo_pass_rate(cfg: TrainConfig) -> float:
+    """For a run without validation images: the selection run's (--temperature-from) leave-one-out pass rate,
+    so the all-data fit's out-of-distribution threshold is calibrated like its selection run's (mri44.ood)."""
+    if cfg.temperature_from is None:
+        return PASS_RATE
+    spec = load_checkpoint(cfg.temperature_from).get("ood")
+    return leave_one_out_pass_rate(OodSpec.from_json(spec)) if isinstance(spec, str) else PASS_RATE
+
+
 def predict_with_features(
-    model: torch.nn.Module,
-    batch_of: EvalBatch,
-    idx: np.ndarray,
-    device: torch.device,
-    batch_size: int,
-    bf16: bool,
+    model: ResNet, batch_of: EvalBatch, idx: np.ndarray, device: torch.device, batch_size: int, bf16: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, classes) and pooled last-stage features (N, C) of the rows at idx, from one forward pass."""
     model.eval()
-    logits, pooled = [], []
-    for start in range(0, len(idx), batch_size):
-        x = batch_of(torch.as_tensor(idx[start : start + batch_size]))
-        x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out, features = logits_and_features(model, x)
-        logits.append(out.float().cpu())
-        pooled.append(features.float().mean((2, 3)).cpu())
-    return torch.cat(logits).numpy(), torch.cat(pooled).numpy()
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = logits_and_features(model, x)
+        return logits, features.mean((2, 3))
+
+    logits, pooled = run_batched(forward, batch_of, idx, device, batch_size, bf16)
+    return logits, pooled
 
 
 def write_split_results(
@@ -607,7 +633,7 @@ def evaluate_best(
     }
     val = outputs.get("val")
     temperature, source = choose_temperature(cfg, val[0] if val else None, data.labels[data.val_idx])
-    ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K)
+    ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K, loo_pass_rate=_loo_pass_rate(cfg))
     save(
         {**best, "temperature": temperature, "temperature_source": source, "ood": ood.to_json()},
         best_path,

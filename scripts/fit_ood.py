@@ -1,0 +1,97 @@
+"""Give an exported ONNX model the out-of-distribution check (issue 23), without its checkpoint.
+
+    python scripts/fit_ood.py MODEL.onnx --data DATA --split SPLIT.csv --out MODEL-ood.onnx [--k 5]
+
+Adds the `features` output (the last stage's feature map; export/onnx_export.add_feature_output), runs the model on
+the split's train images (the reference set, at most mri44.ood.MAX_REFERENCE, evenly spread) and val images (the
+threshold: 95 % pass), and stores both in the model's metadata (mri44.ood). The logits are untouched, so every
+prediction stays the same. Prints the share of the split's test images flagged: the in-distribution false-positive
+rate, measured on images neither the model nor the threshold saw. Models trained from now on get the same at the
+end of training (train/loop.evaluate_best) and carry it through onnx-export.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import polars as pl
+
+from mri44.atomic import atomic_path
+from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata
+from mri44.ood import MAX_REFERENCE, PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised
+from mri44.preprocess import normalize
+from mri44.runtime import make_session
+from mri44.stages.export.onnx_export import add_feature_output
+from mri44.stages.score.pipeline import decoded_batches
+
+
+def pooled_features(session, paths: list[Path], meta: ModelMetadata, batch: int = 32) -> np.ndarray:
+    """(N, C) pooled last-stage features of readable images (unreadable ones are left out)."""
+    out = []
+    for _, pixels, _ in decoded_batches(paths, meta.preprocess, batch, 2, 2 * batch):
+        if pixels is not None:
+            (features,) = session.run([FEATURES_NAME], {INPUT_NAME: normalize(pixels, meta.preprocess)})
+            out.append(features.reshape(*features.shape[:2], -1).mean(-1))
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument(
+        "--data", type=Path, required=True, help="the image folder the split's paths are under"
+    )
+    parser.add_argument(
+        "--split", type=Path, required=True, help="split.csv/parquet with path and split columns"
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--k", type=int, default=1)  # best on every family in benchmarks/ood.py (docs/ood.md)
+    parser.add_argument(
+        "--pass-rate-from",
+        type=Path,
+        help="for a split without val (an all-data model): the selection model whose leave-one-out pass rate "
+        "sets the threshold's quantile (mri44.ood.leave_one_out_pass_rate)",
+    )
+    args = parser.parse_args()
+    if args.out.resolve() == args.model.resolve() or args.out.exists():
+        raise SystemExit(f"error: {args.out} exists or is the input model; choose a new file")
+    proto = add_feature_output(onnx.load(str(args.model)))
+    meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(args.model))
+    session = make_session(proto.SerializeToString(), "cpu")
+    split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
+    paths = {
+        name: [args.data / p for p in split.filter(split=name)["path"]] for name in ("train", "val", "test")
+    }
+    train = paths["train"]
+    keep = np.unique(np.linspace(0, len(train) - 1, min(len(train), MAX_REFERENCE)).round().astype(int))
+    reference = pooled_features(session, [train[i] for i in keep], meta)
+    val = pooled_features(session, paths["val"], meta) if paths["val"] else None
+    rate = PASS_RATE
+    if args.pass_rate_from is not None:
+        selection = read_metadata(args.pass_rate_from).ood
+        if selection is None:
+            raise SystemExit(f"error: {args.pass_rate_from} has no out-of-distribution reference set")
+        rate = leave_one_out_pass_rate(selection)
+    spec = fit_ood(reference, val, args.k, loo_pass_rate=rate)
+    print(
+        f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source})"
+    )
+    if paths["test"]:
+        scores = knn_distance(
+            normalised(pooled_features(session, paths["test"], meta)), spec.reference, spec.k
+        )
+        print(f"test images flagged: {(scores > spec.threshold).mean():.3f} of {len(scores)}")
+    onnx.helper.set_model_props(proto, replace(meta, ood=spec).to_props())
+    with atomic_path(args.out, replace=False) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
