@@ -137,16 +137,33 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
     return out
 
 
+def ood_gallery(ok: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:
+    """The rows flagged out of distribution (mri44.ood), least like the training images first; none when the
+    check did not run or flagged nothing."""
+    if "ood" not in ok.columns or not ok["ood"].fill_null(False).any():
+        return []
+    flagged = ok.filter(pl.col("ood").fill_null(False)).sort("ood_score", descending=True)
+    note = (
+        f"{flagged.height} image(s) unlike the training images (ood_score above the model's threshold): the model "
+        "has no business answering for these, whatever its confidence."
+    )
+    return [("out-of-distribution", "Not like the training images", note, flagged.head(GALLERY_SIZE))]
+
+
 def gallery_rows(predictions: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:
     """(id, title, note, rows) of each gallery: which images a reviewer should look at first."""
     ok = predictions.filter(pl.col("status") == "ok")
     labelled = ok.filter(pl.col("true_class").is_not_null())
     if not labelled.height:
         low = ok.sort("confidence").head(GALLERY_SIZE)
-        return [("low-confidence", "Least confident predictions", "The model hesitates most on these.", low)]
+        return [
+            *ood_gallery(ok),
+            ("low-confidence", "Least confident predictions", "The model hesitates most on these.", low),
+        ]
     wrong = labelled.filter(pl.col("pred_class") != pl.col("true_class")).sort("confidence", descending=True)
     right = labelled.filter(pl.col("pred_class") == pl.col("true_class")).sort("confidence")
     return [
+        *ood_gallery(ok),
         (
             "confident-errors",
             "Most confident errors",

@@ -111,3 +111,30 @@ def test_headless_chromium_renders_the_report(
     assert image.shape == (1600, 1200)
     dark = (image < 128).mean()
     assert 0.01 < dark < 0.6 and float(np.std(image)) > 20  # text, tables and plots: neither blank nor black
+
+
+def test_report_shows_the_flagged_images_in_their_own_gallery(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for k, png in enumerate(sorted(synthetic_data.rglob("*.png"))[:6]):
+        shutil.copy(png, folder / f"{k}.png")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "noise.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "blank.png"), np.zeros((64, 64), np.uint8))
+    out = tmp_path / "mixed.parquet"
+    done = runner.invoke(score_app, [str(folder), "--out", str(out), "--model", str(exported_model)])
+    assert done.exit_code == 0, done.output
+    assert set(pl.read_parquet(out).filter("ood")["path"]) >= {"noise.png", "blank.png"}
+    assert runner.invoke(report_app, [str(out), "--images", str(folder)]).exit_code == 0
+    html = out.with_suffix(".html").read_text()
+    gallery = html[html.index('id="out-of-distribution"') :]
+    assert "noise.png" in gallery[:20000] and "unlike the training images" in gallery[:20000]
+    off = tmp_path / "off.parquet"
+    runner.invoke(score_app, [str(folder), "--out", str(off), "--model", str(exported_model), "--ood", "off"])
+    assert runner.invoke(report_app, [str(off), "--images", str(folder)]).exit_code == 0
+    assert 'id="out-of-distribution"' not in off.with_suffix(".html").read_text()
