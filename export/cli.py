@@ -37,7 +37,7 @@ CalibrationOpt = Annotated[
     Path | None,
     typer.Option(help="Image folder for --int8 calibration (only the run's train split is used when known)."),
 ]
-CalibrationImagesOpt = Annotated[int, typer.Option(help="How many calibration images for --int8.")]
+CalibrationImagesOpt = Annotated[int, typer.Option(min=1, help="How many calibration images for --int8.")]
 TensorrtOpt = Annotated[
     bool, typer.Option("--tensorrt", help="Also build a TensorRT engine (OUT with .engine suffix).")
 ]
@@ -51,7 +51,7 @@ ImagesOpt = Annotated[
         "training data folder when it still exists)."
     ),
 ]
-MaxImagesOpt = Annotated[int, typer.Option(help="At most this many real images in the parity check.")]
+MaxImagesOpt = Annotated[int, typer.Option(min=1, help="At most this many real images in the parity check.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
 AllowUnfinishedOpt = Annotated[
     bool,

@@ -76,9 +76,16 @@ class ModelMetadata:
             temperature = float(props.get("mri44.temperature", "1.0"))
         except (ValueError, TypeError) as exc:
             raise ModelMetadataError(f"{source} has unreadable mri44 metadata: {exc}") from exc
-        if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ModelMetadataError(f"{source}: metadata must list at least two distinct class names")
-        if not 0.0 < temperature < 100.0:
+        if (
+            not isinstance(classes, list)
+            or len(classes) < 2
+            or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
+            raise ModelMetadataError(
+                f"{source}: metadata must list at least two distinct class names (strings)"
+            )
+        if not 0.01 <= temperature < 100.0:
             raise ModelMetadataError(f"{source}: metadata temperature {temperature} is not a positive number")
         ood = OodSpec.from_json(props["mri44.ood"], source) if "mri44.ood" in props else None
         return cls(

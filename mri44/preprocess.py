@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -64,8 +65,18 @@ class PreprocessSpec:
             raise SettingError(f"unknown channel handling {self.channels!r}")
         if self.interpolation not in _INTERP:
             raise SettingError(f"unknown interpolation {self.interpolation!r}")
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        try:
+            mean, std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
+        except (TypeError, ValueError) as exc:
+            raise SettingError(f"preprocessing mean and std must be numbers: {exc}") from exc
+        if len(mean) != 3 or len(std) != 3:
+            raise SettingError(
+                f"preprocessing mean and std need 3 values each, got {len(mean)} and {len(std)}"
+            )
+        if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise SettingError(f"preprocessing std must be positive and finite, got mean {mean}, std {std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
 
     @property
     def cache_channels(self) -> int:

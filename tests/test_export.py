@@ -209,3 +209,31 @@ def test_export_of_an_unfinished_run_is_refused_unless_allowed(trained_run: Path
     assert out.is_file()
     finished = runner.invoke(app, [str(trained_run), "--out", str(tmp_path / "f.onnx"), "--no-check"])
     assert finished.exit_code == 0, finished.output
+
+
+@pytest.mark.parametrize("option", ["--max-images", "--calibration-images"])
+def test_zero_image_counts_are_refused_as_usage_errors(
+    trained_run: Path, tmp_path: Path, option: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from mri44.stages.export.cli import app
+
+    done = CliRunner().invoke(app, [str(trained_run), "--out", str(tmp_path / "m.onnx"), option, "0"])
+    assert done.exit_code == 2 and "Invalid value" in done.output  # a usage error, not a ZeroDivisionError
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mri44.classes": '["a", 3]'},
+        {"mri44.preprocess": '{"size": 64, "mean": [0.5]}'},
+        {"mri44.preprocess": '{"size": 64, "std": [1.0, 0.0, 1.0]}'},
+        {"mri44.temperature": "1e-30"},
+    ],
+)
+def test_crafted_metadata_is_refused_on_load(exported_model: Path, change: dict) -> None:
+    props = {p.key: p.value for p in onnx.load(str(exported_model)).metadata_props}
+    with pytest.raises(ModelMetadataError):
+        ModelMetadata.from_props({**props, **change}, "crafted.onnx")

@@ -219,3 +219,12 @@ def test_bf16_cpu_training_learns_like_fp32(synthetic_data: Path, trained_run: P
     assert result["test"]["accuracy"] >= 0.5  # 5 classes: far above chance (0.2)
     assert abs(result["test"]["accuracy"] - fp32["test"]["accuracy"]) <= 0.15  # 20 test images: within noise
     assert json.loads(load_checkpoint(tmp_path / "bf16")["config"])["precision"] == "bf16"
+
+
+def test_a_temperature_from_typo_is_refused_before_training(synthetic_data: Path, tmp_path: Path) -> None:
+    from synthetic import tiny_run_config
+
+    cfg = tiny_run_config(synthetic_data, tmp_path / "run", all_data=True, temperature_from=tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run_training(cfg)
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before any epoch

@@ -364,6 +364,8 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         check_resume_settings(cfg.out, cfg)
     class_folders(cfg.data)  # a wrong --data fails here, before the run folder is made
     check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
+    if cfg.temperature_from is not None:  # a typo found now, not after the last epoch
+        choose_temperature(cfg, None, np.zeros(0, np.int64))
     if cfg.freeze_through != "none" and (ranks.active or cfg.teacher is not None):
         raise SettingError(
             "--freeze-through trains in one process without a teacher: drop torchrun or --teacher"
