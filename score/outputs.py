@@ -105,6 +105,35 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
     return target
 
 
+def refuse_clashes(
+    outputs: dict[str, Path | None], inputs: dict[str, Path | None], input_root: Path | None = None
+) -> None:
+    """Before any work: no output may be another output, an input (the model, the predictions a report reads),
+    or an image file the run reads under input_root; and a metrics folder, which is replaced as a whole, may not
+    hold another output. --overwrite replaces earlier outputs, never inputs."""
+    from mri44.imageio import is_image_path
+
+    given = {name: path.resolve() for name, path in outputs.items() if path is not None}
+    sources = {name: path.resolve() for name, path in inputs.items() if path is not None}
+    names = list(given)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            if given[first] == given[second]:
+                raise OutputError(
+                    f"{first} and {second} are the same path ({given[first]}): give each its own"
+                )
+    for name, path in given.items():
+        for source, place in sources.items():
+            if path == place:
+                raise OutputError(f"{name} {path} is the {source} this run reads: write it elsewhere")
+        if input_root is not None and path.is_relative_to(input_root.resolve()) and is_image_path(path):
+            raise OutputError(f"{name} {path} is an image under the input folder: write it elsewhere")
+    folder = given.get("--metrics-dir")
+    for name, path in given.items():
+        if folder is not None and name != "--metrics-dir" and (path == folder or path.is_relative_to(folder)):
+            raise OutputError(f"--metrics-dir {folder} would hold {name} {path}: choose another folder")
+
+
 def check_report_path(report: Path, overwrite: bool) -> None:
     if report.exists() and not overwrite:
         raise OutputError(f"{report} exists; pass --overwrite to replace it")

@@ -9,6 +9,8 @@ import typer
 
 from mri44.console import fail, user_errors
 
+from .outputs import refuse_clashes
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -83,6 +85,16 @@ def report(
     target = out or (predictions / "report.html" if parts else predictions.with_suffix(".html"))
     if target.exists() and not overwrite:
         raise fail(f"{target} exists; pass --overwrite to replace it")
+    from mri44.model import checkpoint_path
+
+    refuse_clashes(
+        {"--out": target},
+        {
+            "predictions file": predictions,
+            "--checkpoint": checkpoint_path(checkpoint) if checkpoint else None,
+        },
+        images,
+    )
     if not predictions.is_file() and not parts:
         raise fail(f"no predictions file (or folder of part-*.parquet) at {predictions}")
     try:
@@ -97,6 +109,22 @@ def report(
     missing = {"path", "status", "pred_class", "confidence", "true_class"} - set(frame.columns)
     if missing:
         raise fail(f"{predictions} is not mri-score output (missing {', '.join(sorted(missing))})")
+    wrong = [
+        f"{name} is {frame[name].dtype}, expected {kind}"
+        for name, kind in (
+            ("path", "text"),
+            ("status", "text"),
+            ("pred_class", "text"),
+            ("true_class", "text"),
+        )
+        if frame[name].dtype not in (pl.String, pl.Null)
+    ] + (
+        []
+        if frame["confidence"].dtype.is_float()
+        else [f"confidence is {frame['confidence'].dtype}, expected numbers"]
+    )
+    if wrong:
+        raise fail(f"{predictions} is not mri-score output: {'; '.join(wrong)}")
     build_report(
         predictions,
         frame,

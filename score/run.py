@@ -16,7 +16,7 @@ import polars as pl
 from mri44.errors import MRI44Error, SettingError
 from mri44.metrics import metric_tables
 
-from .outputs import check_outputs, check_report_path, write_outputs
+from .outputs import check_outputs, check_report_path, refuse_clashes, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,10 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     elif not folder.is_dir():
         raise SettingError(f"input folder {folder} does not exist or is not a folder")
     source = resolve_model(options.model)
+    metrics = target if out is not None else None
+    refuse_clashes(
+        {"--out": out, "--metrics-dir": metrics, "--report": options.report}, {"--model": source}, folder
+    )
     check_report(options, source)
     skipped: list[tuple[str, str]] = []
     paths = expand_frames(find_images(folder, skipped))  # a multi-frame DICOM file is one row per frame

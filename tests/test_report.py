@@ -138,3 +138,57 @@ def test_report_shows_the_flagged_images_in_their_own_gallery(
     runner.invoke(score_app, [str(folder), "--out", str(off), "--model", str(exported_model), "--ood", "off"])
     assert runner.invoke(report_app, [str(off), "--images", str(folder)]).exit_code == 0
     assert 'id="out-of-distribution"' not in off.with_suffix(".html").read_text()
+
+
+def test_no_output_replaces_an_input_or_another_output(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """With --overwrite, --report over the model, over the predictions, or over an input image is refused before
+    any work, and so is a --metrics-dir that would hold --out; mri-report --out over the predictions it reads too."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(exported_model, model)
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_data, images)
+    an_image = next(images.rglob("*.png"))
+    out = tmp_path / "p.parquet"
+    before = {p: p.read_bytes() for p in (model, an_image)}
+    cases = {
+        "the --model this run reads": ["--report", model],
+        "are the same path": ["--report", out],
+        "an image under the input folder": ["--report", an_image],
+    }
+    for message, extra in cases.items():
+        done = runner.invoke(
+            score_app, [str(a) for a in [images, "--out", out, "--model", model, "--overwrite", *extra]]
+        )
+        assert done.exit_code == 2 and message in done.output, (message, done.output)
+        assert not out.exists()
+    # A new, empty --metrics-dir that would hold --out (it is replaced as a whole after --out is written).
+    inside = tmp_path / "results"
+    done = runner.invoke(
+        score_app,
+        [str(a) for a in [images, "--out", inside / "p.parquet", "--model", model, "--metrics-dir", inside]],
+    )
+    assert done.exit_code == 2 and "would hold --out" in done.output and not inside.exists()
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert runner.invoke(score_app, [str(images), "--out", str(out), "--model", str(model)]).exit_code == 0
+    written = out.read_bytes()
+    refused = runner.invoke(report_app, [str(out), "--out", str(out), "--overwrite"])
+    assert refused.exit_code == 2 and "predictions file this run reads" in refused.output
+    assert out.read_bytes() == written
+
+
+def test_report_of_a_table_with_a_wrongly_typed_column_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame(
+        {
+            "path": ["a.png"],
+            "status": ["ok"],
+            "pred_class": ["A T1"],
+            "confidence": ["high"],
+            "true_class": [None],
+        }
+    ).write_parquet(bad)
+    done = runner.invoke(report_app, [str(bad)])
+    assert done.exit_code == 2 and "confidence is String, expected numbers" in done.output
+    assert not bad.with_suffix(".html").exists()

@@ -1,0 +1,55 @@
+"""What the out-of-distribution check costs end to end: the scorer's pipeline (decode, model, rows) on the same real
+images with --ood on and off, alternating, for each shipped model; prints a Markdown table of medians and ratios.
+
+    python benchmarks/ood_cost.py --data ../shared/data/brain-mri-44c --images 256 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mri44.discover import find_images  # noqa: E402
+from mri44.samples import spread  # noqa: E402
+from mri44.stages.score.backends import onnx_backend  # noqa: E402
+from mri44.stages.score.pipeline import score_paths  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/brain-mri-44c")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mri44-resnet18.onnx", "mri44-resnet18-int8.onnx", "mri44-resnet50.onnx"],
+    )
+    args = parser.parse_args()
+    paths = spread(find_images(args.data), args.images)
+    print(f"{len(paths)} images from {args.data}, batch 32, 2 decoding threads, medians of {args.repeats}\n")
+    print("| model | --ood off (img/s) | --ood on (img/s) | on / off |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in args.models:
+        backend = onnx_backend(REPO / "models" / name, "cpu")
+        score_paths(backend, args.data, paths[:32], progress=False)  # warm-up
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.repeats):
+            for ood in (False, True):
+                t0 = time.perf_counter()
+                score_paths(backend, args.data, paths, progress=False, ood=ood)
+                rates[ood].append(len(paths) / (time.perf_counter() - t0))
+        off, on = statistics.median(rates[False]), statistics.median(rates[True])
+        print(f"| {name} | {off:.1f} | {on:.1f} | {on / off:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
