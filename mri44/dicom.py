@@ -75,7 +75,9 @@ def expand_frames(paths: list[Path]) -> list[Path]:
     """One entry per frame for multi-frame DICOM files (`x.dcm#frame=K`), every other path as it is."""
     out: list[Path] = []
     for path in paths:
-        n = frame_count(path) if is_dicom_path(path) else 1
+        # Only a regular file is opened to count frames (a FIFO named x.dcm would block); others keep one row,
+        # which becomes their error row when read.
+        n = frame_count(path) if is_dicom_path(path) and path.is_file() else 1
         out.extend([path] if n == 1 else [Path(f"{path}#frame={k}") for k in range(1, n + 1)])
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 from pathlib import Path
 
 import cv2
@@ -138,6 +139,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     """Read and decode one file; see decode_bytes for the returned layout. `x.dcm#frame=K` reads frame K of a
     multi-frame DICOM file (mri44.dicom.expand_frames lists them so)."""
     file, frame = split_frame(path)
+    check_file(file, max_pixels)  # every format, DICOM included, before any reader opens it
     if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
         try:
             return decode_dicom(file, frame)
@@ -145,12 +147,35 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
             raise ImageDecodeError(path, str(exc)) from exc
         except OSError as exc:
             raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return decode_bytes(read_file(path), path, max_pixels)  # an empty file is refused by check_encoded
+    return decode_bytes(read_file(path, max_pixels), path, max_pixels)  # an empty file: check_encoded refuses
 
 
-def read_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """A file's bytes as uint8; a file that cannot be read is an ImageDecodeError (one error row), not a crash."""
+def check_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> int:
+    """Refuse, before a byte is read, what is not a regular file (a FIFO named x.jpg would block the run forever)
+    or is larger than any image within max_pixels can be (8 bytes per pixel, plus headers); returns that limit."""
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        info = os.stat(path)
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageDecodeError(path, "not a regular file (a FIFO, device or socket): not read")
+    limit = 8 * max_pixels + (1 << 20)
+    if info.st_size > limit:
+        raise ImageDecodeError(
+            path,
+            f"file of {info.st_size:,} bytes is larger than an image within --max-pixels can be: not read",
+        )
+    return limit
+
+
+def read_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A file's bytes as uint8, at most check_file's limit; a file that cannot be read is an ImageDecodeError (one
+    error row), not a crash or a hang."""
+    limit = check_file(path, max_pixels)
+    try:
+        data = np.fromfile(path, dtype=np.uint8, count=limit + 1)
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if data.size > limit:  # it grew after the check
+        raise ImageDecodeError(path, "file is larger than an image within --max-pixels can be: not read")
+    return data

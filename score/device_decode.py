@@ -32,7 +32,7 @@ def prepare(path: Path, spec: PreprocessSpec, max_pixels: int) -> Prepared:
     """In a worker thread: a JPEG's checked bytes, or any other file decoded and resized on the CPU."""
     if path.suffix.lower() not in JPEG_SUFFIXES:
         return "pixels", load_pixels(path, spec, max_pixels)
-    data = read_file(path)
+    data = read_file(path, max_pixels)
     check_encoded(data, path, max_pixels)
     return "jpeg", torch.from_numpy(data)
 

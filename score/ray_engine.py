@@ -29,7 +29,10 @@ from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
 log = logging.getLogger(__name__)
-PART_GLOB = "part-*.parquet"
+# Our parts' own name: "part-*.parquet" is pyarrow's and Spark's default, and a folder may hold theirs too;
+# only files named like ours are ever read, resumed or removed.
+PART_PREFIX = "mri44-part-"
+PART_GLOB = f"{PART_PREFIX}*.parquet"
 
 
 def list_inputs(source: str) -> tuple[str, list[str]]:
@@ -185,7 +188,7 @@ def score_with_ray(
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, batch in enumerate(ds.iter_batches(batch_size=max(batch_size, 1024), batch_format="pyarrow")):
         part = pl.DataFrame(pl.from_arrow(batch))
-        with atomic_path(out_dir / f"part-{run_id}-{k:06d}.parquet", replace=False) as tmp:
+        with atomic_path(out_dir / f"{PART_PREFIX}{run_id}-{k:06d}.parquet", replace=False) as tmp:
             part.write_parquet(tmp)
         written += part.height
     return written, len(done), meta.classes

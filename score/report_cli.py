@@ -81,7 +81,9 @@ def report(
 
     import polars as pl
 
-    parts = sorted(predictions.glob("part-*.parquet")) if predictions.is_dir() else []
+    from .ray_engine import PART_GLOB
+
+    parts = sorted(predictions.glob(PART_GLOB)) if predictions.is_dir() else []
     target = out or (predictions / "report.html" if parts else predictions.with_suffix(".html"))
     if target.exists() and not overwrite:
         raise fail(f"{target} exists; pass --overwrite to replace it")
@@ -96,7 +98,7 @@ def report(
         images,
     )
     if not predictions.is_file() and not parts:
-        raise fail(f"no predictions file (or folder of part-*.parquet) at {predictions}")
+        raise fail(f"no predictions file (or folder of {PART_GLOB} parts) at {predictions}")
     try:
         if parts:
             frame = pl.read_parquet(parts).sort("path")

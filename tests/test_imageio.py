@@ -130,3 +130,33 @@ def test_header_claiming_huge_dimensions_is_refused_before_decoding(
     assert read_image(small).shape[:2] == (30, 40)
     with pytest.raises(ImageDecodeError, match="over the limit of 1,000"):
         read_image(small, max_pixels=1000)
+
+
+def test_fifos_and_oversized_files_are_refused_before_anything_is_read(
+    tmp_path: Path, exported_model: Path, synthetic_data: Path
+) -> None:
+    """A FIFO named like an image would block the run forever; a sparse file claiming 1 GB would be read whole.
+    Both become error rows at once, in every format's path (DICOM included) and through discovery."""
+    import os
+    import shutil
+
+    import mri44
+    from mri44.imageio import ImageDecodeError, read_image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "x.jpg")
+    os.mkfifo(folder / "y.dcm")
+    with open(folder / "big.png", "wb") as handle:
+        handle.truncate(1 << 30)  # sparse: nothing stored, 1 GB claimed
+    shutil.copy(next(synthetic_data.rglob("*.png")), folder / "good.png")
+    for name, reason in (
+        ("x.jpg", "not a regular file"),
+        ("y.dcm", "not a regular file"),
+        ("big.png", "larger"),
+    ):
+        with pytest.raises(ImageDecodeError, match=reason):
+            read_image(folder / name)
+    rows = mri44.load_model(exported_model).predict(folder).sort("path")
+    assert rows["path"].to_list() == ["big.png", "good.png", "x.jpg", "y.dcm"]
+    assert rows["status"].to_list() == ["error", "ok", "error", "error"]

@@ -54,6 +54,8 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     first = runner.invoke(app, [str(data), *args])
     assert first.exit_code == 0, first.output
     (out / ".part-crashed.parquet.x.tmp").write_bytes(b"half a part")  # an interrupted write: never a part
+    foreign = out / "part-00000.parquet"  # another tool's part (pyarrow's default name), another schema
+    pl.DataFrame({"x": [1, 2]}).write_parquet(foreign)
     again = runner.invoke(app, [str(data), *args])
     assert again.exit_code == 2 and "--resume" in again.output
     for path in late:
@@ -62,7 +64,7 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     assert resumed.exit_code == 0, resumed.output
     assert "scored 10 file(s) now" in resumed.output
 
-    rows = pl.read_parquet(sorted(out.glob("part-*.parquet"))).sort("path")
+    rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))).sort("path")
     assert rows.columns == reference.columns
     assert rows["path"].to_list() == reference["path"].to_list()
     assert rows["status"].to_list() == reference["status"].to_list()
@@ -75,7 +77,8 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
     assert (out / "metrics" / "summary.csv").exists() == reference["true_class"].is_not_null().any()
     fresh = runner.invoke(app, [str(data), *args, "--overwrite"])  # starts over: the old parts go
     assert fresh.exit_code == 0, fresh.output
-    assert pl.read_parquet(sorted(out.glob("part-*.parquet"))).height == reference.height
+    assert pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))).height == reference.height
+    assert pl.read_parquet(foreign)["x"].to_list() == [1, 2]  # neither --resume nor --overwrite touched it
     if importlib.util.find_spec("matplotlib") is not None:  # the report reads a parts folder too
         from mri44.stages.score.report_cli import app as report_app
 
@@ -92,7 +95,7 @@ def test_ray_engine_reads_urls_and_refuses_local_only_options(
     args = ["--out", str(out), "--model", str(exported_model), "--engine", "ray"]
     result = runner.invoke(app, [synthetic_data.resolve().as_uri(), *args])
     assert result.exit_code == 0, result.output
-    rows = pl.read_parquet(sorted(out.glob("part-*.parquet")))
+    rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))
     files = sorted(p.relative_to(synthetic_data).as_posix() for p in synthetic_data.rglob("*") if p.is_file())
     assert sorted(rows["path"].to_list()) == files and set(rows["status"]) == {"ok"}
     assert rows["true_class"].is_not_null().all()
