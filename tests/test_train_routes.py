@@ -73,6 +73,17 @@ def test_frozen_route_refuses_what_it_cannot_mean(synthetic_data: Path, tmp_path
         run_training(tiny_run_config(synthetic_data, tmp_path / "a", freeze_through="layer3"))
     with pytest.raises(SettingError, match="needs --freeze-through"):
         run_training(tiny_run_config(synthetic_data, tmp_path / "b", feature_views=3))
+    with pytest.raises(SettingError, match="without distillation"):  # would silently train without the labels
+        run_training(
+            tiny_run_config(
+                synthetic_data,
+                tmp_path / "d",
+                freeze_through="layer3",
+                weights="x",
+                soft_labels=tmp_path,
+                recipe=get_recipe("distill"),
+            )  # fmt: skip
+        )
     with pytest.raises(SettingError, match="unknown --freeze-through"):
         run_training(tiny_run_config(synthetic_data, tmp_path / "c", freeze_through="layer9", weights="x"))
 

@@ -366,9 +366,11 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
     if cfg.temperature_from is not None:  # a typo found now, not after the last epoch
         choose_temperature(cfg, None, np.zeros(0, np.int64))
-    if cfg.freeze_through != "none" and (ranks.active or cfg.teacher is not None):
+    if cfg.freeze_through != "none" and (ranks.active or cfg.teacher or cfg.soft_labels):
+        # The cached features carry no pixels for a teacher to see and no stored views to replay.
         raise SettingError(
-            "--freeze-through trains in one process without a teacher: drop torchrun or --teacher"
+            "--freeze-through trains in one process without distillation: drop torchrun, --teacher or "
+            "--soft-labels"
         )
     bf16 = use_bf16(device, cfg.precision)  # and so does a --precision this machine cannot run
     if (
