@@ -93,7 +93,7 @@ class Model:
         self, arrays: list[np.ndarray], top_k: int, batch_size: int, ood: bool, ood_threshold: float | None
     ) -> pl.DataFrame:
         from mri44.predictions import prediction_frame
-        from mri44.stages.score.pipeline import ood_check, score_batch
+        from mri44.stages.score.pipeline import flag_threshold, ood_check, score_batch
 
         n = len(arrays)
         probs = np.zeros((n, len(self.classes)), np.float32)
@@ -107,8 +107,7 @@ class Model:
             )
             rows = np.arange(start, start + len(chunk))
             score_batch(self.backend, normalize(pixels, self.spec), rows, probs, ok, errors, scores)
-        spec = self.meta.ood
-        threshold = ood_threshold if ood_threshold is not None else spec.threshold if spec else None
+        threshold = flag_threshold(self.backend, ood_threshold)
         paths = [f"array[{i}]" for i in range(n)]
         return prediction_frame(paths, probs, ok, errors, self.classes, top_k, scores, threshold)
 

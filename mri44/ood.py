@@ -105,6 +105,12 @@ def leave_one_out_pass_rate(spec: OodSpec) -> float:
     return float((loo <= spec.threshold).mean())
 
 
+def reference_rows(n: int, max_reference: int = MAX_REFERENCE) -> np.ndarray:
+    """Indices of at most max_reference of n training rows, evenly spread (in a split's order, which runs class
+    by class, so every class keeps its share): the reference set a model carries."""
+    return np.unique(np.linspace(0, n - 1, min(n, max_reference)).round().astype(int))
+
+
 def fit_ood(
     train_pooled: np.ndarray,
     val_pooled: np.ndarray | None,
@@ -117,17 +123,13 @@ def fit_ood(
     loo_pass_rate quantile of the training images' own leave-one-out scores: give the selection run's
     leave_one_out_pass_rate, else 95 % is used, which flags more unseen in-distribution images than 5 %."""
     train = normalised(train_pooled)
-    keep = np.unique(np.linspace(0, len(train) - 1, min(len(train), max_reference)).round().astype(int))
-    reference = train[keep]
+    reference = train[reference_rows(len(train), max_reference)]
     if val_pooled is not None and len(val_pooled):
-        scores = knn_distance(normalised(val_pooled), reference, k)
-        source = f"{PASS_RATE:.0%} of {len(scores)} validation images pass"
+        scores, rate = knn_distance(normalised(val_pooled), reference, k), PASS_RATE
+        source = f"{rate:.0%} of {len(scores)} validation images pass"
     else:
-        scores = knn_distance(reference, reference, k, skip_self=True)
-        source = (
-            f"{loo_pass_rate:.1%} of {len(scores)} training images pass, leave-one-out (no validation split)"
-        )
-    rate = PASS_RATE if val_pooled is not None and len(val_pooled) else loo_pass_rate
+        scores, rate = knn_distance(reference, reference, k, skip_self=True), loo_pass_rate
+        source = f"{rate:.1%} of {len(scores)} training images pass, leave-one-out (no validation split)"
     return OodSpec(
         reference=reference.astype(np.float16),
         k=k,

@@ -132,6 +132,12 @@ def ood_check(backend: Backend, ood: bool) -> bool:
     return ood and backend.meta.ood is not None and backend.run_features is not None
 
 
+def flag_threshold(backend: Backend, override: float | None) -> float | None:
+    """The threshold rows are flagged above: --ood-threshold when given, else the model's own (None: no check)."""
+    spec = backend.meta.ood
+    return override if override is not None else spec.threshold if spec else None
+
+
 def score_paths(
     backend: Backend,
     root: Path,
@@ -167,6 +173,6 @@ def score_paths(
     bar.close()
     seconds = time.perf_counter() - t0
     rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
-    threshold = ood_threshold if ood_threshold is not None else meta.ood.threshold if meta.ood else None
+    threshold = flag_threshold(backend, ood_threshold)
     frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold)
     return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()))

@@ -18,7 +18,7 @@ import logging
 import posixpath
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -27,6 +27,9 @@ from mri44.atomic import atomic_path
 from mri44.discover import find_images
 from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+
+if TYPE_CHECKING:
+    from .run import ScoreOptions, ScoreResult
 
 log = logging.getLogger(__name__)
 # Our parts' own name: "part-*.parquet" is pyarrow's and Spark's default, and a folder may hold theirs too;
@@ -101,15 +104,12 @@ class ScoreActor:
         self, model: str, device: str, top_k: int, ood: bool = True, ood_threshold: float | None = None
     ) -> None:
         from .backends import open_backend
-        from .pipeline import ood_check
+        from .pipeline import flag_threshold, ood_check
 
         self.backend = open_backend(Path(model), device)
         self.top_k = top_k
         self.ood = ood_check(self.backend, ood)
-        meta_ood = self.backend.meta.ood
-        self.threshold = (
-            ood_threshold if ood_threshold is not None else meta_ood.threshold if meta_ood else None
-        )
+        self.threshold = flag_threshold(self.backend, ood_threshold)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # a pyarrow.Table: nulls stay nulls
         from mri44.predictions import prediction_frame
@@ -217,7 +217,7 @@ def counts(out_dir: Path) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def run_ray(source: str, out: Path, model: Path, options: Any) -> Any:
+def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> ScoreResult:
     """The Ray engine behind `score()` (options: score.run.ScoreOptions): part files in the folder `out`, then
     metric tables in out/metrics from a lazy scan of them. --overwrite removes only our own parts and marked
     metrics folder; --resume keeps the parts and scores the other files."""

@@ -22,7 +22,7 @@ import polars as pl
 
 from mri44.atomic import atomic_path
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata
-from mri44.ood import MAX_REFERENCE, PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised
+from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised, reference_rows
 from mri44.preprocess import normalize
 from mri44.runtime import make_session
 from mri44.stages.export.onnx_export import add_feature_output
@@ -69,8 +69,7 @@ def main() -> None:
         name: [args.data / p for p in split.filter(split=name)["path"]] for name in ("train", "val", "test")
     }
     train = paths["train"]
-    keep = np.unique(np.linspace(0, len(train) - 1, min(len(train), MAX_REFERENCE)).round().astype(int))
-    reference = pooled_features(session, [train[i] for i in keep], meta)
+    reference = pooled_features(session, [train[i] for i in reference_rows(len(train))], meta)
     val = pooled_features(session, paths["val"], meta) if paths["val"] else None
     rate = PASS_RATE
     if args.pass_rate_from is not None:

@@ -34,13 +34,13 @@ from mri44.model import (
     model_from_checkpoint,
 )
 from mri44.ood import (
-    MAX_REFERENCE,
     PASS_RATE,
     OodSpec,
     fit_ood,
     knn_distance,
     leave_one_out_pass_rate,
     normalised,
+    reference_rows,
 )
 from mri44.predictions import prediction_frame
 from mri44.preprocess import PreprocessSpec
@@ -363,15 +363,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     if resuming:
         check_resume_settings(cfg.out, cfg)
     class_folders(cfg.data)  # a wrong --data fails here, before the run folder is made
-    check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
-    if cfg.temperature_from is not None:  # a typo found now, not after the last epoch
-        choose_temperature(cfg, None, np.zeros(0, np.int64))
-    if cfg.freeze_through != "none" and (ranks.active or cfg.teacher or cfg.soft_labels):
-        # The cached features carry no pixels for a teacher to see and no stored views to replay.
-        raise SettingError(
-            "--freeze-through trains in one process without distillation: drop torchrun, --teacher or "
-            "--soft-labels"
-        )
+    refuse_settings(cfg, ranks)
     bf16 = use_bf16(device, cfg.precision)  # and so does a --precision this machine cannot run
     if (
         ranks.main
@@ -423,6 +415,19 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     fit(state, data, route, cfg, device, bf16, teacher, common, ranks)
     barrier(ranks)
     return evaluate_best(best_path, data, cfg, device, bf16) if ranks.main else {}
+
+
+def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
+    """Settings that cannot go together, refused before the run folder is made or any image is decoded."""
+    check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
+    if cfg.temperature_from is not None:  # a typo found now, not after the last epoch
+        choose_temperature(cfg, None, np.zeros(0, np.int64))
+    if cfg.freeze_through != "none" and (ranks.active or cfg.teacher or cfg.soft_labels):
+        # The cached features carry no pixels for a teacher to see and no stored views to replay.
+        raise SettingError(
+            "--freeze-through trains in one process without distillation: drop torchrun, --teacher or "
+            "--soft-labels"
+        )
 
 
 def fit(
@@ -530,9 +535,8 @@ def _soft_labels_for(
 
 # FKD keeps the top 10 of 1,000 ImageNet classes; for 44 classes the top 10 hold nearly all the mass.
 SOFT_LABEL_TOP_K = 10
-OOD_K = (
-    1  # the distance to the k-th nearest reference image is the ood_score: k = 1 measured best (docs/ood.md)
-)
+# The ood_score is the distance to the k-th nearest reference image; k = 1 measured best (docs/ood.md).
+OOD_K = 1
 
 
 def choose_temperature(
@@ -553,7 +557,6 @@ def choose_temperature(
     return 1.0, "none (no val split and no --temperature)"
 
 
-@torch.no_grad()
 def _loo_pass_rate(cfg: TrainConfig) -> float:
     """For a run without validation images: the selection run's (--temperature-from) leave-one-out pass rate,
     so the all-data fit's out-of-distribution threshold is calibrated like its selection run's (mri44.ood)."""
@@ -625,9 +628,7 @@ def evaluate_best(
     model = model_from_checkpoint(best).to(device)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
-    reference = data.train_idx[
-        np.unique(np.linspace(0, len(data.train_idx) - 1, MAX_REFERENCE).round().astype(int))
-    ]
+    reference = data.train_idx[reference_rows(len(data.train_idx))]
     parts = {"reference": reference, "val": data.val_idx, "test": data.test_idx}
     batch_of = pixel_route(data, False, device).eval_batch
     outputs = {
