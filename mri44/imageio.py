@@ -58,29 +58,75 @@ def _jpeg_is_truncated(data: np.ndarray) -> bool:
     return last_scan < 0 or raw.rfind(b"\xff\xd9") < last_scan  # no scan at all: cut off in the header
 
 
+# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): the frame header that holds the
+# image's height and width. 0xC4 (Huffman tables), 0xC8 (reserved) and 0xCC (arithmetic conditioning) are not frames.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first frame header, walking the marker segments as libjpeg does (bytes
+    between segments skipped, fill bytes allowed); None when no frame header comes before the first scan.
+
+    Our own reader, because Pillow gives up on headers libjpeg accepts (a short Adobe APP14 segment): the
+    --max-pixels bound must hold whatever Pillow makes of the file."""
+    if not raw.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 1 < len(raw):
+        if raw[i] != 0xFF:  # libjpeg skips stray bytes to the next marker
+            i += 1
+            continue
+        marker = raw[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, TEM, RSTn, SOI: no length
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker in (0xD9, 0xDA) or i + 4 > len(raw):  # end of image or scan before any frame header
+            return None
+        if marker in _JPEG_FRAMES:
+            if i + 9 > len(raw):
+                return None
+            height, width = (
+                int.from_bytes(raw[i + 5 : i + 7], "big"),
+                int.from_bytes(raw[i + 7 : i + 9], "big"),
+            )
+            return (width, height) if width and height else None  # height 0 (set later by DNL): unknown
+        i += 2 + int.from_bytes(raw[i + 2 : i + 4], "big")
+    return None
+
+
 def header_size(buf: np.ndarray) -> tuple[int, str] | None:
-    """(pixel count, 'W x H') from the file's header without decoding pixels; None when Pillow cannot tell."""
+    """(pixel count, 'W x H') from the file's header without decoding pixels; None when neither our JPEG reader
+    nor Pillow can tell (check_encoded then refuses the file: no decoder runs on a size nobody read)."""
+    raw = buf.tobytes()
+    if raw.startswith(b"\xff\xd8"):
+        size = jpeg_size(raw)
+        return None if size is None else (size[0] * size[1], f"{size[0]} x {size[1]}")
     try:
-        with Image.open(io.BytesIO(buf.tobytes())) as image:
+        with Image.open(io.BytesIO(raw)) as image:
             width, height = image.size
             return width * height, f"{width} x {height}"
     except Image.DecompressionBombError as exc:  # Pillow's own refusal on open, beyond twice its limit
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = int(claimed.group(1)) if claimed else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
         return pixels, f"{pixels:,}"
-    except Exception:  # not a format Pillow knows: OpenCV decides below
+    except Exception:  # not a format Pillow knows
         return None
 
 
 def check_encoded(buf: np.ndarray, source: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> None:
     """What is refused before any decoder runs (every decoder: OpenCV here, nvJPEG in the scorer): empty files,
-    truncated JPEGs, and headers that claim more than max_pixels pixels."""
+    truncated JPEGs, headers that claim more than max_pixels pixels, and files whose size no header reader could
+    tell (the bound is enforced by reading the size, never skipped because the reading failed)."""
     if buf.size == 0:
         raise ImageDecodeError(source, "empty file")
     if _jpeg_is_truncated(buf):
         raise ImageDecodeError(source, "truncated JPEG (no end-of-image marker)")
     claimed = header_size(buf)
-    if claimed is not None and claimed[0] > max_pixels:
+    if claimed is None:
+        raise ImageDecodeError(
+            source, "not an image this tool can read (no image size in its header): not decoded"
+        )
+    if claimed[0] > max_pixels:
         raise ImageDecodeError(
             source, f"image claims {claimed[1]} pixels, over the limit of {max_pixels:,} (--max-pixels)"
         )

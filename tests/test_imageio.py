@@ -1,8 +1,10 @@
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, UnidentifiedImageError
 
 from mri44.imageio import ImageDecodeError, read_image
 
@@ -130,6 +132,32 @@ def test_header_claiming_huge_dimensions_is_refused_before_decoding(
     assert read_image(small).shape[:2] == (30, 40)
     with pytest.raises(ImageDecodeError, match="over the limit of 1,000"):
         read_image(small, max_pixels=1000)
+
+
+def test_jpeg_header_pillow_cannot_parse_is_still_bounded(tmp_path: Path, grey: np.ndarray) -> None:
+    """A short Adobe APP14 segment after SOI: Pillow gives up on the header, libjpeg decodes it anyway. The pixel
+    bound comes from our own marker walk, so the 30000 x 30000 claim is refused and the true size still decodes."""
+    real = _write(tmp_path / "real.jpg", grey, ".jpg").read_bytes()
+    short_app14 = b"\xff\xee\x00\x07Adobe"
+    with pytest.raises(UnidentifiedImageError):  # the premise: Pillow cannot read this header
+        Image.open(io.BytesIO(real[:2] + short_app14 + real[2:]))
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(real[:2] + short_app14 + _jpeg_claiming(30000, 30000, real)[2:])
+    with pytest.raises(ImageDecodeError, match="30000 x 30000 pixels, over the limit"):
+        read_image(bomb)
+    fine = tmp_path / "fine.jpg"
+    fine.write_bytes(real[:2] + short_app14 + real[2:])
+    np.testing.assert_array_equal(read_image(fine), read_image(tmp_path / "real.jpg"))
+
+
+def test_jpeg_without_a_frame_header_is_refused_not_decoded(tmp_path: Path, grey: np.ndarray) -> None:
+    real = _write(tmp_path / "real.jpg", grey, ".jpg").read_bytes()
+    sof = real.index(b"\xff\xc0")
+    frameless = real[:sof] + real[sof + 2 + int.from_bytes(real[sof + 2 : sof + 4], "big") :]
+    path = tmp_path / "frameless.jpg"
+    path.write_bytes(frameless)
+    with pytest.raises(ImageDecodeError, match="no image size in its header"):
+        read_image(path)
 
 
 def test_fifos_and_oversized_files_are_refused_before_anything_is_read(
