@@ -72,7 +72,7 @@ class Model:
         ):
             arrays = [images] if isinstance(images, np.ndarray) else list(images)
             return self._predict_arrays(arrays, top_k, batch_size, ood, ood_threshold)
-        root, paths, shown = _paths_of(images)
+        root, paths, shown = _paths_of(images, max_pixels)
         run = score_paths(
             self.backend,
             root,
@@ -121,14 +121,14 @@ def _as_image(array: np.ndarray, i: int) -> np.ndarray:
     return to_uint8(np.ascontiguousarray(array))
 
 
-def _paths_of(images: Any) -> tuple[Path, list[Path], list[str] | None]:
+def _paths_of(images: Any, max_pixels: int) -> tuple[Path, list[Path], list[str] | None]:
     """(root, files, the path column to show or None for paths relative to root)."""
     from mri44.dicom import expand_frames
     from mri44.discover import find_images
 
     if isinstance(images, str | os.PathLike) and Path(images).is_dir():
         root = Path(images)
-        return root, expand_frames(find_images(root)), None
+        return root, expand_frames(find_images(root), max_pixels), None
     given = [images] if isinstance(images, str | os.PathLike) else list(images)
     if not given or not all(isinstance(p, str | os.PathLike) for p in given):
         raise SettingError(

@@ -60,24 +60,52 @@ def _pydicom():
     return pydicom
 
 
-def frame_count(path: Path) -> int:
-    """NumberOfFrames from the header alone (no pixel data read); 1 when absent or unreadable."""
+def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
+    """The dataset without its pixel data, once its claims are bounded: rows x columns within max_pixels, and
+    NumberOfFrames no more than the file can hold (a frame of native pixels takes rows x columns x samples x
+    bytes per sample; a compressed frame at least one 8-byte item header). A 648-byte file claiming 5,000,000
+    frames is refused here, before a row per frame is listed or a byte of pixels decoded."""
+    pydicom = _pydicom()
     try:
-        ds = _pydicom().dcmread(path, stop_before_pixels=True, force=True)
-        return max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
-    except (
-        Exception
-    ):  # no pydicom, or an unreadable header: the file's error row comes when its pixels are read
+        ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+        rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(getattr(ds, "BitsAllocated", 8) or 8)
+    except Exception as exc:  # pydicom raises many kinds on a malformed header
+        raise DicomError(f"unreadable DICOM header ({exc.__class__.__name__}: {exc})") from exc
+    if rows * columns > max_pixels:
+        raise DicomError(
+            f"DICOM claims {columns} x {rows} pixels per frame, over the limit of {max_pixels:,} (--max-pixels)"
+        )
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = bool(getattr(syntax, "is_compressed", False))
+    frame_bytes = 8 if compressed else max(1, rows * columns * samples * bits // 8)
+    if frames < 1 or frames * frame_bytes > file_size:
+        raise DicomError(
+            f"DICOM claims {frames:,} frames of {columns} x {rows}, more than its {file_size:,} bytes can hold"
+        )
+    return ds
+
+
+def frame_count(path: Path, max_pixels: int) -> int:
+    """NumberOfFrames from the bounded header (no pixel data read); 1 when it cannot be trusted, and that one row
+    then carries the file's error."""
+    try:
+        return max(
+            1, int(getattr(read_header(path, path.stat().st_size, max_pixels), "NumberOfFrames", 1) or 1)
+        )
+    except (DicomError, OSError, ValueError, TypeError):
         return 1
 
 
-def expand_frames(paths: list[Path]) -> list[Path]:
+def expand_frames(paths: list[Path], max_pixels: int) -> list[Path]:
     """One entry per frame for multi-frame DICOM files (`x.dcm#frame=K`), every other path as it is."""
     out: list[Path] = []
     for path in paths:
         # Only a regular file is opened to count frames (a FIFO named x.dcm would block); others keep one row,
         # which becomes their error row when read.
-        n = frame_count(path) if is_dicom_path(path) and path.is_file() else 1
+        n = frame_count(path, max_pixels) if is_dicom_path(path) and path.is_file() else 1
         out.extend([path] if n == 1 else [Path(f"{path}#frame={k}") for k in range(1, n + 1)])
     return out
 
@@ -96,36 +124,39 @@ def _window(values: np.ndarray, ds) -> np.ndarray:
     return np.clip((values - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None = None) -> np.ndarray:
-    """uint8 HxW (or HxWx3 RGB) of one frame, as a viewer shows it; raises DicomError with the reason."""
-    pydicom = _pydicom()
-    source = (
-        data
-        if isinstance(data, Path)
-        else io.BytesIO(data.tobytes() if isinstance(data, np.ndarray) else data)
-    )
-    try:
-        ds = pydicom.dcmread(source, force=True)
-        pixels = ds.pixel_array
-    except Exception as exc:
-        syntax = (
-            getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
+def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels: int) -> np.ndarray:
+    """uint8 HxW (or HxWx3 RGB) of one frame, as a viewer shows it; raises DicomError with the reason.
+
+    Only that frame is decoded (pydicom's pixel_array with an index seeks to its bytes or fragments), so a file
+    of N frames scored row by row costs N frames, not N whole files."""
+    from pydicom.pixels import pixel_array
+
+    if isinstance(data, Path):
+        source: Path | io.BytesIO = data
+        size = data.stat().st_size
+    else:
+        raw = data.tobytes() if isinstance(data, np.ndarray) else data
+        source, size = io.BytesIO(raw), len(raw)
+    ds = read_header(source, size, max_pixels)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1 and frame is None:
+        raise DicomError(
+            f"multi-frame DICOM ({frames} frames): score it with the local engine, frame by frame"
         )
+    if frame is not None and frame > frames:
+        raise DicomError(f"frame {frame} asked, the file has {frames}")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        pixels = pixel_array(source, index=None if frames == 1 else (frame or 1) - 1)
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and getattr(syntax, "is_compressed", False):
             raise DicomError(
                 f"pixel data compressed as {syntax.name}, which needs a codec that is not installed "
                 "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)"
             ) from exc
         raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {exc})") from exc
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        if frame is None:
-            raise DicomError(
-                f"multi-frame DICOM ({frames} frames): score it with the local engine, frame by frame"
-            )
-        if frame > frames:
-            raise DicomError(f"frame {frame} asked, the file has {frames}")
-        pixels = pixels[frame - 1]
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
         return pixels.astype(np.uint8) if pixels.dtype == np.uint8 else _window(pixels.astype(np.float64), ds)

@@ -156,7 +156,7 @@ def decode_bytes(
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
     if is_dicom_bytes(buf):
         try:
-            return decode_dicom(buf)
+            return decode_dicom(buf, None, max_pixels)
         except DicomError as exc:
             raise ImageDecodeError(source, str(exc)) from exc
     check_encoded(buf, source, max_pixels)
@@ -188,7 +188,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     check_file(file, max_pixels)  # every format, DICOM included, before any reader opens it
     if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
         try:
-            return decode_dicom(file, frame)
+            return decode_dicom(file, frame, max_pixels)
         except DicomError as exc:
             raise ImageDecodeError(path, str(exc)) from exc
         except OSError as exc:

@@ -182,7 +182,9 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     )
     check_report(options, source)
     skipped: list[tuple[str, str]] = []
-    paths = expand_frames(find_images(folder, skipped))  # a multi-frame DICOM file is one row per frame
+    paths = expand_frames(
+        find_images(folder, skipped), options.max_pixels
+    )  # a multi-frame DICOM file is one row per frame
     if not paths:
         raise SettingError(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, options.device, options.precision, options.compile)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from mri44.imageio import read_image
+from mri44.imageio import MAX_PIXELS, ImageDecodeError, read_image
 from mri44.stages.score.cli import app
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM is an extra: pip install -e '.[dicom]'")
@@ -69,7 +69,7 @@ def test_dicom_variants_read_as_their_image(tmp_path: Path, synthetic_data: Path
     from mri44.dicom import decode_dicom, is_dicom_path
 
     assert is_dicom_path(tmp_path / "noext")
-    np.testing.assert_array_equal(decode_dicom(tmp_path / "noext"), image)
+    np.testing.assert_array_equal(decode_dicom(tmp_path / "noext", None, MAX_PIXELS), image)
 
 
 def test_dicom_folder_scores_like_the_images(
@@ -120,3 +120,66 @@ def test_dicom_folder_scores_like_the_images(
         assert row["confidence"] == pytest.approx(expected[f"{cls}/{png_name}"], abs=1e-6)
     assert by_path[f"{cls}/jp2.dcm"]["status"] == "error"
     assert "codec" in by_path[f"{cls}/jp2.dcm"]["error"]
+
+
+def _claiming(path: Path, **claims: int) -> Path:
+    """Rewrite a DICOM file's header to claim other dimensions or frame counts than its pixel data holds."""
+    ds = pydicom.dcmread(path)
+    for key, value in claims.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_pixel_claims_are_bounded_by_max_pixels(tmp_path: Path) -> None:
+    """A compressed (RLE) file claiming 10000 x 10000 is refused from its header, before any codec runs."""
+    from pydicom.uid import RLELossless
+
+    small = np.zeros((8, 8), np.uint16)
+    rle = tmp_path / "huge.dcm"
+    write_dicom(rle, [small], "MONOCHROME2", None, syntax=RLELossless)
+    _claiming(rle, Rows=10000, Columns=10000)
+    with pytest.raises(
+        ImageDecodeError, match="10000 x 10000 pixels per frame, over the limit of 50,000,000"
+    ):
+        read_image(rle)
+    fine = tmp_path / "fine.dcm"
+    write_dicom(fine, [small + 7], "MONOCHROME2", None)
+    assert read_image(fine).shape == (8, 8)
+    with pytest.raises(ImageDecodeError, match="over the limit of 10"):
+        read_image(fine, max_pixels=10)
+
+
+def test_dicom_frame_count_is_bounded_by_the_file_size(tmp_path: Path) -> None:
+    """A small file claiming 5,000,000 frames lists one row, which is its error row; nothing is decoded."""
+    from mri44.dicom import expand_frames
+
+    liar = tmp_path / "liar.dcm"
+    write_dicom(liar, [np.zeros((8, 8), np.uint16)] * 2, "MONOCHROME2", None)
+    _claiming(liar, NumberOfFrames=5_000_000)
+    assert liar.stat().st_size < 2000
+    assert expand_frames([liar], MAX_PIXELS) == [liar]
+    with pytest.raises(ImageDecodeError, match="5,000,000 frames of 8 x 8, more than its"):
+        read_image(liar)
+
+
+def test_one_frame_of_a_multiframe_file_decodes_only_that_frame(tmp_path: Path) -> None:
+    """Scoring a file of N frames row by row must cost N frames, not N whole files: the memory that reading one
+    frame allocates stays far below the file's pixel data (the old reader decoded every frame for each row)."""
+    import tracemalloc
+
+    from mri44.dicom import expand_frames
+
+    frames = [np.full((128, 128), k, np.uint16) for k in range(400)]  # 13 MB of pixel data
+    multi = tmp_path / "multi.dcm"
+    write_dicom(multi, frames, "MONOCHROME2", (200.0, 400.0))
+    rows = expand_frames([multi], MAX_PIXELS)
+    assert len(rows) == 400
+    tracemalloc.start()
+    last = read_image(rows[-1])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < multi.stat().st_size / 8, (
+        f"peak {peak:,} bytes to read one frame of {multi.stat().st_size:,}"
+    )
+    assert int(last[0, 0]) == round((399 - 0) * 255 / 400)
