@@ -1,5 +1,7 @@
-"""Finding image files under a folder: recursive, case-insensitive extensions, hidden entries skipped,
-symlinked folders followed once (loops cannot recurse forever), in a stable sorted order."""
+"""Finding image files under a folder: recursive, case-insensitive extensions, hidden entries skipped, in a
+stable sorted order. Symlinks are followed once: the real tree is walked first and links after it, so a file
+reachable both by its class folder and by a link with another name (`ln -s "Glioblastoma T1" latest`) is listed
+once, under its class folder, and the link is reported as a duplicate path (loops cannot recurse forever)."""
 
 from __future__ import annotations
 
@@ -12,53 +14,81 @@ from mri44.imageio import is_image_path
 # Written into every folder of metric tables we produce: such folders are our outputs, never inputs, so a
 # metrics folder left inside the scored folder is not scored on the next run.
 OUTPUT_MARKER = ".mri44-outputs"
+# The reason find_images gives for a folder it could not open: callers that must not go on without it (training)
+# pick these out of `skipped`.
+UNLISTABLE = "folder cannot be listed"
 
 
 def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """All image-named files below root, sorted by their path relative to root; our own output folders (marked
-    with OUTPUT_MARKER) are skipped. When `skipped` is given, every other file and every folder that could not
-    be listed is appended to it as (path relative to root, reason), so callers can say what they left out."""
+    with OUTPUT_MARKER) are skipped. When `skipped` is given, every other file, every folder that could not be
+    listed and every link to something already listed is appended to it as (path relative to root, reason), so
+    callers can say what they left out."""
     root = Path(root)
     found: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    seen_dirs: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], Path] = {}
+    links: list[Path] = []  # symlinked entries, taken after the real tree
 
     def note(path: Path, reason: str) -> None:
         if skipped is not None:
             skipped.append((path.relative_to(root).as_posix(), reason))
 
+    def already(key: tuple[int, int], seen: dict[tuple[int, int], Path], path: Path) -> bool:
+        if key in seen:
+            if path != seen[key]:
+                note(path, f"duplicate path of {seen[key].relative_to(root).as_posix() or '.'} (a link)")
+            return True
+        seen[key] = path
+        return False
+
+    def add_file(path: Path) -> None:
+        try:
+            st = path.stat()
+        except (
+            OSError
+        ):  # a dangling link with an image name is still a file the user asked about: its error row
+            found.append(path)
+            return
+        if not already((st.st_dev, st.st_ino), seen_files, path):
+            found.append(path)
+
     def walk(folder: Path) -> None:
         try:
             st = folder.stat()
-        except OSError:
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:
-            return
-        seen_dirs.add(key)
-        if (folder / OUTPUT_MARKER).exists() and folder != root:
-            return
-        try:
+            if already((st.st_dev, st.st_ino), seen_dirs, folder):
+                return
+            if folder != root and (folder / OUTPUT_MARKER).exists():
+                return
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            note(folder, f"folder cannot be listed ({exc.strerror or exc})")
+        except OSError as exc:  # the marker check fails alike when the folder cannot be searched
+            note(folder, f"{UNLISTABLE} ({exc.strerror or exc})")
             return
         for entry in entries:
             if entry.name.startswith("."):
                 continue
+            path = Path(entry.path)
             try:
-                if entry.is_dir(follow_symlinks=True):
-                    walk(Path(entry.path))
+                if entry.is_symlink():
+                    links.append(path)
+                elif entry.is_dir():
+                    walk(path)
                 elif is_image_path(entry.name) or ("." not in entry.name and has_preamble(entry.path)):
-                    found.append(Path(entry.path))  # extension-less files count when they are DICOM
+                    add_file(path)  # extension-less files count when they are DICOM
                 else:
-                    note(
-                        Path(entry.path),
-                        f"not an image type ({Path(entry.name).suffix.lower() or 'no extension'})",
-                    )
+                    note(path, f"not an image type ({Path(entry.name).suffix.lower() or 'no extension'})")
             except OSError:
-                # A dangling link with an image name is still a file the user asked about: record it.
                 if is_image_path(entry.name):
-                    found.append(Path(entry.path))
+                    found.append(path)
 
     walk(root)
+    while links:  # links found while walking the linked folders join the queue
+        batch, links[:] = sorted(links), []
+        for path in batch:
+            if path.is_dir():
+                walk(path)
+            elif is_image_path(path.name) or ("." not in path.name and has_preamble(path)):
+                add_file(path)
+            elif path.exists():
+                note(path, f"not an image type ({path.suffix.lower() or 'no extension'})")
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())

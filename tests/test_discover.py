@@ -1,6 +1,12 @@
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from mri44.discover import OUTPUT_MARKER, find_images
@@ -32,3 +38,87 @@ def test_skipped_files_and_unlistable_folders_are_reported(
         ("a/notes.txt", "not an image type (.txt)"),
         ("locked", "folder cannot be listed (Permission denied)"),
     ]
+
+
+def test_a_link_to_a_class_folder_lists_each_file_once_under_its_class(tmp_path: Path) -> None:
+    """`ln -s "Glioblastoma T1" 00_latest` sorts first; its files are still listed under their class folder
+    (which labels them) and the link is reported as a duplicate path."""
+    (tmp_path / "Glioblastoma T1").mkdir()
+    (tmp_path / "Glioblastoma T1" / "a.png").write_bytes(b"x")
+    (tmp_path / "00_latest").symlink_to("Glioblastoma T1")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "b.png").symlink_to(tmp_path / "Glioblastoma T1" / "a.png")
+    skipped: list[tuple[str, str]] = []
+    found = find_images(tmp_path, skipped)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["Glioblastoma T1/a.png"]
+    assert sorted(skipped) == [
+        ("00_latest", "duplicate path of Glioblastoma T1 (a link)"),
+        ("other/b.png", "duplicate path of Glioblastoma T1/a.png (a link)"),
+    ]
+
+
+def _without_read_capability(code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code as this user minus CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (root then obeys file modes,
+    as any user does), so unreadable folders are tested for real, not by mocking os.scandir."""
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot drop the capability to read any folder")
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def locked_tree(tmp_path: Path):
+    """Two classes with an image each, plus a nested folder nobody may open (000) and one that can be listed
+    but not searched (r--: the marker check fails, where the old code dropped the folder silently)."""
+    for name in ("A T1", "B T2"):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "ok.png"), np.full((16, 16), 100, np.uint8))
+    for name, mode in (("closed", 0o000), ("listonly", 0o444)):
+        (tmp_path / "A T1" / name).mkdir()
+        cv2.imwrite(str(tmp_path / "A T1" / name / "hidden.png"), np.zeros((16, 16), np.uint8))
+        (tmp_path / "A T1" / name).chmod(mode)
+    yield tmp_path
+    for name in ("closed", "listonly"):
+        (tmp_path / "A T1" / name).chmod(0o755)
+
+
+def test_unreadable_folders_are_reported_for_real(locked_tree: Path) -> None:
+    code = (
+        "import json; from mri44.discover import find_images; s = []; "
+        f"f = find_images({str(locked_tree)!r}, s); print(json.dumps([len(f), sorted(s)]))"
+    )
+    result = _without_read_capability(code)
+    assert result.returncode == 0, result.stderr
+    found, skipped = json.loads(result.stdout)
+    assert found == 2
+    assert skipped == [
+        ["A T1/closed", "folder cannot be listed (Permission denied)"],
+        ["A T1/listonly", "folder cannot be listed (Permission denied)"],
+    ]
+
+
+def test_training_scan_lists_unreadable_folders_and_refuses_an_unreadable_class(locked_tree: Path) -> None:
+    code = (
+        "import json; from pathlib import Path; from mri44.preprocess import PreprocessSpec; "
+        "from mri44.stages.train.dataset import scan_dataset; "
+        f"d = scan_dataset(Path({str(locked_tree)!r}), PreprocessSpec(size=32), workers=1); "
+        "print(json.dumps([d.manifest.height, d.failures.rows()]))"
+    )
+    result = _without_read_capability(code)
+    assert result.returncode == 0, result.stderr
+    rows, failures = json.loads(result.stdout)
+    assert rows == 2
+    assert sorted(tuple(f) for f in failures) == [
+        ("A T1/closed", "folder cannot be listed (Permission denied)"),
+        ("A T1/listonly", "folder cannot be listed (Permission denied)"),
+    ]
+    (locked_tree / "B T2").chmod(0o000)
+    try:
+        result = _without_read_capability(code)
+    finally:
+        (locked_tree / "B T2").chmod(0o755)
+    assert result.returncode != 0
+    assert "SettingError: class folder" in result.stderr and "B T2: folder cannot be listed" in result.stderr

@@ -20,7 +20,7 @@ import polars as pl
 from tqdm import tqdm
 
 from mri44.atomic import atomic_path
-from mri44.discover import find_images
+from mri44.discover import UNLISTABLE, find_images
 from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError, decode_bytes
 from mri44.labels import parse_label
@@ -62,7 +62,17 @@ def class_folders(data_dir: Path) -> list[str]:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
     names = sorted(d.name for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [n for n in names if find_images(data_dir / n)]
+    classes = []
+    for name in names:
+        skipped: list[tuple[str, str]] = []
+        if find_images(data_dir / name, skipped):
+            classes.append(name)
+        elif any(rel == "." and reason.startswith(UNLISTABLE) for rel, reason in skipped):
+            # A class that silently vanished would change the model's classes: refuse instead.
+            reason = next(r for rel, r in skipped if rel == ".")
+            raise SettingError(
+                f"class folder {data_dir / name}: {reason}; fix its permissions or move it out"
+            )
     if len(classes) < 2:
         raise SettingError(
             f"{data_dir} must hold at least two class folders with images, found {len(classes)}"
@@ -97,10 +107,14 @@ def _scan_one(
 def scan_dataset(data_dir: Path, spec: PreprocessSpec, workers: int | None = None) -> ScannedData:
     """Decode every image under data_dir/<class>/ once; unreadable files are listed, warned about, left out."""
     classes = class_folders(data_dir)
-    jobs = [(p, c) for c in classes for p in find_images(data_dir / c)]
+    jobs: list[tuple[Path, str]] = []
+    failures: list[tuple[str, str]] = []  # (path relative to data_dir, reason), like _scan_one's
+    for c in classes:
+        skipped: list[tuple[str, str]] = []
+        jobs += [(p, c) for p in find_images(data_dir / c, skipped)]
+        failures += [(f"{c}/{rel}", reason) for rel, reason in skipped if reason.startswith(UNLISTABLE)]
     rows: list[dict] = []
     pixels: list[np.ndarray] = []
-    failures: list[tuple[str, str]] = []
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda job: _scan_one(job[0], data_dir, job[1], spec), jobs)
@@ -111,7 +125,7 @@ def scan_dataset(data_dir: Path, spec: PreprocessSpec, workers: int | None = Non
             else:
                 failures.append(result)
     if failures:
-        log.warning("%d unreadable file(s) left out, e.g. %s", len(failures), failures[0][1])
+        log.warning("%d unreadable file(s) or folder(s) left out, e.g. %s", len(failures), failures[0][1])
     if not rows:
         raise SettingError(f"no readable images under {data_dir}")
     stack = np.stack(pixels) if pixels else np.zeros((0, spec.size, spec.size, spec.cache_channels), np.uint8)
