@@ -14,18 +14,25 @@ actors call the same backend and the same prediction_frame.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import posixpath
+import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from mri44.atomic import atomic_path
-from mri44.discover import find_images
-from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path
+from mri44.atomic import atomic_path, write_text_atomic
+from mri44.discover import OUTPUT_MARKER, find_images
+from mri44.errors import SettingError
+from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path, read_file
+from mri44.predictions import printable_path
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
 if TYPE_CHECKING:
@@ -36,6 +43,10 @@ log = logging.getLogger(__name__)
 # only files named like ours are ever read, resumed or removed.
 PART_PREFIX = "mri44-part-"
 PART_GLOB = f"{PART_PREFIX}*.parquet"
+# What the run was (model, input, options): a --resume that differs is refused, so one table never mixes runs.
+RUN_FILE = "mri44-run.json"
+# Held while a run writes into its folder (created atomically): a second run into the same folder is refused.
+LOCK_FILE = ".mri44-lock"
 
 
 def list_inputs(source: str) -> tuple[str, list[str]]:
@@ -49,32 +60,143 @@ def list_inputs(source: str) -> tuple[str, list[str]]:
 
     filesystem, base = fs.FileSystem.from_uri(source)
     infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+    files = [posixpath.relpath(i.path, base) for i in infos if i.type == fs.FileType.File]
+    # Our own output folders (metric tables, a report's images) are never inputs, as in find_images.
+    marked = tuple(
+        posixpath.dirname(f) + "/" for f in files if posixpath.basename(f) == OUTPUT_MARKER and "/" in f
+    )
     rel = sorted(
-        posixpath.relpath(i.path, base)
-        for i in infos
-        if i.type == fs.FileType.File
-        and is_image_path(i.path)
-        and "/." not in "/" + posixpath.relpath(i.path, base)
+        f for f in files if is_image_path(f) and "/." not in "/" + f and not f.startswith(marked or ("\0",))
     )
     return source.rstrip("/"), rel
 
 
-def finished_paths(out_dir: Path) -> set[str]:
-    """Files already scored by an earlier run into out_dir (only renamed, complete parts count)."""
-    parts = sorted(out_dir.glob(PART_GLOB))
-    if not parts:
-        return set()
-    return set(pl.scan_parquet(parts).select("path").collect()["path"].to_list())
+def prepare_resume(out_dir: Path) -> set[str]:
+    """The files an earlier run into out_dir scored (rows with status ok), ready to be skipped. Its error rows are
+    removed from their parts so that --resume tries those files again, and a part that cannot be read (cut off by
+    a full disk, say) is set aside as NAME.unreadable, never deleted; its files are scored again."""
+    done: set[str] = set()
+    for part in sorted(out_dir.glob(PART_GLOB)):
+        try:
+            status = pl.read_parquet(part, columns=["path", "status"])
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            aside = part.with_name(part.name + ".unreadable")
+            part.rename(aside)
+            log.warning(
+                "%s cannot be read (%s): set aside as %s; its files are scored again", part, exc, aside
+            )
+            continue
+        failed = status["status"] == "error"
+        if failed.any():
+            kept = pl.read_parquet(part).filter(pl.col("status") != "error")
+            if kept.height:
+                with atomic_path(part) as tmp:
+                    kept.write_parquet(tmp)
+            else:
+                part.unlink()
+            log.info("%d error row(s) of %s are tried again", int(failed.sum()), part.name)
+        done.update(status.filter(~failed)["path"].to_list())
+    return done
 
 
-def _read(root: str, rel: str) -> bytes:
+def run_identity(root: str, model: Path, options: ScoreOptions) -> dict[str, Any]:
+    """What must be equal for rows of two runs to share a table: the model's bytes, the input, the options that
+    change rows. (Device and actor count do not: a resume may run on another cluster.)"""
+    from mri44.model import file_sha256
+
+    return {
+        "model_sha256": file_sha256(model),
+        "input": root,
+        "top_k": options.top_k,
+        "max_pixels": options.max_pixels,
+        "ood": options.ood,
+        "ood_threshold": options.ood_threshold,
+    }
+
+
+def check_identity(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse a --resume into a folder written by a different run, naming each difference."""
+    from .outputs import OutputError
+
+    path = out / RUN_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(
+            f"{out} holds parts but no readable run record ({RUN_FILE}: {exc.__class__.__name__}), so a resume "
+            "cannot be checked to be the same run: pass --overwrite to start over"
+        ) from None
+    differences = [
+        f"{key} {saved.get(key)!r} then, {value!r} now"
+        for key, value in identity.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise OutputError(
+            f"--resume of a different run in {out}: {'; '.join(differences)}. Resume with the same model, input "
+            "and options, or pass --overwrite to start over"
+        )
+
+
+@contextlib.contextmanager
+def holding(out: Path) -> Iterator[None]:
+    """Hold out for this run: a lock file created atomically (O_EXCL), removed at the end. A lock left by a
+    process of this host that no longer runs is taken over; any other lock refuses the run."""
+    from .outputs import OutputError
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    owner = f"{os.getpid()} {socket.gethostname()}"
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if attempt == 0 and _stale(lock):
+                log.warning("%s was left by a run that no longer runs: taken over", lock)
+                lock.unlink(missing_ok=True)
+                continue
+            held = lock.read_text(errors="replace").strip() if lock.exists() else "?"
+            raise OutputError(
+                f"another run (pid and host: {held}) is writing to {out}; wait for it to end, or remove {lock} "
+                "if no run is"
+            ) from None
+    os.write(fd, owner.encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _stale(lock: Path) -> bool:
+    """A lock written by a process of this host that no longer exists."""
+    try:
+        pid, host = lock.read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def _read(root: str, name: str, max_pixels: int) -> np.ndarray:
+    """A file's bytes, no more than an image within max_pixels can take (imageio.read_file: regular files only,
+    size checked before reading); an object-store file is cut off at the same limit."""
     if "://" not in root:
-        return (Path(root) / rel).read_bytes()
+        return read_file(Path(root) / name, max_pixels)
     from pyarrow import fs
 
     filesystem, base = fs.FileSystem.from_uri(root)
-    with filesystem.open_input_stream(posixpath.join(base, rel)) as handle:
-        return handle.read()
+    limit = 8 * max_pixels + (1 << 20)
+    with filesystem.open_input_stream(posixpath.join(base, name)) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ImageDecodeError(name, "file is larger than an image within --max-pixels can be: not read")
+    return np.frombuffer(data, np.uint8)
 
 
 def decode_batch(
@@ -84,9 +206,12 @@ def decode_batch(
     preprocess = PreprocessSpec.from_dict(spec)
     shape = (preprocess.size, preprocess.size, preprocess.cache_channels)
     pixels, errors = [], []
-    for rel in batch["path"]:
-        try:
-            pixels.append(to_model_pixels(decode_bytes(_read(root, str(rel)), rel, max_pixels), preprocess))
+    for rel, raw in zip(batch["path"], batch["name"], strict=True):
+        try:  # the file's own name (bytes: a name that is not UTF-8 travels through Arrow intact)
+            name = os.fsdecode(raw) if "://" not in root else bytes(raw).decode()
+            pixels.append(
+                to_model_pixels(decode_bytes(_read(root, name, max_pixels), rel, max_pixels), preprocess)
+            )
             errors.append("")
         except ImageDecodeError as exc:
             pixels.append(np.zeros(shape, np.uint8))
@@ -142,28 +267,41 @@ def score_with_ray(
     top_k: int = 3,
     max_pixels: int,
     device: str = "auto",
-    resume: bool = False,
+    done: set[str] | None = None,
     ood: bool = True,
     ood_threshold: float | None = None,
+    listed: tuple[str, list[str]] | None = None,
 ) -> tuple[int, int, list[str]]:
-    """Score every image under source into part files in out_dir; returns (rows written now, rows kept from an
-    earlier run, the model's classes)."""
+    """Score every image under source (or the `listed` (root, paths) of list_inputs) into part files in out_dir,
+    but those in `done` (printable paths); returns (rows written now, rows kept from an earlier run, the
+    model's classes)."""
     import ray
 
     from mri44.onnx_meta import read_metadata
 
     meta = read_metadata(model)  # checks the model before any work, without a session on any device
-    root, paths = list_inputs(source)
-    done = finished_paths(out_dir) if resume else set()
-    todo = [p for p in paths if p not in done]
-    log.info("%d files under %s; %d already scored; %d to score", len(paths), source, len(done), len(todo))
+    root, paths = listed or list_inputs(source)
+    if not paths:
+        raise SettingError(f"no image files under {source} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
+    done = done or set()
+    todo = [p for p in paths if printable_path(p) not in done]
+    log.info(
+        "%d files under %s; %d already scored; %d to score",
+        len(paths),
+        source,
+        len(paths) - len(todo),
+        len(todo),
+    )
     if not todo:
-        return 0, len(done), meta.classes
+        return 0, len(paths) - len(todo), meta.classes
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    check_gpus(ray.cluster_resources(), gpus_per_actor, actors)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    local = "://" not in root
     ds: Any = ray.data.from_items(
-        [{"path": p} for p in todo], override_num_blocks=max(1, min(len(todo) // batch_size, 10_000))
+        [{"path": printable_path(p), "name": os.fsencode(p) if local else p.encode()} for p in todo],
+        override_num_blocks=max(1, min(len(todo) // batch_size, 10_000)),
     )
     ds = ds.map_batches(
         decode_batch,
@@ -191,7 +329,20 @@ def score_with_ray(
         with atomic_path(out_dir / f"{PART_PREFIX}{run_id}-{k:06d}.parquet", replace=False) as tmp:
             part.write_parquet(tmp)
         written += part.height
-    return written, len(done), meta.classes
+    return written, len(paths) - len(todo), meta.classes
+
+
+def check_gpus(resources: dict[str, float], gpus_per_actor: float, actors: int) -> None:
+    """Refuse GPU actors the cluster cannot place: Ray would only warn and wait for them forever."""
+    have = float(resources.get("GPU", 0.0))
+    if gpus_per_actor > 0 and have < gpus_per_actor * actors:
+        listed = ", ".join(
+            f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory")
+        )
+        raise SettingError(
+            f"--gpus-per-actor {gpus_per_actor:g} x --actors {actors} needs {gpus_per_actor * actors:g} GPU(s); "
+            f"the Ray cluster has {have:g} ({listed}): pass --gpus-per-actor 0, fewer actors, or add GPU nodes"
+        )
 
 
 def labelled_pairs(out_dir: Path) -> pl.DataFrame:
@@ -219,10 +370,11 @@ def counts(out_dir: Path) -> tuple[int, int]:
 
 def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> ScoreResult:
     """The Ray engine behind `score()` (options: score.run.ScoreOptions): part files in the folder `out`, then
-    metric tables in out/metrics from a lazy scan of them. --overwrite removes only our own parts and marked
-    metrics folder; --resume keeps the parts and scores the other files."""
-    from mri44.errors import SettingError
+    metric tables in out/metrics from a lazy scan of them. The folder is held by one run at a time; --overwrite
+    removes only our own files (parts, run record, the marked metrics folder); --resume checks that it continues
+    the same run, then scores the files without an ok row."""
     from mri44.metrics import write_tables
+    from mri44.onnx_meta import read_metadata
 
     from .outputs import OutputError, remove_output_folder
     from .run import ScoreResult, tables_with_counts
@@ -231,46 +383,56 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
         raise OutputError(f"--engine ray writes a folder of parts: {out} is a file")
     if options.overwrite and options.resume:
         raise SettingError("--overwrite starts over and --resume continues: choose one")
-    parts = sorted(out.glob(PART_GLOB)) if out.is_dir() else []
-    if parts and not options.resume:
-        if not options.overwrite:
+    read_metadata(model)  # a bad model is refused before the output folder is touched
+    listed = list_inputs(source)
+    identity = run_identity(listed[0], model, options)
+    with holding(out):
+        parts = sorted(out.glob(PART_GLOB))
+        done: set[str] = set()
+        if parts and options.resume:
+            check_identity(out, identity)
+            done = prepare_resume(out)
+        elif parts and not options.overwrite:
             raise OutputError(
                 f"{out} already holds parts: pass --resume to continue that run, --overwrite to start over"
             )
-        for part in parts:  # only our own outputs: parts and the marked metrics folder
-            part.unlink()
-        remove_output_folder(out / "metrics")
-    written, kept, classes = score_with_ray(
-        source,
-        out,
-        model,
-        address=options.address,
-        actors=options.actors,
-        gpus_per_actor=options.gpus_per_actor,
-        batch_size=options.batch_size,
-        top_k=options.top_k,
-        max_pixels=options.max_pixels,
-        device=options.device,
-        resume=options.resume,
-        ood=options.ood == "on",
-        ood_threshold=options.ood_threshold,
-    )
-    rows, errors = counts(out)
-    log.info(
-        "scored %d file(s) now, %d kept from before; %d rows, %d error(s) -> %s",
-        written,
-        kept,
-        rows,
-        errors,
-        out,
-    )
-    pairs = labelled_pairs(out)
-    tables = tables_with_counts(pairs, rows, errors, 0)
-    target = out / "metrics"
-    if tables is not None:
-        remove_output_folder(target)
-        write_tables(tables, target, classes)
-        log.info("metric tables (%d labelled images) -> %s", pairs.height, target)
+        elif parts:
+            for part in parts:  # only our own outputs: parts, the run record and the marked metrics folder
+                part.unlink()
+            remove_output_folder(out / "metrics")
+        write_text_atomic(out / RUN_FILE, json.dumps(identity, indent=1))
+        written, kept, classes = score_with_ray(
+            source,
+            out,
+            model,
+            address=options.address,
+            actors=options.actors,
+            gpus_per_actor=options.gpus_per_actor,
+            batch_size=options.batch_size,
+            top_k=options.top_k,
+            max_pixels=options.max_pixels,
+            device=options.device,
+            done=done,
+            ood=options.ood == "on",
+            ood_threshold=options.ood_threshold,
+            listed=listed,
+        )
+        rows, errors = counts(out)
+        log.info(
+            "scored %d file(s) now, %d kept from before; %d rows, %d error(s) -> %s",
+            written,
+            kept,
+            rows,
+            errors,
+            out,
+        )
+        pairs = labelled_pairs(out)
+        tables = tables_with_counts(pairs, rows, errors, 0)
+        target = out / "metrics"
+        if tables is not None:
+            remove_output_folder(target)
+            write_tables(tables, target, classes)
+            log.info("metric tables (%d labelled images) -> %s", pairs.height, target)
     return ScoreResult(
         predictions=None,
         tables=tables,

@@ -106,7 +106,13 @@ def report(
             frame = pl.read_parquet(predictions)
         else:
             frame = pl.read_csv(predictions)
-    except pl.exceptions.PolarsError as exc:
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        bad = next((part for part in parts if not _readable(part)), None)
+        if bad is not None:
+            raise fail(
+                f"part {bad} cannot be read (cut off?): mri-score --engine ray --resume sets it aside and scores "
+                "its files again"
+            ) from exc
         raise fail(f"cannot read {predictions} as a predictions table: {exc}") from exc
     missing = {"path", "status", "pred_class", "confidence", "true_class"} - set(frame.columns)
     if missing:
@@ -142,3 +148,14 @@ def report(
 
 def main() -> None:
     app()
+
+
+def _readable(part: Path) -> bool:
+    import polars as pl
+
+    try:
+        pl.read_parquet_schema(part)
+        pl.read_parquet(part, columns=["path"])
+    except (pl.exceptions.PolarsError, OSError):
+        return False
+    return True

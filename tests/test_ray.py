@@ -62,7 +62,7 @@ def test_ray_engine_gives_the_local_rows_and_resumes(
         shutil.move(held / f"{path.parent.name}__{path.name}", path)
     resumed = runner.invoke(app, [str(data), *args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "scored 10 file(s) now" in resumed.output
+    assert "scored 12 file(s) now" in resumed.output  # the 10 new files and the 2 error rows, tried again
 
     rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))).sort("path")
     assert rows.columns == reference.columns
@@ -103,3 +103,95 @@ def test_ray_engine_reads_urls_and_refuses_local_only_options(
         app, [str(synthetic_data), *args[:-2], "--engine", "ray", "--decode", "device", "--report", "r.html"]
     )
     assert refused.exit_code == 2 and "--decode, --report apply to the local engine only" in refused.output
+
+
+def test_ray_resume_is_the_same_run_held_by_one_process_and_survives_damage(
+    local_ray, synthetic_data: Path, exported_model: Path, tmp_path: Path
+) -> None:
+    """--resume refuses another model or other options (it mixed two models' rows; --top-k broke the schema);
+    a second run into a held folder is refused; error rows are retried; a cut-off part is set aside, not fatal;
+    a name that is not UTF-8 is one row, not an aborted run; a GPU request the cluster cannot meet is refused."""
+    import os
+
+    from mri44.stages.score.ray_engine import LOCK_FILE, RUN_FILE
+
+    data = tmp_path / "in"
+    cls = sorted(d for d in synthetic_data.iterdir() if d.is_dir())[0]
+    shutil.copytree(cls, data / cls.name)
+    (data / cls.name / "junk.jpg").write_bytes(b"not an image")
+    os.close(os.open(os.fsencode(data / cls.name) + b"/\xff-latin1.png", os.O_CREAT | os.O_WRONLY))
+    shutil.copy(next((data / cls.name).glob("*.png")), os.fsencode(data / cls.name) + b"/\xff-latin1.png")
+    out = tmp_path / "out"
+    args = [str(data), "--out", str(out), "--model", str(exported_model), "--engine", "ray"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))
+    assert f"{cls.name}/\\xff-latin1.png" in rows.filter(pl.col("status") == "ok")["path"].to_list()
+    assert rows.filter(pl.col("status") == "error")["path"].to_list() == [f"{cls.name}/junk.jpg"]
+    assert (out / RUN_FILE).is_file() and not (out / LOCK_FILE).exists()
+
+    other = runner.invoke(app, [*args, "--resume", "--top-k", "5"])
+    assert other.exit_code == 2 and "--resume of a different run" in other.output
+    assert "top_k 3 then, 5 now" in other.output
+    copy = tmp_path / "other-model.onnx"
+    import onnx
+
+    changed = onnx.load(str(exported_model))
+    changed.doc_string = "another model"  # another file's bytes: another model
+    onnx.save(changed, str(copy))
+    other = runner.invoke(app, [*args[:3], "--model", str(copy), *args[5:], "--resume"])
+    assert other.exit_code == 2 and "model_sha256" in other.output
+
+    (out / LOCK_FILE).write_text(f"{os.getppid()} {__import__('socket').gethostname()}")  # a live process
+    held = runner.invoke(app, [*args, "--resume"])
+    assert held.exit_code == 2 and "another run" in held.output and LOCK_FILE in held.output
+    (out / LOCK_FILE).write_text(f"{2**22 + 12345} {__import__('socket').gethostname()}")  # no such process
+    (data / cls.name / "junk.jpg").unlink()
+    shutil.copy(next((data / cls.name).glob("*.png")), data / cls.name / "junk.jpg")  # now readable
+    part = sorted(out.glob("mri44-part-*.parquet"))[0]
+    whole = part.read_bytes()
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "scored 1 file(s) now" in resumed.output  # only the former error row
+    again = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))
+    assert again.height == rows.height and set(again["status"]) == {"ok"}
+    assert not (out / LOCK_FILE).exists()
+
+    for damaged in sorted(out.glob("mri44-part-*.parquet")):
+        damaged.write_bytes(damaged.read_bytes()[: len(whole) // 2])
+        break
+    if importlib.util.find_spec("matplotlib") is not None:
+        from mri44.stages.score.report_cli import app as report_app
+
+        report = runner.invoke(report_app, [str(out)])
+        assert report.exit_code == 2 and "cannot be read" in report.output and damaged.name in report.output
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / f"{damaged.name}.unreadable").is_file()
+    assert pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))).height == rows.height
+
+    gpus = runner.invoke(app, [*args[:2], str(tmp_path / "gpu-out"), *args[3:], "--gpus-per-actor", "1"])
+    assert gpus.exit_code == 2 and "the Ray cluster has 0" in gpus.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = runner.invoke(app, [str(empty), "--out", str(tmp_path / "none-out"), *args[3:]])
+    assert none.exit_code == 2 and "no image files under" in none.output
+
+
+def test_ray_url_input_skips_our_own_outputs_inside_it(
+    local_ray, synthetic_data: Path, exported_model: Path, tmp_path: Path
+) -> None:
+    """An --out inside the input URL: its metrics folder (confusion map included) is never scored as input."""
+    data = tmp_path / "in"
+    cls = sorted(d for d in synthetic_data.iterdir() if d.is_dir())[0]
+    shutil.copytree(cls, data / cls.name)
+    out = data / "scored"
+    args = [data.resolve().as_uri(), "--out", str(out), "--model", str(exported_model), "--engine", "ray"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert any((out / "metrics").glob("*.png"))
+    (data / cls.name / "late.png").write_bytes(next((data / cls.name).glob("*.png")).read_bytes())
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    paths = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))["path"].to_list()
+    assert all(p.startswith(f"{cls.name}/") for p in paths) and f"{cls.name}/late.png" in paths
