@@ -161,8 +161,10 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(ece)
 
 
-def confusion_heatmap_png(confusion: pl.DataFrame, classes: list[str], path: Path) -> None:
-    """Row-normalised confusion heatmap drawn with OpenCV (no plotting dependency), written atomically."""
+def confusion_heatmap(confusion: pl.DataFrame, classes: list[str]) -> bytes:
+    """The row-normalised confusion heat map as PNG bytes, drawn with OpenCV (no plotting dependency): the one
+    drawing of it, in the metrics folder and in the HTML report alike. Labels are drawn as plain text (a class
+    name with `$` in it is not mathematics)."""
     import cv2
 
     index = {c: i for i, c in enumerate(classes)}
@@ -190,11 +192,17 @@ def confusion_heatmap_png(confusion: pl.DataFrame, classes: list[str], path: Pat
         x = margin + i * cell
         canvas[0 : margin - 4, x : x + cell] = rotated
     cv2.putText(canvas, "true (rows) vs predicted (columns)", (4, 14), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, encoded = cv2.imencode(".png", canvas)
+    if not ok:
+        raise RuntimeError("could not encode the confusion heatmap")
+    return encoded.tobytes()
+
+
+def confusion_heatmap_png(confusion: pl.DataFrame, classes: list[str], path: Path) -> None:
+    """confusion_heatmap, written atomically to path."""
+    png = confusion_heatmap(confusion, classes)
     with atomic_path(path) as tmp:
-        ok, encoded = cv2.imencode(".png", canvas)
-        if not ok:
-            raise RuntimeError("could not encode the confusion heatmap")
-        tmp.write_bytes(encoded.tobytes())
+        tmp.write_bytes(png)
 
 
 def write_tables(

@@ -51,20 +51,12 @@ def _pyplot() -> Any:
 
 
 def confusion_plot(confusion: pl.DataFrame) -> str:
-    """Row-normalised heat map of the long-format confusion table (true_class, pred_class, count)."""
-    plt = _pyplot()
+    """Row-normalised heat map of the long-format confusion table (true_class, pred_class, count): the metrics
+    folder's confusion.png, drawn by the same function."""
+    from mri44.metrics import confusion_heatmap
+
     labels = sorted(set(confusion["true_class"]) | set(confusion["pred_class"]))
-    where = {c: i for i, c in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)))
-    for true, pred, count in confusion.iter_rows():
-        matrix[where[true], where[pred]] += count
-    fig, ax = plt.subplots(figsize=(11, 9.5))
-    ax.imshow(matrix / np.maximum(matrix.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
-    ax.set_yticks(range(len(labels)), labels, fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true (rows normalised)")
-    return _figure_png(fig)
+    return data_uri(confusion_heatmap(confusion, labels))
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[str, float]:
@@ -97,11 +89,12 @@ def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[str, float
 def distribution_plot(predictions: pl.DataFrame) -> str:
     plt = _pyplot()
     counts = predictions.group_by("pred_class").len().sort("len", descending=True)
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.bar(range(counts.height), counts["len"].to_list())
-    ax.set_xticks(range(counts.height), counts["pred_class"].to_list(), rotation=90, fontsize=7)
-    ax.set_ylabel("images")
-    return _figure_png(fig)
+    with plt.rc_context({"text.parse_math": False}):  # class names are text: `$x$` in one is not mathematics
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        ax.bar(range(counts.height), counts["len"].to_list())
+        ax.set_xticks(range(counts.height), counts["pred_class"].to_list(), rotation=90, fontsize=7)
+        ax.set_ylabel("images")
+        return _figure_png(fig)
 
 
 def thumbnail(path: Path, side: int = 88) -> str | None:

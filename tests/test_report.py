@@ -192,3 +192,22 @@ def test_report_of_a_table_with_a_wrongly_typed_column_is_one_line(tmp_path: Pat
     done = runner.invoke(report_app, [str(bad)])
     assert done.exit_code == 2 and "confidence is String, expected numbers" in done.output
     assert not bad.with_suffix(".html").exists()
+
+
+def test_class_names_with_dollar_signs_are_text_not_mathematics(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """A class named like `Odd $x_{$ T1` made matplotlib parse mathtext and the report crash."""
+    scored = tmp_path / "p.parquet"
+    result = runner.invoke(
+        score_app, [str(synthetic_data), "--out", str(scored), "--model", str(exported_model)]
+    )
+    assert result.exit_code == 0, result.output
+    frame = pl.read_parquet(scored)
+    first = sorted(frame["pred_class"].unique().to_list())[0]
+    odd = "Odd $x_{$ T1"
+    renamed = frame.with_columns(pl.col("pred_class", "true_class").replace(first, odd))
+    renamed.write_parquet(tmp_path / "odd.parquet")
+    made = runner.invoke(report_app, [str(tmp_path / "odd.parquet")])
+    assert made.exit_code == 0, made.output
+    assert "Odd $x_{$ T1" in (tmp_path / "odd.html").read_text()
