@@ -228,3 +228,23 @@ def test_a_temperature_from_typo_is_refused_before_training(synthetic_data: Path
     with pytest.raises(CheckpointError, match="no checkpoint"):
         run_training(cfg)
     assert not (tmp_path / "run" / "last.pt").exists()  # refused before any epoch
+
+
+def test_a_run_whose_data_cannot_be_split_leaves_nothing_behind(synthetic_data: Path, tmp_path: Path) -> None:
+    """One image per class leaves val empty: refused, and neither a half run folder (config, cache, split
+    files) nor any file in a folder the user made is left; the user's own files there stay."""
+    import shutil
+
+    data = tmp_path / "one-each"
+    for cls in sorted(d for d in synthetic_data.iterdir() if d.is_dir()):
+        (data / cls.name).mkdir(parents=True)
+        shutil.copy(sorted(cls.glob("*.png"))[0], data / cls.name)
+    with pytest.raises(MRI44Error, match="left train or val empty"):
+        run_training(tiny_run_config(data, tmp_path / "new-run"))
+    assert not (tmp_path / "new-run").exists()
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(MRI44Error, match="left train or val empty"):
+        run_training(tiny_run_config(data, mine))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

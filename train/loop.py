@@ -4,12 +4,14 @@ Plain and explicit, in the spirit of torchvision's references/classification/tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -368,9 +370,10 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     if (
         ranks.main
     ):  # rank 0 writes the config, scans (filling the cache) and writes the split; then the others read
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cfg.out / "config.json", cfg.to_json())
-        data = prepare_data(cfg, spec, device, resuming)
+        with _undone_on_failure(cfg.out, resuming):
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cfg.out / "config.json", cfg.to_json())
+            data = prepare_data(cfg, spec, device, resuming)
     barrier(ranks)
     if not ranks.main:
         data = prepare_data(cfg, spec, device, resuming, write=False)
@@ -415,6 +418,25 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     fit(state, data, route, cfg, device, bf16, teacher, common, ranks)
     barrier(ranks)
     return evaluate_best(best_path, data, cfg, device, bf16) if ranks.main else {}
+
+
+@contextlib.contextmanager
+def _undone_on_failure(out: Path, resuming: bool) -> Iterator[None]:
+    """A new run whose data cannot be prepared (one image per class leaves val empty; a split file that does not
+    fit) leaves nothing behind: the entries it made in its run folder, and the folder if it made it, are removed.
+    A resumed run's folder is never touched."""
+    existed = out.exists()
+    before = {p.name for p in out.iterdir()} if existed and out.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if not resuming and out.is_dir():
+            for entry in out.iterdir():
+                if entry.name not in before:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if not existed:
+                out.rmdir()
+        raise
 
 
 def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
