@@ -8,6 +8,8 @@ and renamed into place after the predictions were written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -150,23 +152,62 @@ def write_outputs(
     overwrite: bool,
     classes: list[str],
 ) -> None:
-    """Predictions and tables, both or neither replaced: tables are staged beside their folder first."""
-    staged = None
-    if tables is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        staged.chmod(
-            0o777 & ~_umask()
-        )  # mkdtemp's 0700 would hide the tables from colleagues on a shared server
-        write_tables(tables, staged, classes)
-    if overwrite:  # an earlier run's tables must not survive beside new predictions
-        remove_output_folder(target)
+    """Predictions and tables, both or neither replaced: tables are staged beside their folder first. A full disk
+    is said in those words, and the predictions, which took the whole run to make, are kept in the temporary
+    folder when there is room there."""
     try:
+        _write_outputs(predictions, tables, out, target, overwrite, classes)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        if not no_space(exc):
+            raise
+        kept = rescue(predictions, out)
+        raise OutputError(
+            f"no space left on the device that holds {out.parent}: nothing was replaced; "
+            + (f"the predictions were kept in {kept}" if kept else "the temporary folder is full too")
+        ) from None
+
+
+def no_space(exc: BaseException) -> bool:
+    """A write that failed for lack of space (Polars reports it in its own error type, with the OS text)."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
+
+
+def rescue(predictions: pl.DataFrame, out: Path) -> Path | None:
+    """The predictions in a new file of the temporary folder (never over anything), or None when that fails."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"mri44-unsaved-{out.stem}-", suffix=".parquet")
+        os.close(fd)
+        predictions.write_parquet(name)
+        return Path(name)
+    except (OSError, pl.exceptions.PolarsError):
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(name)
+        return None
+
+
+def _write_outputs(
+    predictions: pl.DataFrame,
+    tables: dict | None,
+    out: Path,
+    target: Path,
+    overwrite: bool,
+    classes: list[str],
+) -> None:
+    staged = None
+    try:
+        if tables is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            # mkdtemp's 0700 would hide the tables from colleagues on a shared server
+            staged.chmod(0o777 & ~_umask())
+            write_tables(tables, staged, classes)
         with atomic_path(out, replace=overwrite) as tmp:
             if out.suffix.lower() == ".csv":
                 predictions.write_csv(tmp)
             else:
                 predictions.write_parquet(tmp)
+            if overwrite:  # only once the new predictions are written: old tables must not outlive them
+                remove_output_folder(target)
         if staged is not None:
             remove_output_folder(target)  # empty (checked at start) or removed above
             staged.rename(target)

@@ -279,6 +279,8 @@ def score_with_ray(
 
     from mri44.onnx_meta import read_metadata
 
+    from .outputs import OutputError, no_space
+
     meta = read_metadata(model)  # checks the model before any work, without a session on any device
     root, paths = listed or list_inputs(source)
     if not paths:
@@ -326,8 +328,16 @@ def score_with_ray(
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, batch in enumerate(ds.iter_batches(batch_size=max(batch_size, 1024), batch_format="pyarrow")):
         part = pl.DataFrame(pl.from_arrow(batch))
-        with atomic_path(out_dir / f"{PART_PREFIX}{run_id}-{k:06d}.parquet", replace=False) as tmp:
-            part.write_parquet(tmp)
+        try:
+            with atomic_path(out_dir / f"{PART_PREFIX}{run_id}-{k:06d}.parquet", replace=False) as tmp:
+                part.write_parquet(tmp)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            if not no_space(exc):
+                raise
+            raise OutputError(
+                f"no space left on the device that holds {out_dir}: the {written} rows of this run's finished "
+                "parts are kept; free some space and pass --resume to score the rest"
+            ) from None
         written += part.height
     return written, len(paths) - len(todo), meta.classes
 

@@ -1,4 +1,6 @@
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -398,3 +400,40 @@ def test_every_shipped_model_scores_and_carries_its_ood_check(name: str) -> None
     files = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.jpg"))[:3]
     rows = model.predict(files)
     assert rows["status"].to_list() == ["ok"] * 3 and rows["ood_score"].null_count() == 0
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 256 KiB tmpfs filled to its last 8 KiB (needs CAP_SYS_ADMIN: root in a container here)."""
+    place = tmp_path / "full"
+    place.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(place)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root, or no CAP_SYS_ADMIN)")
+    try:
+        (place / "filler").write_bytes(b"\0" * (248 << 10))  # room for a tiny file only
+        yield place
+    finally:
+        subprocess.run(["umount", str(place)], check=False)
+
+
+def test_a_full_disk_is_said_and_the_predictions_kept(
+    full_disk: Path,
+    synthetic_data: Path,
+    exported_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    rescue_dir = tmp_path / "tmp"
+    rescue_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(rescue_dir))
+    out = full_disk / "preds.parquet"
+    result = CliRunner().invoke(app, [str(synthetic_data), "--out", str(out), "--model", str(exported_model)])
+    assert result.exit_code == 2, result.output
+    assert f"no space left on the device that holds {full_disk}" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    kept = list(rescue_dir.glob("mri44-unsaved-preds-*.parquet"))
+    assert len(kept) == 1 and pl.read_parquet(kept[0]).height == sum(
+        p.is_file() for p in synthetic_data.rglob("*")
+    )
