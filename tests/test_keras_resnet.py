@@ -12,7 +12,13 @@ import pytest
 import torch
 from tfjs_resnet import keras_resnet_layers, random_weights, write_tfjs
 
-from mri44.keras_resnet import KerasModelError, convert, max_logit_difference, read_tfjs, to_torch_input
+from mri44.stages.train.keras_convert import (
+    KerasModelError,
+    convert,
+    max_logit_difference,
+    read_tfjs,
+    to_torch_input,
+)
 from mri44.stages.train.pretrained import PretrainedError, extract_model, fetch_resnet50
 
 

