@@ -118,7 +118,7 @@ def train_bench(data: Path, paths: list[Path], size: int, batch: int, repeats: i
     return {"loop": statistics.median(loop_rates), "bound": bound}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -147,35 +147,24 @@ def main() -> None:
         action="store_true",
         help="run the GPU tables' code on --device cpu, to check the script",
     )
-    args = parser.parse_args()
-    if args.device != "cpu" or args.rehearse:
-        from gpu import run as run_gpu
+    return parser.parse_args()
 
-        lines = run_gpu(args.data, args.device, args.gpu_images, args.repeats, os.cpu_count() or 1, 256)
-        write_section(args.out, f"<!-- bench.py --device {args.device} output -->", "\n".join(lines))
-        return
 
-    threads = torch.get_num_threads()
-    all_paths = find_images(args.data)
-    paths = spread(all_paths, args.images)
-    n = len(paths)
-    shipped_backend = onnx_backend(args.model, "cpu")
-    meta = shipped_backend.meta
+Rows = list[tuple[str, str]]
+
+
+def model_rows(
+    args: argparse.Namespace, shipped_backend: Backend, rows: Rows, rates: dict[str, float]
+) -> tuple[dict[str, Backend], torch.nn.Module | None]:
+    """Model-only throughput of the shipped model and, with a checkpoint, of its fp32/fp16/int8 exports and of
+    PyTorch eager; returns the backends (for the end-to-end rows) and the PyTorch model (for the naive row)."""
+    meta, bs = shipped_backend.meta, args.batch_size
     spec = meta.preprocess
-    bs = args.batch_size
-    rows: list[tuple[str, str]] = []
-    rates: dict[str, float] = {}
-
-    def decode_only() -> None:
-        for _ in decoded_batches(paths, spec, bs, os.cpu_count() or 1, 2 * bs):
-            pass
-
-    rates["decode"] = median_rate(decode_only, n, args.repeats)
-    rows.append(("decode + preprocess (scorer pipeline, all cores)", f"{rates['decode']:.1f}"))
-
-    rng = np.random.default_rng(0)
     ready = normalize(
-        rng.integers(0, 256, (bs, spec.size, spec.size, spec.cache_channels), dtype=np.uint8), spec
+        np.random.default_rng(0).integers(
+            0, 256, (bs, spec.size, spec.size, spec.cache_channels), dtype=np.uint8
+        ),
+        spec,
     )
     shipped = f"{meta.export['precision']}, shipped {args.model.name}"
     backends: dict[str, Backend] = {shipped: shipped_backend}
@@ -205,7 +194,23 @@ def main() -> None:
             x = torch.from_numpy(ready)
             rates["model_torch"] = median_rate(lambda: model_pt(x), bs, args.repeats)
         rows.append((f"model only, PyTorch eager fp32 (batch {bs})", f"{rates['model_torch']:.1f}"))
+    return backends, model_pt
 
+
+def end_to_end_rows(
+    args: argparse.Namespace,
+    paths: list[Path],
+    all_paths: list[Path],
+    backends: dict[str, Backend],
+    model_pt: torch.nn.Module | None,
+    rows: Rows,
+    rates: dict[str, float],
+) -> None:
+    """Whole scoring runs on a copy of the images: in process, as an `mri-score` process, the naive baseline,
+    and with --memory the peak RSS at 2,000 and 20,000 images."""
+    n, bs = len(paths), args.batch_size
+    shipped_backend = next(iter(backends.values()))
+    spec = shipped_backend.meta.preprocess
     with tempfile.TemporaryDirectory() as tmp:
         folder = subset_folder(paths, args.data, n, Path(tmp) / "in")
 
@@ -222,19 +227,10 @@ def main() -> None:
         if "int8" in backends:
             rates["e2e_int8"] = end_to_end(backends["int8"])
             rows.append(("end to end, in process, int8 model", f"{rates['e2e_int8']:.1f}"))
-        cli = [
-            str(folder),
-            "--out",
-            str(Path(tmp) / "p.parquet"),
-            "--model",
-            str(args.model),
-            "--device",
-            "cpu",
-            "--overwrite",
-        ]
+        cli = [str(folder), "--out", str(Path(tmp) / "p.parquet"), "--model", str(args.model)]
         walls, peaks = [], []
         for _ in range(args.repeats):
-            wall, peak = run_child(cli)
+            wall, peak = run_child([*cli, "--device", "cpu", "--overwrite"])
             walls.append(wall)
             peaks.append(peak)
         rates["e2e_cli"] = n / statistics.median(walls)
@@ -251,31 +247,22 @@ def main() -> None:
             rows.append(
                 ("naive: ImageFolder + DataLoader(2 workers) + PyTorch eval loop", f"{rates['naive']:.1f}")
             )
-        if args.memory:
-            for count in (2000, 20000):
-                big = subset_folder(all_paths, args.data, count, Path(tmp) / f"m{count}")
-                wall, peak = run_child(
-                    [
-                        str(big),
-                        "--out",
-                        str(Path(tmp) / f"m{count}.parquet"),
-                        "--model",
-                        str(args.model),
-                        "--device",
-                        "cpu",
-                    ]
+        for count in (2000, 20000) if args.memory else ():
+            big = subset_folder(all_paths, args.data, count, Path(tmp) / f"m{count}")
+            out = Path(tmp) / f"m{count}.parquet"
+            wall, peak = run_child(
+                [str(big), "--out", str(out), "--model", str(args.model), "--device", "cpu"]
+            )
+            rows.append(
+                (
+                    f"memory: `mri-score` on {count:,} images: peak RSS {peak:.0f} MiB, {count / wall:.1f} img/s",
+                    "-",
                 )
-                rows.append(
-                    (
-                        f"memory: `mri-score` on {count:,} images: peak RSS {peak:.0f} MiB, {count / wall:.1f} img/s",
-                        "-",
-                    )
-                )
+            )
 
-    tr = train_bench(args.data, all_paths, args.train_size, bs, max(1, args.repeats - 1))
-    rows.append((f"training loop, CPU, {args.train_size} px, batch {bs} (epoch 2)", f"{tr['loop']:.1f}"))
-    rows.append(("forward+backward+step on ready tensors, same size and batch", f"{tr['bound']:.1f}"))
 
+def ratio_rows(rates: dict[str, float], tr: dict[str, float]) -> list[tuple[str, float, str]]:
+    """The ratios the project holds itself to, from the measured rates."""
     ratios = [
         (
             "end to end (in process) / min(decode, model only) for the shipped model",
@@ -294,24 +281,58 @@ def main() -> None:
         ratios.append(
             ("model int8 / model fp32", rates["model_int8"] / rates["model_fp32"], ">= 1.5 to ship")
         )
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
+    return ratios
+
+
+def cpu_name() -> str:
+    if not Path("/proc/cpuinfo").exists():
+        return platform.processor()
+    return next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
     )
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device != "cpu" or args.rehearse:
+        from gpu import run as run_gpu
+
+        lines = run_gpu(args.data, args.device, args.gpu_images, args.repeats, os.cpu_count() or 1, 256)
+        write_section(args.out, f"<!-- bench.py --device {args.device} output -->", "\n".join(lines))
+        return
+
+    threads = torch.get_num_threads()
+    all_paths = find_images(args.data)
+    paths = spread(all_paths, args.images)
+    shipped_backend = onnx_backend(args.model, "cpu")
+    spec = shipped_backend.meta.preprocess
+    bs = args.batch_size
+    rows: Rows = []
+    rates: dict[str, float] = {}
+
+    def decode_only() -> None:
+        for _ in decoded_batches(paths, spec, bs, os.cpu_count() or 1, 2 * bs):
+            pass
+
+    rates["decode"] = median_rate(decode_only, len(paths), args.repeats)
+    rows.append(("decode + preprocess (scorer pipeline, all cores)", f"{rates['decode']:.1f}"))
+    backends, model_pt = model_rows(args, shipped_backend, rows, rates)
+    end_to_end_rows(args, paths, all_paths, backends, model_pt, rows, rates)
+    tr = train_bench(args.data, all_paths, args.train_size, bs, max(1, args.repeats - 1))
+    rows.append((f"training loop, CPU, {args.train_size} px, batch {bs} (epoch 2)", f"{tr['loop']:.1f}"))
+    rows.append(("forward+backward+step on ready tensors, same size and batch", f"{tr['bound']:.1f}"))
     head = [
-        f"Machine: {os.cpu_count()} cores ({cpu}), torch threads {threads}, GPU: "
+        f"Machine: {os.cpu_count()} cores ({cpu_name()}), torch threads {threads}, GPU: "
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
         f"Versions: Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"numpy {np.__version__}",
-        f"Images: {n} real images from {args.data.name}, model input {spec.size}px; medians of {args.repeats} runs.",
+        f"Images: {len(paths)} real images from {args.data.name}, model input {spec.size}px; medians of "
+        f"{args.repeats} runs.",
         "",
         "| measurement | images/s |",
         "| --- | ---: |",
@@ -319,7 +340,7 @@ def main() -> None:
         "",
         "| ratio | value | target |",
         "| --- | ---: | --- |",
-        *[f"| {a} | {v:.2f} | {t} |" for a, v, t in ratios],
+        *[f"| {a} | {v:.2f} | {t} |" for a, v, t in ratio_rows(rates, tr)],
     ]
     write_section(args.out, "<!-- bench.py output -->", "\n".join(head))
 

@@ -1,5 +1,7 @@
-"""Grad-CAM overlays (torchcam's GradCAM on the last residual stage) for the report's gallery images: where in
-the slice the network's evidence for its predicted class lies. Needs the checkpoint (PyTorch), not the ONNX file.
+"""Class activation maps over the report's gallery images: where in the slice the network's evidence for its
+predicted class lies. Works with any model mri-score runs, the shipped ONNX files included: the map is the last
+stage's feature map weighted by the classifier's row for the class (mri44.cam; for a ResNet this equals
+Grad-CAM, checked against torchcam in tests/test_report.py).
 """
 
 from __future__ import annotations
@@ -9,12 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import polars as pl
-import torch
 
+from mri44.cam import class_activation_map, classifier_weights
 from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError
-from mri44.model import load_checkpoint, model_from_checkpoint
-from mri44.preprocess import PreprocessSpec, load_pixels, normalize
+from mri44.preprocess import load_pixels, normalize
 
 from .report import data_uri, gallery_rows
 
@@ -30,44 +31,30 @@ def overlay(pixels: np.ndarray, heat: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-def grad_cam(
-    model: torch.nn.Module, spec: PreprocessSpec, pixels: np.ndarray, class_index: int
-) -> np.ndarray:
-    """The Grad-CAM map (S, S, 0..1) of class_index for one image's model pixels."""
-    from torchcam.methods import GradCAM
+def gallery_overlays(predictions: pl.DataFrame, root: Path, model: Path, per_gallery: int) -> dict[str, str]:
+    """Data URIs of class activation map overlays, by relative path, for the first per_gallery images of each
+    gallery. model: the ONNX file, checkpoint or run folder that made the predictions (run on the CPU)."""
+    from .backends import open_backend
 
-    extractor = GradCAM(model, target_layer="layer4")
-    try:
-        x = torch.from_numpy(normalize(pixels, spec))
-        scores = model(x)
-        (cam,) = extractor(class_index, scores)
-    finally:
-        extractor.remove_hooks()
-    small = np.asarray(cam[0].detach().float().numpy(), np.float32)
-    heat = np.asarray(cv2.resize(small, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR), np.float32)
-    return (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-8)
-
-
-def gallery_overlays(
-    predictions: pl.DataFrame, root: Path, checkpoint: Path, per_gallery: int
-) -> dict[str, str]:
-    """Data URIs of Grad-CAM overlays, by relative path, for the first per_gallery images of each gallery."""
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
-    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
-    index = {name: i for i, name in enumerate(ckpt["classes"])}
+    backend = open_backend(model, "cpu")
+    if backend.run_features is None:
+        raise SettingError(
+            f"{model} has no feature-map output (exported before it existed): re-export it with onnx-export"
+        )
+    weights = classifier_weights(model)
+    spec, index = backend.meta.preprocess, {name: i for i, name in enumerate(backend.meta.classes)}
     out: dict[str, str] = {}
     for _, _, _, rows in gallery_rows(predictions):
         for row in rows.head(per_gallery).iter_rows(named=True):
             if row["pred_class"] not in index:
                 raise SettingError(
-                    f"{checkpoint} does not know the predicted class {row['pred_class']!r}: wrong checkpoint?"
+                    f"{model} does not know the predicted class {row['pred_class']!r}: wrong model?"
                 )
             try:
                 pixels = load_pixels(root / row["path"], spec)
             except ImageDecodeError:
                 continue
-            out[row["path"]] = data_uri(
-                overlay(pixels, grad_cam(model, spec, pixels, index[row["pred_class"]]))
-            )
+            _, features = backend.run_features(normalize(pixels, spec))
+            heat = class_activation_map(features[0], weights, index[row["pred_class"]], spec.size)
+            out[row["path"]] = data_uri(overlay(pixels, heat))
     return out

@@ -279,8 +279,6 @@ def score_with_ray(
 
     from mri44.onnx_meta import read_metadata
 
-    from .outputs import OutputError, no_space
-
     meta = read_metadata(model)  # checks the model before any work, without a session on any device
     root, paths = listed or list_inputs(source)
     if not paths:
@@ -323,6 +321,15 @@ def score_with_ray(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus_per_actor or None,
     )
+    written = write_parts(ds, out_dir, batch_size)
+    return written, len(paths) - len(todo), meta.classes
+
+
+def write_parts(ds: Any, out_dir: Path, batch_size: int) -> int:
+    """Stream the scored dataset into part files (each written under a temporary name, renamed when whole);
+    returns the rows written. A full disk stops the run with the finished parts kept for --resume."""
+    from .outputs import OutputError, no_space
+
     written = 0
     run_id = uuid.uuid4().hex[:8]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +346,7 @@ def score_with_ray(
                 "parts are kept; free some space and pass --resume to score the rest"
             ) from None
         written += part.height
-    return written, len(paths) - len(todo), meta.classes
+    return written
 
 
 def check_gpus(resources: dict[str, float], gpus_per_actor: float, actors: int) -> None:

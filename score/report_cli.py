@@ -31,12 +31,17 @@ ExplainOpt = Annotated[
     int,
     typer.Option(
         min=0,
-        help="Grad-CAM overlays for N images per gallery of the report (needs the checkpoint: mri-report "
-        "--checkpoint, or a checkpoint or run folder as mri-score --model).",
+        help="Class activation map (Grad-CAM) overlays for N images per gallery of the report; any model: "
+        "mri-report --model, or mri-score's own --model.",
     ),
 ]
-CheckpointOpt = Annotated[
-    Path | None, typer.Option(help="The checkpoint or run folder behind the predictions, for --explain.")
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "--checkpoint",
+        help="The model behind the predictions (ONNX file, checkpoint or run folder), for --explain.",
+    ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace the report if it exists.")]
 
@@ -48,7 +53,7 @@ def build_report(
     images: Path | None,
     model: str,
     explain: int,
-    checkpoint: Path | None,
+    model_path: Path | None,
     overwrite: bool,
 ) -> None:
     """Render and write the report (shared by mri-report and mri-score --report)."""
@@ -56,11 +61,13 @@ def build_report(
 
     overlays: dict[str, str] = {}
     if explain:
-        if checkpoint is None or images is None:
-            raise fail("--explain needs --checkpoint (the model, in PyTorch) and the scored images' folder")
+        if model_path is None or images is None:
+            raise fail(
+                "--explain needs --model (the model behind the predictions) and the scored images' folder"
+            )
         from .explain import gallery_overlays
 
-        overlays = gallery_overlays(frame, images, checkpoint, explain)
+        overlays = gallery_overlays(frame, images, model_path, explain)
     title = predictions.name if predictions is not None else str(images)
     write_report(render_report(frame, images, model, title, overlays), out, overwrite)
 
@@ -74,7 +81,7 @@ def report(
     out: OutOpt = None,
     images: ImagesOpt = None,
     explain: ExplainOpt = 0,
-    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     import logging
@@ -88,12 +95,13 @@ def report(
     if target.exists() and not overwrite:
         raise fail(f"{target} exists; pass --overwrite to replace it")
     from mri44.model import checkpoint_path
+    from mri44.onnx_meta import is_checkpoint
 
     refuse_clashes(
         {"--out": target},
         {
             "predictions file": predictions,
-            "--checkpoint": checkpoint_path(checkpoint) if checkpoint else None,
+            "--model": (checkpoint_path(model) if is_checkpoint(model) else model) if model else None,
         },
         images,
     )
@@ -138,9 +146,9 @@ def report(
         frame,
         target,
         images,
-        checkpoint.name if checkpoint else "?",
+        model.name if model else "?",
         explain,
-        checkpoint,
+        model,
         overwrite,
     )
     logging.getLogger(__name__).info("report -> %s", target)

@@ -124,12 +124,8 @@ def tables_with_counts(
 
 def check_report(options: ScoreOptions, model: Path) -> None:
     """--report and --explain problems, found before any scoring."""
-    from mri44.onnx_meta import is_checkpoint
-
-    if options.explain and (options.report is None or not is_checkpoint(model)):
-        raise SettingError(
-            "--explain needs --report and a checkpoint or run folder as --model (Grad-CAM runs in PyTorch)"
-        )
+    if options.explain and options.report is None:
+        raise SettingError("--explain draws class activation maps into the report: it needs --report")
     if options.report is None:
         return
     check_report_path(options.report, options.overwrite)
@@ -216,11 +212,8 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     if out is not None:
         write_outputs(run.predictions, tables, out, target, options.overwrite, meta.classes)
     if options.report is not None:
-        from mri44.onnx_meta import is_checkpoint
-
         from .report_cli import build_report
 
-        checkpoint = source if is_checkpoint(source) else None
         build_report(
             None,
             run.predictions,
@@ -228,7 +221,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
             folder,
             source.name,
             options.explain,
-            checkpoint,
+            source,
             options.overwrite,
         )
         log.info("report -> %s", options.report)

@@ -22,6 +22,7 @@ from mri44.stages.train.cli import app as train_app
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_readme_api_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """README's Python API block, executed as written from the repository root, on the shipped model."""
     block = re.search(r"## Python API.*?```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
@@ -96,6 +97,7 @@ def test_score_returns_tables_and_writes_only_when_asked(
         mri44.score(synthetic_data, model=exported_model, batchsize=3)
 
 
+@pytest.mark.slow
 def test_train_api_and_config_rerun(synthetic_data: Path, tmp_path: Path) -> None:
     """mri44.train with a config object; then a rerun from its config.json, through the API and the CLI, with
     only the given settings changed."""

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
+
+pytestmark = pytest.mark.slow  # starts Ray or torchrun: seconds per test
 
 
 def test_torchrun_two_processes_train_like_one(

@@ -84,6 +84,7 @@ def test_missing_or_corrupt_checkpoint(tmp_path: Path) -> None:
         export_onnx(tmp_path / "bad.pt")
 
 
+@pytest.mark.slow
 def test_cli_writes_nothing_on_failure_and_file_on_success(
     tmp_path: Path, trained_run: Path, synthetic_data: Path
 ) -> None:
@@ -138,7 +139,10 @@ def test_tensorrt_absent_says_what_to_install() -> None:
         pytest.skip("TensorRT is installed here; the engine path is exercised on GPU machines")
 
 
-def test_int8_export_calibrates_on_train_split_and_agrees(trained_run: Path, synthetic_data: Path) -> None:
+@pytest.mark.slow
+def test_int8_export_calibrates_on_train_split_and_agrees(
+    trained_run: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
     import polars as pl
 
     from mri44.stages.export.int8 import calibration_files
@@ -154,6 +158,17 @@ def test_int8_export_calibrates_on_train_split_and_agrees(trained_run: Path, syn
     batch, _ = real_batch(synthetic_data, meta.preprocess, limit=64)
     rows = check_parity(model, lambda x: session.run(None, {INPUT_NAME: x})[0], {"real x64": batch}, "int8")
     assert rows[0].top1_agreement >= 0.95
+    from mri44.cam import checkpoint_classifier_weights, onnx_classifier_weights
+
+    (tmp_path / "int8.onnx").write_bytes(proto.SerializeToString())
+    dequantized, exact = (
+        onnx_classifier_weights(tmp_path / "int8.onnx"),
+        checkpoint_classifier_weights(trained_run),
+    )
+    assert (
+        dequantized.shape == exact.shape
+    )  # the class maps of an INT8 model use its own (dequantized) weights
+    assert np.abs(dequantized - exact).max() <= 0.02 * np.abs(exact).max()
 
 
 def test_int8_calibration_refuses_a_folder_outside_the_split(trained_run: Path, tmp_path: Path) -> None:
@@ -183,6 +198,7 @@ def test_export_never_replaces_its_own_source(trained_run: Path, tmp_path: Path)
     assert source.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_export_of_an_unfinished_run_is_refused_unless_allowed(trained_run: Path, tmp_path: Path) -> None:
     """A run still training has best.pt and last.pt but no result.json newer than best.pt."""
     import os

@@ -24,6 +24,7 @@ def test_no_package_function_is_longer_than_a_screen() -> None:
     assert not long, "split these functions: " + "; ".join(long)
 
 
+@pytest.mark.slow
 def test_package_type_checks() -> None:
     """mypy over the package code, configured in pyproject.toml ([tool.mypy])."""
     api = pytest.importorskip("mypy.api", reason="mypy is in the [dev] extra: pip install -e '.[dev]'")

@@ -16,6 +16,9 @@ ray = pytest.importorskip("ray", reason="the Ray engine is an extra: pip install
 runner = CliRunner()
 
 
+pytestmark = pytest.mark.slow  # starts Ray or torchrun: seconds per test
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -1,4 +1,4 @@
-"""The HTML review report: every section, self-contained, Grad-CAM overlays from a checkpoint, and a real browser
+"""The HTML review report: every section, self-contained, class activation maps from any model, and a real browser
 renders it to something that is not blank."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def _self_contained(html: str) -> None:
     assert html.count('src="data:image/png;base64,') >= 3
 
 
+@pytest.mark.slow
 def test_report_from_mri_score_has_every_section_and_overlays(
     tmp_path: Path, synthetic_data: Path, trained_run: Path
 ) -> None:
@@ -56,7 +57,23 @@ def test_report_from_mri_score_has_every_section_and_overlays(
     no_ckpt = runner.invoke(
         report_app, [str(tmp_path / "p.parquet"), "--out", str(tmp_path / "x.html"), "--explain", "1"]
     )
-    assert no_ckpt.exit_code == 2 and "--checkpoint" in no_ckpt.output
+    assert no_ckpt.exit_code == 2 and "--model" in no_ckpt.output
+    onnx_model = (
+        trained_run.parent / "tiny-report.onnx"
+    )  # the shipped models are ONNX files: they explain too
+    from mri44.stages.export.onnx_export import export_onnx
+
+    onnx_model.write_bytes(export_onnx(trained_run)[0].SerializeToString())
+    args = [
+        str(tmp_path / "p.parquet"),
+        "--out",
+        str(tmp_path / "onnx.html"),
+        "--images",
+        str(synthetic_data),
+    ]
+    explained = runner.invoke(report_app, [*args, "--model", str(onnx_model), "--explain", "1"])
+    assert explained.exit_code == 0, explained.output
+    assert (tmp_path / "onnx.html").read_text().count('alt="Grad-CAM of') >= 1
 
 
 def test_unlabelled_report_shows_predicted_classes_and_low_confidence(
@@ -211,3 +228,45 @@ def test_class_names_with_dollar_signs_are_text_not_mathematics(
     made = runner.invoke(report_app, [str(tmp_path / "odd.parquet")])
     assert made.exit_code == 0, made.output
     assert "Odd $x_{$ T1" in (tmp_path / "odd.html").read_text()
+
+
+@pytest.mark.slow
+def test_class_maps_of_onnx_models_equal_torchcam_grad_cam_on_the_checkpoint(
+    trained_run: Path, exported_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """The report's maps come from the feature-map output and the classifier weights (mri44.cam), with no
+    gradients; for a ResNet that is Grad-CAM. Checked against torchcam's Grad-CAM on the PyTorch checkpoint for
+    the checkpoint itself, its fp32 export and its fp16 export (within fp16 rounding)."""
+    import torch
+    from torchcam.methods import GradCAM
+
+    from mri44.cam import class_activation_map, classifier_weights
+    from mri44.model import load_checkpoint, model_from_checkpoint
+    from mri44.preprocess import PreprocessSpec, load_pixels, normalize
+    from mri44.stages.export.onnx_export import export_onnx
+    from mri44.stages.score.backends import open_backend
+
+    fp16 = tmp_path / "fp16.onnx"
+    fp16.write_bytes(export_onnx(trained_run, fp16=True)[0].SerializeToString())
+    ckpt = load_checkpoint(trained_run)
+    model, spec = model_from_checkpoint(ckpt).eval(), PreprocessSpec.from_dict(ckpt["preprocess"])
+    images = sorted(synthetic_data.rglob("*.png"))[::7][:4]
+    for source, tolerance in ((trained_run, 1e-4), (exported_model, 1e-3), (fp16, 0.05)):
+        backend, weights = open_backend(source, "cpu"), classifier_weights(source)
+        assert backend.run_features is not None
+        for path in images:
+            pixels = load_pixels(path, spec)
+            x = normalize(pixels, spec)
+            extractor = GradCAM(model, target_layer="layer4")
+            try:
+                scores = model(torch.from_numpy(x))
+                k = int(scores.argmax())
+                (cam,) = extractor(k, scores)
+            finally:
+                extractor.remove_hooks()
+            small = cam[0].detach().float().numpy()
+            expected = cv2.resize(small, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR)
+            expected = (expected - expected.min()) / max(float(expected.max() - expected.min()), 1e-8)
+            mine = class_activation_map(backend.run_features(x)[1][0], weights, k, spec.size)
+            assert mine.max() > 0.99 and mine.min() < 0.01  # a map with structure, not a constant
+            assert np.abs(mine - expected).max() <= tolerance, (source.name, path.name)

@@ -237,6 +237,7 @@ def test_cuda_request_never_falls_back_silently(
     assert "cuda" in result.output.lower() and not (tmp_path / "p.parquet").exists()
 
 
+@pytest.mark.slow
 def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
     """The README's main job: no --model, the bundled examples, labelled by their folders."""
     from mri44.models import default_model_path
@@ -336,6 +337,7 @@ def test_overwrite_keeps_a_users_file_put_into_our_metrics_folder(
     }  # the marker lists what we wrote
 
 
+@pytest.mark.slow
 def test_checkpoint_scores_like_its_onnx_exports(
     tmp_path: Path, synthetic_data: Path, trained_run: Path
 ) -> None:

@@ -65,6 +65,7 @@ def _cfg(data: Path, out: Path, epochs: int, resume: bool = False) -> TrainConfi
     )
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(synthetic_data: Path, tmp_path: Path) -> None:
     run_training(_cfg(synthetic_data, tmp_path / "straight", epochs=2))
     run_training(_cfg(synthetic_data, tmp_path / "interrupted", epochs=1))  # "killed" after epoch 1
@@ -131,6 +132,7 @@ def test_best_checkpoint_carries_a_fitted_temperature(trained_run: Path) -> None
     assert summary["ece"] <= summary["ece_before_temperature"] + 0.02
 
 
+@pytest.mark.slow
 def test_distillation_from_a_teacher_run(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         data=synthetic_data,
@@ -152,6 +154,7 @@ def test_distillation_from_a_teacher_run(synthetic_data: Path, trained_run: Path
         run_training(TrainConfig(**{**cfg.__dict__, "out": tmp_path / "no-teacher", "teacher": None}))
 
 
+@pytest.mark.slow
 def test_all_data_run_trains_on_every_image(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
     expected = load_checkpoint(trained_run)["temperature"]
     cfg = TrainConfig(
@@ -182,6 +185,7 @@ def test_zero_settings_are_refused_not_replaced(synthetic_data: Path, tmp_path: 
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -209,6 +213,7 @@ def test_resume_refuses_changed_settings_and_keeps_its_split(synthetic_data: Pat
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+@pytest.mark.slow
 def test_bf16_cpu_training_learns_like_fp32(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
     # The trained_run fixture's settings and split, under bf16 autocast: what `--precision auto` picks on such CPUs.
     cfg = tiny_run_config(

@@ -41,6 +41,7 @@ def _frozen(data: Path, out: Path, init: Path, epochs: int, resume: bool = False
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_frozen_route_trains_only_the_late_stages_and_resumes_exactly(
     synthetic_data: Path, tmp_path: Path
 ) -> None:
@@ -100,6 +101,7 @@ def test_augmentation_parameters_replay_a_view_at_any_size() -> None:
     assert (replayed - apply_params(small, other)).abs().mean() > 10.0
 
 
+@pytest.mark.slow
 def test_student_trains_on_soft_labels_computed_once(
     synthetic_data: Path, trained_run: Path, tmp_path: Path
 ) -> None:
