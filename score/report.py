@@ -232,7 +232,8 @@ def render_report(
         for gid, title, note, rows in gallery_rows(predictions)
     ]
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("score", "templates"), autoescape=jinja2.select_autoescape(default=True)
+        loader=jinja2.PackageLoader(__package__ or "mri44.stages.score", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
     )
     template = environment.get_template("report.html.j2")
     return template.render(

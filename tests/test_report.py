@@ -270,3 +270,23 @@ def test_class_maps_of_onnx_models_equal_torchcam_grad_cam_on_the_checkpoint(
             mine = class_activation_map(backend.run_features(x)[1][0], weights, k, spec.size)
             assert mine.max() > 0.99 and mine.min() < 0.01  # a map with structure, not a constant
             assert np.abs(mine - expected).max() <= tolerance, (source.name, path.name)
+
+
+def test_report_renders_from_any_working_folder(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """The template was looked up in a top-level package `score`, which exists only when Python runs from the
+    repository: every installed `mri-score --report` failed with ModuleNotFoundError."""
+    import subprocess
+    import sys
+
+    code = (
+        "from mri44.stages.score.cli import main; import sys; "
+        f"sys.argv = ['mri-score', {str(synthetic_data)!r}, '--out', 'p.parquet', '--model', "
+        f"{str(exported_model)!r}, '--report', 'r.html']; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'id="summary"' in (tmp_path / "r.html").read_text()
