@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import polars as pl
 
-from mri44.atomic import atomic_path
+from mri44.atomic import atomic_path, write_text_atomic
 from mri44.discover import OUTPUT_MARKER
 from mri44.errors import MRI44Error
 from mri44.metrics import write_tables
+
+from .provenance import PROVENANCE_KEY, sidecar
 
 
 class OutputError(MRI44Error):
@@ -91,6 +94,10 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
         raise OutputError(f"--out must end in .parquet or .csv, got {out.name}")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite to replace it")
+    if out.suffix.lower() == ".csv" and sidecar(out).exists() and not overwrite:
+        raise OutputError(
+            f"{sidecar(out)} (the CSV's provenance file) exists; pass --overwrite to replace it"
+        )
     target = metrics_dir or out.with_name(f"{out.stem}_metrics")
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
@@ -151,12 +158,13 @@ def write_outputs(
     target: Path,
     overwrite: bool,
     classes: list[str],
+    provenance: dict | None = None,
 ) -> None:
     """Predictions and tables, both or neither replaced: tables are staged beside their folder first. A full disk
     is said in those words, and the predictions, which took the whole run to make, are kept in the temporary
     folder when there is room there."""
     try:
-        _write_outputs(predictions, tables, out, target, overwrite, classes)
+        _write_outputs(predictions, tables, out, target, overwrite, classes, provenance)
     except (OSError, pl.exceptions.PolarsError) as exc:
         if not no_space(exc):
             raise
@@ -192,6 +200,7 @@ def _write_outputs(
     target: Path,
     overwrite: bool,
     classes: list[str],
+    provenance: dict | None,
 ) -> None:
     staged = None
     try:
@@ -201,11 +210,15 @@ def _write_outputs(
             # mkdtemp's 0700 would hide the tables from colleagues on a shared server
             staged.chmod(0o777 & ~_umask())
             write_tables(tables, staged, classes)
+        recorded = json.dumps(provenance or {}, sort_keys=True)
         with atomic_path(out, replace=overwrite) as tmp:
             if out.suffix.lower() == ".csv":
                 predictions.write_csv(tmp)
+                write_text_atomic(
+                    sidecar(out), recorded
+                )  # before the table: never a table without its record
             else:
-                predictions.write_parquet(tmp)
+                predictions.write_parquet(tmp, metadata={PROVENANCE_KEY: recorded})
             if overwrite:  # only once the new predictions are written: old tables must not outlive them
                 remove_output_folder(target)
         if staged is not None:

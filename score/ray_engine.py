@@ -394,15 +394,18 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
     from mri44.onnx_meta import read_metadata
 
     from .outputs import OutputError, remove_output_folder
+    from .provenance import provenance
     from .run import ScoreResult, tables_with_counts
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"--engine ray writes a folder of parts: {out} is a file")
     if options.overwrite and options.resume:
         raise SettingError("--overwrite starts over and --resume continues: choose one")
-    read_metadata(model)  # a bad model is refused before the output folder is touched
+    meta = read_metadata(model)  # a bad model is refused before the output folder is touched
     listed = list_inputs(source)
     identity = run_identity(listed[0], model, options)
+    # What mri-report shows (score/provenance.py); the identity keys are what a resume must match.
+    record = {**provenance(model, meta, listed[0], options, {}), **identity}
     with holding(out):
         parts = sorted(out.glob(PART_GLOB))
         done: set[str] = set()
@@ -417,7 +420,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
             for part in parts:  # only our own outputs: parts, the run record and the marked metrics folder
                 part.unlink()
             remove_output_folder(out / "metrics")
-        write_text_atomic(out / RUN_FILE, json.dumps(identity, indent=1))
+        write_text_atomic(out / RUN_FILE, json.dumps(record, indent=1))
         written, kept, classes = score_with_ray(
             source,
             out,

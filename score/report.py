@@ -188,20 +188,27 @@ def _escape(text: str) -> str:
 def render_report(
     predictions: pl.DataFrame,
     root: Path | None,
-    model: str,
+    provenance: dict[str, Any] | None,
     title: str,
     overlays: dict[str, str] | None = None,
 ) -> str:
-    """The report's HTML for a predictions table (mri-score's columns); root: where its relative paths live."""
+    """The report's HTML for a predictions table (mri-score's columns); root: where its relative paths live;
+    provenance: what score/provenance.py recorded with the predictions (model, input, time), None if nothing."""
     import jinja2
 
     overlays = overlays or {}
     ok = predictions.filter(pl.col("status") == "ok")
     labelled_rows = ok.filter(pl.col("true_class").is_not_null())
     labelled = labelled_rows.height > 0
+    recorded = provenance or {}
+    model = recorded.get("model")
     context: dict[str, Any] = {
         "title": title,
-        "model": model,
+        "model": model if isinstance(model, dict) else None,
+        "input": recorded.get("input"),
+        "time": recorded.get("time"),
+        "version": recorded.get("versions", {}).get("mri44"),
+        "skipped": recorded.get("counts", {}).get("skipped"),
         "bins": ECE_BINS,
         "tables": {},
         "plots": {},

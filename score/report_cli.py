@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,6 +11,7 @@ import typer
 from mri44.console import fail, user_errors
 
 from .outputs import refuse_clashes
+from .provenance import read_provenance
 
 if TYPE_CHECKING:
     import polars as pl
@@ -51,7 +53,7 @@ def build_report(
     frame: pl.DataFrame,
     out: Path,
     images: Path | None,
-    model: str,
+    provenance: dict | None,
     explain: int,
     model_path: Path | None,
     overwrite: bool,
@@ -69,7 +71,7 @@ def build_report(
 
         overlays = gallery_overlays(frame, images, model_path, explain)
     title = predictions.name if predictions is not None else str(images)
-    write_report(render_report(frame, images, model, title, overlays), out, overwrite)
+    write_report(render_report(frame, images, provenance, title, overlays), out, overwrite)
 
 
 @app.command(
@@ -84,8 +86,6 @@ def report(
     model: ModelOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    import logging
-
     import polars as pl
 
     from .ray_engine import PART_GLOB
@@ -94,6 +94,8 @@ def report(
     target = out or (predictions / "report.html" if parts else predictions.with_suffix(".html"))
     if target.exists() and not overwrite:
         raise fail(f"{target} exists; pass --overwrite to replace it")
+    recorded = read_provenance(predictions)
+    images, model = _from_provenance(recorded, images, model, explain)
     from mri44.model import checkpoint_path
     from mri44.onnx_meta import is_checkpoint
 
@@ -146,12 +148,36 @@ def report(
         frame,
         target,
         images,
-        model.name if model else "?",
+        recorded,
         explain,
         model,
         overwrite,
     )
     logging.getLogger(__name__).info("report -> %s", target)
+
+
+def _from_provenance(
+    recorded: dict | None, images: Path | None, model: Path | None, explain: int
+) -> tuple[Path | None, Path | None]:
+    """The scored folder and (for --explain) the model, from what mri-score recorded with the predictions, when
+    not given: the model only if its file is still there with the recorded SHA-256."""
+    log = logging.getLogger(__name__)
+    recorded = recorded or {}
+    source = recorded.get("input")
+    if images is None and isinstance(source, str) and "://" not in source and Path(source).is_dir():
+        images = Path(source)
+        log.info("images: %s (recorded with the predictions)", images)
+    known = recorded.get("model") or {}
+    if model is None and explain and isinstance(known, dict) and Path(str(known.get("path"))).exists():
+        from mri44.model import checkpoint_path, file_sha256
+        from mri44.onnx_meta import is_checkpoint
+
+        candidate = Path(known["path"])
+        file = checkpoint_path(candidate) if is_checkpoint(candidate) else candidate
+        if file_sha256(file) == known.get("sha256"):
+            model = candidate
+            log.info("model: %s (recorded with the predictions)", model)
+    return images, model
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from mri44.errors import MRI44Error, SettingError
 from mri44.metrics import metric_tables
 
 from .outputs import check_outputs, check_report_path, refuse_clashes, write_outputs
+from .provenance import provenance, sidecar
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,16 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
         raise SettingError(f"input folder {folder} does not exist or is not a folder")
     source = resolve_model(options.model)
     metrics = target if out is not None else None
+    record = sidecar(out) if out is not None and out.suffix.lower() == ".csv" else None
     refuse_clashes(
-        {"--out": out, "--metrics-dir": metrics, "--report": options.report}, {"--model": source}, folder
+        {
+            "--out": out,
+            "--out's provenance file": record,
+            "--metrics-dir": metrics,
+            "--report": options.report,
+        },
+        {"--model": source},
+        folder,
     )
     check_report(options, source)
     skipped: list[tuple[str, str]] = []
@@ -209,8 +218,10 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     )
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
     tables = tables_with_counts(labelled, len(paths), run.failed, len(skipped))
+    counts = {"files": len(paths), "errors": run.failed, "skipped": len(skipped)}
+    recorded = provenance(source, meta, str(folder.resolve()), options, counts)
     if out is not None:
-        write_outputs(run.predictions, tables, out, target, options.overwrite, meta.classes)
+        write_outputs(run.predictions, tables, out, target, options.overwrite, meta.classes, recorded)
     if options.report is not None:
         from .report_cli import build_report
 
@@ -219,7 +230,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
             run.predictions,
             options.report,
             folder,
-            source.name,
+            recorded,
             options.explain,
             source,
             options.overwrite,

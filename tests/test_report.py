@@ -54,8 +54,9 @@ def test_report_from_mri_score_has_every_section_and_overlays(
     again = runner.invoke(score_app, [*other, "--report", str(report)])
     assert again.exit_code == 2 and "--overwrite" in again.output  # the report is not replaced silently...
     assert not (tmp_path / "q.parquet").exists()  # ...and that is found before any scoring
+    pl.read_parquet(tmp_path / "p.parquet").write_parquet(tmp_path / "bare.parquet")  # no provenance left
     no_ckpt = runner.invoke(
-        report_app, [str(tmp_path / "p.parquet"), "--out", str(tmp_path / "x.html"), "--explain", "1"]
+        report_app, [str(tmp_path / "bare.parquet"), "--out", str(tmp_path / "x.html"), "--explain", "1"]
     )
     assert no_ckpt.exit_code == 2 and "--model" in no_ckpt.output
     onnx_model = (
@@ -290,3 +291,40 @@ def test_report_renders_from_any_working_folder(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'id="summary"' in (tmp_path / "r.html").read_text()
+
+
+def test_predictions_carry_their_provenance_and_the_report_uses_it(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """`mri-report preds.parquet` without --images used to drop every thumbnail and print 'model ?': the
+    predictions now record the model (SHA-256 of the file), the input root, options, versions and counts, in the
+    Parquet metadata or a CSV sidecar, and the report finds images, names the model and explains with it."""
+    from mri44.model import file_sha256
+    from mri44.stages.score.provenance import read_provenance, sidecar
+
+    for name in ("p.parquet", "c.csv"):
+        out = tmp_path / name
+        done = runner.invoke(
+            score_app, [str(synthetic_data), "--out", str(out), "--model", str(exported_model)]
+        )
+        assert done.exit_code == 0, done.output
+        recorded = read_provenance(out)
+        assert recorded is not None, name
+        assert recorded["model"]["sha256"] == file_sha256(exported_model)
+        assert recorded["input"] == str(synthetic_data.resolve())
+        assert recorded["counts"]["files"] == pl.read_csv(out).height if name.endswith("csv") else True
+        assert recorded["options"]["top_k"] == 3 and recorded["versions"]["mri44"]
+    assert sidecar(tmp_path / "c.csv").is_file()
+    again = runner.invoke(
+        score_app, [str(synthetic_data), "--out", str(tmp_path / "c.csv"), "--model", str(exported_model)]
+    )
+    assert again.exit_code == 2  # neither the table nor its record is replaced without --overwrite
+
+    made = runner.invoke(
+        report_app, [str(tmp_path / "p.parquet"), "--explain", "1"]
+    )  # no --images, no --model
+    assert made.exit_code == 0, made.output
+    html = (tmp_path / "p.html").read_text()
+    assert f"{exported_model.name} (" in html and file_sha256(exported_model)[:16] in html
+    assert str(synthetic_data.resolve()) in html
+    assert html.count('class="card"') and html.count('alt="Grad-CAM of') >= 1  # thumbnails and maps found
