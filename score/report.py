@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,10 @@ from mri44.atomic import atomic_path
 from mri44.imageio import ImageDecodeError, read_image
 from mri44.metrics import ECE_BINS, expected_calibration_error, metric_tables
 
+log = logging.getLogger(__name__)
 GALLERY_SIZE = 12
+THUMB_SIDE = 160  # px on the card, readable without opening it
+FULL_SIDE = 512  # px when opened; MRI slices are rarely larger
 
 
 def data_uri(png: bytes) -> str:
@@ -97,8 +101,18 @@ def distribution_plot(predictions: pl.DataFrame) -> str:
         return _figure_png(fig)
 
 
-def thumbnail(path: Path, side: int = 88) -> str | None:
-    """A small PNG of the image (None when it cannot be read: the card then shows text only)."""
+def thumbnail(path: Path, side: int = THUMB_SIDE) -> str | None:
+    """A PNG of the image at most side pixels on its longer edge (None when it cannot be read: the card then shows
+    text only)."""
+    return _encoded(path, side, ".png")
+
+
+def full_image(path: Path) -> str | None:
+    """The image opened from its card: up to FULL_SIDE pixels, as JPEG so that a report stays small."""
+    return _encoded(path, FULL_SIDE, ".jpg")
+
+
+def _encoded(path: Path, side: int, ext: str) -> str | None:
     import cv2
 
     try:
@@ -108,22 +122,29 @@ def thumbnail(path: Path, side: int = 88) -> str | None:
     scale = side / max(image.shape[:2])
     small = cv2.resize(image, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
     small = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
-    ok, png = cv2.imencode(".png", small)
-    return data_uri(png.tobytes()) if ok else None
+    ok, encoded = cv2.imencode(ext, small, [cv2.IMWRITE_JPEG_QUALITY, 85] if ext == ".jpg" else [])
+    if not ok:
+        return None
+    kind = "jpeg" if ext == ".jpg" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
 def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> list[dict[str, Any]]:
+    """One card per gallery row: the path relative to the input root (folder and file: the folder is the case or
+    the class), green when the prediction is right, red when wrong, neutral without a label."""
     top_columns = [c for c in rows.columns if c.startswith("top") and c.endswith("_class")][:3]
     out = []
     for row in rows.iter_rows(named=True):
+        true = row.get("true_class")
         out.append(
             {
                 "path": row["path"],
-                "name": Path(row["path"]).name[-28:],
                 "thumb": thumbnail(root / row["path"]) if root is not None else None,
+                "full": full_image(root / row["path"]) if root is not None else None,
                 "cam": overlays.get(row["path"]),
-                "true": row.get("true_class"),
+                "true": true,
                 "pred": row["pred_class"],
+                "verdict": "" if true is None else ("right" if true == row["pred_class"] else "wrong"),
                 "top": [(row[c], row[c.replace("_class", "_prob")]) for c in top_columns],
             }
         )
@@ -170,6 +191,37 @@ def gallery_rows(predictions: pl.DataFrame) -> list[tuple[str, str, str, pl.Data
             right.head(GALLERY_SIZE),
         ),
     ]
+
+
+def wilson_interval(successes: pl.Expr, n: pl.Expr, z: float = 1.959964) -> tuple[pl.Expr, pl.Expr]:
+    """The 95 % Wilson score interval of a proportion (Wilson 1927): honest at small n and at 0 or 1, where the
+    normal approximation gives widths of zero or bounds outside 0..1."""
+    n = n.cast(pl.Float64)
+    p = successes.cast(pl.Float64) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)).sqrt() / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def with_interval(table: pl.DataFrame, rate: str, n: str) -> pl.DataFrame:
+    """table with a '<rate> 95% CI' column beside `rate` (a proportion over `n` images)."""
+    lo, hi = wilson_interval(pl.col(rate) * pl.col(n), pl.col(n))
+    label = pl.format("{}-{}", lo.round(2), hi.round(2))
+    return table.with_columns(pl.when(pl.col(n) > 0).then(label).otherwise(None).alias(f"{rate} 95% CI"))
+
+
+def grouped_confusions(labelled: pl.DataFrame) -> dict[str, str]:
+    """Tumour-type and contrast confusion maps (data URIs), the story behind most 44-class errors."""
+    from mri44.metrics import confusion_heatmap, confusion_table, with_label_parts
+
+    parts = with_label_parts(labelled.select("true_class", "pred_class"))
+    maps = {}
+    for name, column in (("tumor_type", "tumor_type"), ("contrast", "contrast")):
+        pairs = parts.select(true_class=f"true_{column}", pred_class=f"pred_{column}").drop_nulls()
+        table = confusion_table(pairs)
+        labels = sorted(set(table["true_class"]) | set(table["pred_class"]))
+        maps[name] = data_uri(confusion_heatmap(table, labels))
+    return maps
 
 
 def html_table(frame: pl.DataFrame, digits: int = 3) -> str:
@@ -225,9 +277,13 @@ def render_report(
     context["errors"], context["errors_table"] = errors.height, html_table(errors)
     if labelled:
         tables = metric_tables(labelled_rows["true_class"], labelled_rows["pred_class"])
+        tables["per_contrast"] = with_interval(tables["per_contrast"], "accuracy", "n")
+        for name in ("per_tumor_type", "per_class"):
+            tables[name] = with_interval(tables[name], "recall", "support")
         for name in ("summary", "per_contrast", "per_tumor_type", "per_class"):
             context["tables"][name] = html_table(tables[name])
         context["plots"]["confusion"] = confusion_plot(tables["confusion"])
+        context["plots"].update(grouped_confusions(labelled_rows))
         correct = (labelled_rows["pred_class"] == labelled_rows["true_class"]).to_numpy()
         context["plots"]["reliability"], context["ece"] = reliability(
             labelled_rows["confidence"].to_numpy(), correct
@@ -260,3 +316,4 @@ def _markup(value: Any) -> Any:
 def write_report(html: str, out: Path, overwrite: bool) -> None:
     with atomic_path(out, replace=overwrite) as tmp:
         tmp.write_text(html, encoding="utf-8")
+    log.info("report: %s (%.1f MB)", out, out.stat().st_size / 1e6)

@@ -50,6 +50,13 @@ def test_report_from_mri_score_has_every_section_and_overlays(
         assert f'id="{section}"' in html, section
     _self_contained(html)
     assert html.count('alt="Grad-CAM of') >= 2  # two per gallery asked; galleries may be short on tiny data
+    # Read like a reading room: verdict colours, readable thumbnails that open full size with their map,
+    # paths under the input root, intervals beside every rate, tumour-type and contrast confusion maps.
+    assert 'class="card wrong"' in html and "<details><summary>" in html and 'alt="full size ' in html
+    assert html.count("recall 95% CI") == 2 and "accuracy 95% CI" in html
+    assert 'alt="tumour-type confusion heatmap"' in html and 'alt="contrast confusion heatmap"' in html
+    shown = re.findall(r'<div class="path">([^<]*)</div>', html)
+    assert shown and all("/" in path for path in shown)  # class folder and file, not a clipped file name
     other = [str(synthetic_data), "--out", str(tmp_path / "q.parquet"), "--model", str(trained_run)]
     again = runner.invoke(score_app, [*other, "--report", str(report)])
     assert again.exit_code == 2 and "--overwrite" in again.output  # the report is not replaced silently...
@@ -327,4 +334,40 @@ def test_predictions_carry_their_provenance_and_the_report_uses_it(
     html = (tmp_path / "p.html").read_text()
     assert f"{exported_model.name} (" in html and file_sha256(exported_model)[:16] in html
     assert str(synthetic_data.resolve()) in html
-    assert html.count('class="card"') and html.count('alt="Grad-CAM of') >= 1  # thumbnails and maps found
+    assert html.count('class="thumb"') and html.count('alt="Grad-CAM of') >= 1  # thumbnails and maps found
+
+
+def test_wilson_interval_matches_the_textbook() -> None:
+    """8 of 10: 0.490-0.943 (Wilson 1927; Newcombe 1998, table I); 0 of 5 and 5 of 5 stay inside 0..1."""
+    from mri44.stages.score.report import wilson_interval
+
+    frame = pl.DataFrame({"k": [8, 0, 5], "n": [10, 5, 5]})
+    lo, hi = wilson_interval(pl.col("k"), pl.col("n"))
+    bounds = frame.select(lo=lo, hi=hi)
+    assert bounds["lo"][0] == pytest.approx(0.4902, abs=1e-4) and bounds["hi"][0] == pytest.approx(
+        0.9433, abs=1e-4
+    )
+    assert bounds["lo"][1] == pytest.approx(0.0, abs=1e-12) and bounds["hi"][1] == pytest.approx(
+        0.4345, abs=1e-4
+    )
+    assert bounds["hi"][2] == pytest.approx(1.0, abs=1e-12) and bounds["lo"][2] == pytest.approx(
+        0.5655, abs=1e-4
+    )
+
+
+def test_a_report_of_ten_thousand_rows_stays_small(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """Galleries are capped and tables are per class, so the report of 10,000 scored images is the size of the
+    report of a hundred: what grows with the run is only the one-line counts."""
+    from mri44.stages.score.report import render_report
+
+    scored = tmp_path / "p.parquet"
+    done = runner.invoke(
+        score_app, [str(synthetic_data), "--out", str(scored), "--model", str(exported_model)]
+    )
+    assert done.exit_code == 0, done.output
+    small = pl.read_parquet(scored)
+    big = pl.concat([small] * (10_000 // small.height + 1)).head(10_000)
+    sizes = [len(render_report(frame, synthetic_data, None, "t").encode()) for frame in (small, big)]
+    assert sizes[1] < 3_000_000 and sizes[1] < 1.2 * sizes[0], sizes
