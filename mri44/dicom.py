@@ -1,9 +1,8 @@
 """DICOM input (the dicom extra: pip install -e '.[dicom]', pydicom): files named .dcm/.dicom, and files without
 an extension that carry the DICOM preamble ("DICM" at byte 128).
 
-Pixels become what a radiologist's viewer shows: the modality LUT (rescale slope and intercept) applied, then the
-file's own window (centre/width, first pair when several) or, without one, the image's min-max range, mapped to
-0..255; MONOCHROME1 (bright = low values) inverted. A multi-frame file is scored per frame: the scorer lists it as
+Pixels become what a radiologist's viewer shows (viewer_pixels: pydicom's modality LUT, then its VOI LUT or
+window with the file's VOILUTFunction, else the image's min-max range, mapped to 0..255; MONOCHROME1 inverted). A multi-frame file is scored per frame: the scorer lists it as
 `file.dcm#frame=K` (K from 1), one row per frame.
 """
 
@@ -110,18 +109,54 @@ def expand_frames(paths: list[Path], max_pixels: int) -> list[Path]:
     return out
 
 
-def _window(values: np.ndarray, ds) -> np.ndarray:
-    """Modality values -> 0..255 through the file's window, or its min-max range."""
-    centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
-    if centre is not None and width is not None:
-        c = float(centre[0] if hasattr(centre, "__len__") and not isinstance(centre, str) else centre)
-        w = float(width[0] if hasattr(width, "__len__") and not isinstance(width, str) else width)
-        lo, hi = c - w / 2, c + w / 2
-    else:
-        lo, hi = float(values.min()), float(values.max())
+def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi <= lo:
         return np.zeros(values.shape, np.uint8)
     return np.clip((values - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _voi_output_range(ds) -> tuple[float, float]:
+    """The range pydicom's VOI transforms map into (PS3.3 C.11.2): a VOI LUT's 0..2^bits-1, or for a window the
+    modality range of the stored bit depth, rescaled."""
+    if ds.get("VOILUTSequence") and ds.get("WindowCenter") is None:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    if ds.get("ModalityLUTSequence"):
+        lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(getattr(ds, "PixelRepresentation", 0) or 0) == 0:
+        lo, hi = 0.0, float(2 ** int(ds.BitsStored) - 1)
+    else:
+        lo, hi = -float(2 ** (int(ds.BitsStored) - 1)), float(2 ** (int(ds.BitsStored) - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
+
+
+def viewer_pixels(pixels: np.ndarray, ds) -> np.ndarray:
+    """Stored pixels -> what a PACS viewer shows, as uint8: pydicom's modality LUT (rescale, or a Modality LUT
+    Sequence), then its VOI transform (the file's VOI LUT Sequence, else its first window with VOILUTFunction
+    LINEAR, LINEAR_EXACT or SIGMOID) mapped to 0..255; without any VOI, the image's own min-max range.
+    MONOCHROME1 (bright = low values) is inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = np.asarray(apply_modality_lut(pixels, ds), np.float64)
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if ds.get("VOILUTSequence") or has_window:
+        try:
+            voi = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float64)
+            image = _to_uint8(voi, *_voi_output_range(ds))
+        except (
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+        ) as exc:  # a malformed window or LUT
+            raise DicomError(f"the file's VOI LUT or window cannot be applied ({exc})") from exc
+    else:
+        image = _to_uint8(values, float(values.min()), float(values.max()))
+    return 255 - image if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1" else image
 
 
 def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels: int) -> np.ndarray:
@@ -157,11 +192,9 @@ def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels:
                 "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)"
             ) from exc
         raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {exc})") from exc
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
-        return pixels.astype(np.uint8) if pixels.dtype == np.uint8 else _window(pixels.astype(np.float64), ds)
-    values = pixels.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-        getattr(ds, "RescaleIntercept", 0) or 0
-    )
-    image = _window(values, ds)
-    return 255 - image if photometric == "MONOCHROME1" else image
+        if pixels.dtype == np.uint8:
+            return pixels
+        values = pixels.astype(np.float64)
+        return _to_uint8(values, float(values.min()), float(values.max()))
+    return viewer_pixels(pixels, ds)

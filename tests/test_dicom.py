@@ -56,13 +56,14 @@ def write_dicom(
 
 def test_dicom_variants_read_as_their_image(tmp_path: Path, synthetic_data: Path) -> None:
     image = cv2.imread(str(sorted(synthetic_data.rglob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
-    # stored = 4 I + 100, slope 0.5, intercept -50 -> modality 2 I; window [0, 510] -> I exactly
+    # stored = 4 I + 100, slope 0.5, intercept -50 -> modality 2 I; DICOM's LINEAR window (PS3.3 C.11.2.1.2.1:
+    # centre - 0.5 +- (width - 1) / 2 spans the output range) of centre 255.5, width 511 -> I exactly
     write_dicom(
-        tmp_path / "mono2.dcm", [image.astype(np.int32) * 4 + 100], "MONOCHROME2", (255.0, 510.0), 0.5, -50.0
+        tmp_path / "mono2.dcm", [image.astype(np.int32) * 4 + 100], "MONOCHROME2", (255.5, 511.0), 0.5, -50.0
     )
-    write_dicom(tmp_path / "mono1.dcm", [255 - image.astype(np.int32)], "MONOCHROME1", (127.5, 255.0))
+    write_dicom(tmp_path / "mono1.dcm", [255 - image.astype(np.int32)], "MONOCHROME1", (128.0, 256.0))
     write_dicom(
-        tmp_path / "noext", [image.astype(np.int32) * 4 + 100], "MONOCHROME2", (255.0, 510.0), 0.5, -50.0
+        tmp_path / "noext", [image.astype(np.int32) * 4 + 100], "MONOCHROME2", (255.5, 511.0), 0.5, -50.0
     )
     for name in ("mono2.dcm", "mono1.dcm"):
         np.testing.assert_array_equal(read_image(tmp_path / name), image)
@@ -84,10 +85,10 @@ def test_dicom_folder_scores_like_the_images(
     for k, image in enumerate(images):
         cv2.imwrite(str(plain / f"{k}.png"), image)
     write_dicom(
-        dicom / "0.dcm", [images[0].astype(np.int32) * 4 + 100], "MONOCHROME2", (255.0, 510.0), 0.5, -50.0
+        dicom / "0.dcm", [images[0].astype(np.int32) * 4 + 100], "MONOCHROME2", (255.5, 511.0), 0.5, -50.0
     )
-    write_dicom(dicom / "1", [255 - images[1].astype(np.int32)], "MONOCHROME1", (127.5, 255.0))
-    write_dicom(dicom / "multi.dcm", [im.astype(np.uint16) for im in images], "MONOCHROME2", (127.5, 255.0))
+    write_dicom(dicom / "1", [255 - images[1].astype(np.int32)], "MONOCHROME1", (128.0, 256.0))
+    write_dicom(dicom / "multi.dcm", [im.astype(np.uint16) for im in images], "MONOCHROME2", (128.0, 256.0))
     write_dicom(dicom / "jp2.dcm", [images[0]], "MONOCHROME2", None, syntax=JPEG2000Lossless)
     runner = CliRunner()
     for name in ("png", "dcm"):
@@ -172,7 +173,7 @@ def test_one_frame_of_a_multiframe_file_decodes_only_that_frame(tmp_path: Path) 
 
     frames = [np.full((128, 128), k, np.uint16) for k in range(400)]  # 13 MB of pixel data
     multi = tmp_path / "multi.dcm"
-    write_dicom(multi, frames, "MONOCHROME2", (200.0, 400.0))
+    write_dicom(multi, frames, "MONOCHROME2", (200.5, 401.0))
     rows = expand_frames([multi], MAX_PIXELS)
     assert len(rows) == 400
     tracemalloc.start()
@@ -183,3 +184,30 @@ def test_one_frame_of_a_multiframe_file_decodes_only_that_frame(tmp_path: Path) 
         f"peak {peak:,} bytes to read one frame of {multi.stat().st_size:,}"
     )
     assert int(last[0, 0]) == round((399 - 0) * 255 / 400)
+
+
+def test_voi_lut_sequence_and_sigmoid_windows_are_applied_as_a_viewer_does(tmp_path: Path) -> None:
+    """pydicom's VOI transforms, not a linear window of our own: a VOI LUT Sequence (here an 8-bit inverting
+    table, preferred over the window beside it) and VOILUTFunction SIGMOID (PS3.3 C.11.2.1.3.1)."""
+    from pydicom.dataset import Dataset as Item
+    from pydicom.sequence import Sequence
+
+    ramp = np.tile(np.arange(256, dtype=np.uint16), (4, 1))
+    lut = tmp_path / "lut.dcm"
+    write_dicom(lut, [ramp], "MONOCHROME2", (5000.0, 10.0))  # a window that would make it nearly binary
+    ds = pydicom.dcmread(lut)
+    item = Item()
+    item.add_new(0x00283002, "US", [256, 0, 8])  # LUT Descriptor: entries, first value mapped, bits
+    item.add_new(0x00283006, "US", [255 - v for v in range(256)])  # LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    del ds.WindowCenter, ds.WindowWidth
+    ds.save_as(lut, enforce_file_format=True)
+    np.testing.assert_array_equal(read_image(lut)[0], 255 - np.arange(256))
+
+    sigmoid = tmp_path / "sigmoid.dcm"
+    write_dicom(sigmoid, [ramp], "MONOCHROME2", (128.0, 64.0))
+    ds = pydicom.dcmread(sigmoid)
+    ds.VOILUTFunction = "SIGMOID"
+    ds.save_as(sigmoid, enforce_file_format=True)
+    expected = 255.0 / (1.0 + np.exp(-4.0 * (np.arange(256) - 128.0) / 64.0))
+    assert np.abs(read_image(sigmoid)[0].astype(float) - expected).max() <= 0.5 + 1e-9
