@@ -87,6 +87,27 @@ def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
     return ds
 
 
+# Where a slice sits in a study, for a series-level answer. Never the patient's name, ID or birth date: those stay
+# in the files and never reach a predictions table.
+TAG_COLUMNS = ("study_uid", "series_uid", "instance_number", "series_description")
+
+
+def dicom_tags(source: Path | bytes) -> dict[str, str | int | None] | None:
+    """The TAG_COLUMNS of one DICOM file from its header (no pixel data read); None when it cannot be read."""
+    try:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
+        ds = _pydicom().dcmread(stream, stop_before_pixels=True, force=True)
+        number = ds.get("InstanceNumber")
+        return {
+            "study_uid": str(ds.get("StudyInstanceUID") or "") or None,
+            "series_uid": str(ds.get("SeriesInstanceUID") or "") or None,
+            "instance_number": int(number) if number not in (None, "") else None,
+            "series_description": str(ds.get("SeriesDescription") or "") or None,
+        }
+    except Exception:  # a header pydicom cannot read: the row keeps null tags (its pixels say why, if at all)
+        return None
+
+
 def frame_count(path: Path, max_pixels: int) -> int:
     """NumberOfFrames from the bounded header (no pixel data read); 1 when it cannot be trusted, and that one row
     then carries the file's error."""

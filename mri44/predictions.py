@@ -28,6 +28,7 @@ def prediction_frame(
     top_k: int,
     ood_scores: np.ndarray | None = None,
     ood_threshold: float | None = None,
+    tags: list[dict | None] | None = None,
 ) -> pl.DataFrame:
     """One row per file: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
     flag (mri44.ood; null when the model has no reference set or the check is off), and the folder's label if
@@ -72,4 +73,52 @@ def prediction_frame(
         # Predictions of files that failed are meaningless zeros: null them.
         **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "ood"]},
         true_class=label,
+    ).hstack(tag_columns(tags, len(rel_paths)))
+
+
+TAG_SCHEMA = {
+    "study_uid": pl.String,
+    "series_uid": pl.String,
+    "instance_number": pl.Int64,
+    "series_description": pl.String,
+}
+
+
+def tag_columns(tags: list[dict | None] | None, n: int) -> pl.DataFrame:
+    """The DICOM columns (mri44.dicom.TAG_COLUMNS) of n rows: null for files that are not DICOM."""
+    rows = tags if tags is not None else [None] * n
+    return pl.DataFrame(
+        {name: [t.get(name) if t else None for t in rows] for name in TAG_SCHEMA}, schema=TAG_SCHEMA
     )
+
+
+def series_table(frame: pl.DataFrame, probs: np.ndarray, class_names: list[str]) -> pl.DataFrame | None:
+    """One row per DICOM series (rows of `frame` with a series_uid and status ok): the class whose probability,
+    averaged over the series' slices, is highest, that mean probability, the slice count, the slice most
+    confident in that class, and the folder label when all its slices share one. None when no row has a series."""
+    scored = (frame["status"] == "ok") & frame["series_uid"].is_not_null()
+    if not scored.any():
+        return None
+    rows = np.flatnonzero(scored.to_numpy())
+    keys = frame["series_uid"].to_numpy()[rows]
+    out = []
+    for uid in sorted(set(keys)):
+        members = rows[keys == uid]
+        mean = probs[members].mean(0)
+        k = int(mean.argmax())
+        best = members[int(probs[members, k].argmax())]
+        labels = frame["true_class"].gather(members).unique().to_list()
+        first = frame.row(int(members[0]), named=True)
+        out.append(
+            {
+                "study_uid": first["study_uid"],
+                "series_uid": uid,
+                "series_description": first["series_description"],
+                "slices": len(members),
+                "pred_class": class_names[k],
+                "confidence": float(mean[k]),
+                "most_confident_slice": frame["path"][int(best)],
+                "true_class": labels[0] if len(labels) == 1 else None,
+            }
+        )
+    return pl.DataFrame(out, schema_overrides={"true_class": pl.String, "series_description": pl.String})

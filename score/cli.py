@@ -131,14 +131,15 @@ def summarise(result: ScoreResult, files: int) -> None:
         log.info(
             "skipped %d file(s) or folder(s): %s (e.g. %s)", len(result.skipped), common, result.skipped[0][0]
         )
-    if result.tables is not None:
+    tables = result.tables or {}
+    if "summary" in tables:
         with pl.Config(tbl_hide_dataframe_shape=True, float_precision=3, tbl_cols=12, tbl_width_chars=120):
-            typer.echo(result.tables["summary"])
+            typer.echo(tables["summary"])
             if result.predictions is not None:
-                typer.echo(result.tables["per_contrast"])
-        log.info(
-            "metric tables (%d labelled images) -> %s", result.tables["summary"]["n"][0], result.metrics_dir
-        )
+                typer.echo(tables["per_contrast"])
+        log.info("metric tables (%d labelled images) -> %s", tables["summary"]["n"][0], result.metrics_dir)
+    if "series" in tables:
+        log.info("%d DICOM series, one row each -> %s", tables["series"].height, result.metrics_dir)
 
 
 @app.command(

@@ -20,9 +20,10 @@ import polars as pl
 from tqdm import tqdm
 
 from mri44.calibration import softmax
+from mri44.dicom import dicom_tags, is_dicom_path, split_frame
 from mri44.errors import SettingError
 from mri44.imageio import MAX_PIXELS, ImageDecodeError
-from mri44.predictions import prediction_frame, printable_path
+from mri44.predictions import prediction_frame, printable_path, series_table
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
 
 from .backends import Backend
@@ -34,6 +35,7 @@ class ScoreRun:
     seconds: float
     scored: int
     failed: int
+    series: pl.DataFrame | None = None  # one row per DICOM series (mri44.predictions.series_table)
 
 
 def decoded_batches(
@@ -174,5 +176,7 @@ def score_paths(
     seconds = time.perf_counter() - t0
     rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
     threshold = flag_threshold(backend, ood_threshold)
-    frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold)
-    return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()))
+    tags = [dicom_tags(split_frame(p)[0]) if is_dicom_path(split_frame(p)[0]) else None for p in paths]
+    frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold, tags)
+    series = series_table(frame, probs, meta.classes)
+    return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()), series)

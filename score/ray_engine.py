@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from mri44.atomic import atomic_path, write_text_atomic
+from mri44.dicom import dicom_tags, is_dicom_bytes
 from mri44.discover import OUTPUT_MARKER, find_images
 from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path, read_file
@@ -205,13 +206,14 @@ def decode_batch(
     """A Ray task: read and preprocess files; a file that fails keeps its row with the reason in `error`."""
     preprocess = PreprocessSpec.from_dict(spec)
     shape = (preprocess.size, preprocess.size, preprocess.cache_channels)
-    pixels, errors = [], []
+    pixels, errors, tags = [], [], []
     for rel, raw in zip(batch["path"], batch["name"], strict=True):
+        found = ""  # the DICOM tags as JSON (mri44.dicom.dicom_tags), "" for other files
         try:  # the file's own name (bytes: a name that is not UTF-8 travels through Arrow intact)
             name = os.fsdecode(raw) if "://" not in root else bytes(raw).decode()
-            pixels.append(
-                to_model_pixels(decode_bytes(_read(root, name, max_pixels), rel, max_pixels), preprocess)
-            )
+            data = _read(root, name, max_pixels)
+            found = json.dumps(dicom_tags(data.tobytes())) if is_dicom_bytes(data) else ""
+            pixels.append(to_model_pixels(decode_bytes(data, rel, max_pixels), preprocess))
             errors.append("")
         except ImageDecodeError as exc:
             pixels.append(np.zeros(shape, np.uint8))
@@ -219,7 +221,13 @@ def decode_batch(
         except Exception as exc:  # anything else about one file stays about that file
             pixels.append(np.zeros(shape, np.uint8))
             errors.append(f"{exc.__class__.__name__}: {exc}")
-    return {"path": batch["path"], "pixels": np.stack(pixels), "error": np.asarray(errors, dtype=object)}
+        tags.append(found)
+    return {
+        "path": batch["path"],
+        "pixels": np.stack(pixels),
+        "error": np.asarray(errors, dtype=object),
+        "tags": np.asarray(tags, dtype=object),
+    }
 
 
 class ScoreActor:
@@ -251,7 +259,10 @@ class ScoreActor:
             x = normalize(batch["pixels"][decoded], meta.preprocess)
             score_batch(self.backend, x, decoded, probs, ok, errors, scores)
         paths = [str(p) for p in batch["path"]]
-        frame = prediction_frame(paths, probs, ok, errors, meta.classes, self.top_k, scores, self.threshold)
+        tags = [json.loads(t) if t else None for t in batch["tags"]]
+        frame = prediction_frame(
+            paths, probs, ok, errors, meta.classes, self.top_k, scores, self.threshold, tags
+        )
         return frame.to_arrow()
 
 

@@ -218,6 +218,8 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     )
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
     tables = tables_with_counts(labelled, len(paths), run.failed, len(skipped))
+    if run.series is not None:  # a series-level answer, labelled or not
+        tables = {**(tables or {}), "series": run.series}
     counts = {"files": len(paths), "errors": run.failed, "skipped": len(skipped)}
     recorded = provenance(source, meta, str(folder.resolve()), options, counts)
     if out is not None:

@@ -3,6 +3,7 @@ they were made from; compressed pixel data without its codec is one clear error 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,8 @@ def write_dicom(
     slope: float = 1.0,
     intercept: float = 0.0,
     syntax=ExplicitVRLittleEndian,
+    series: str | None = None,
+    instance: int | None = None,
 ) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -44,6 +47,15 @@ def write_dicom(
         ds.WindowCenter, ds.WindowWidth = window
     if len(frames) > 1:
         ds.NumberOfFrames = len(frames)
+    if series is not None:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesDescription = (
+            "1.2.826.0.1.99",
+            series,
+            "AX T1 POST",
+        )
+        ds.PatientID = "SECRET-ID-42"
+    if instance is not None:
+        ds.InstanceNumber = instance
     raw = np.stack(frames).astype(np.uint16).tobytes()
     if syntax.is_compressed:  # stand-in compressed bytes: the point is the missing codec, not the image
         from pydicom.encaps import encapsulate
@@ -211,3 +223,60 @@ def test_voi_lut_sequence_and_sigmoid_windows_are_applied_as_a_viewer_does(tmp_p
     ds.save_as(sigmoid, enforce_file_format=True)
     expected = 255.0 / (1.0 + np.exp(-4.0 * (np.arange(256) - 128.0) / 64.0))
     assert np.abs(read_image(sigmoid)[0].astype(float) - expected).max() <= 0.5 + 1e-9
+
+
+def test_a_series_folder_gives_tagged_slice_rows_and_one_series_row(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """Slices carry study, series, instance and description (never the patient's name or ID); the metrics
+    folder gets one row per series: the class of the mean slice probabilities, the slice count, the most
+    confident slice."""
+    pngs = sorted(synthetic_data.rglob("*.png"))[:4]
+    cls = pngs[0].parent.name
+    folder = tmp_path / "study" / cls
+    folder.mkdir(parents=True)
+    for k, png in enumerate(pngs[:3]):
+        image = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE).astype(np.int32)
+        write_dicom(
+            folder / f"s{k}.dcm", [image], "MONOCHROME2", (128.0, 256.0), series="1.2.3.4", instance=k + 1
+        )
+    cv2.imwrite(str(folder / "plain.png"), cv2.imread(str(pngs[3])))
+    out = tmp_path / "p.parquet"
+    done = CliRunner().invoke(
+        app, [str(tmp_path / "study"), "--out", str(out), "--model", str(exported_model)]
+    )
+    assert done.exit_code == 0, done.output
+    rows = pl.read_parquet(out).sort("path")
+    dicom = rows.filter(pl.col("path").str.ends_with(".dcm"))
+    assert dicom["series_uid"].to_list() == ["1.2.3.4"] * 3 and dicom["instance_number"].to_list() == [
+        1,
+        2,
+        3,
+    ]
+    assert set(dicom["series_description"]) == {"AX T1 POST"} and set(dicom["study_uid"]) == {
+        "1.2.826.0.1.99"
+    }
+    assert rows.filter(pl.col("path").str.ends_with(".png"))["series_uid"].to_list() == [None]
+    assert not any("patient" in c for c in rows.columns) and "SECRET" not in out.read_bytes().decode(
+        "latin-1"
+    )
+    series = pl.read_csv(tmp_path / "p_metrics" / "series.csv")
+    assert series.height == 1 and series["slices"][0] == 3 and series["true_class"][0] == cls
+    from mri44.calibration import softmax
+    from mri44.preprocess import load_pixels, normalize
+    from mri44.stages.score.backends import open_backend
+
+    backend = open_backend(exported_model, "cpu")
+    spec = backend.meta.preprocess
+    x = np.concatenate([normalize(load_pixels(folder / f"s{k}.dcm", spec), spec) for k in range(3)])
+    mean = softmax(backend.run(x), backend.meta.temperature).mean(0)
+    assert series["pred_class"][0] == backend.meta.classes[int(mean.argmax())]
+    assert series["confidence"][0] == pytest.approx(float(mean.max()), abs=1e-5)
+    assert series["most_confident_slice"][0] in dicom["path"].to_list()
+    if importlib.util.find_spec("matplotlib") is not None:
+        from mri44.stages.score.report_cli import app as report_app
+
+        made = CliRunner().invoke(report_app, [str(out)])
+        assert made.exit_code == 0, made.output
+        html = (tmp_path / "p.html").read_text()
+        assert 'id="series"' in html and "AX T1 POST" in html
