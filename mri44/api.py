@@ -123,12 +123,12 @@ def _as_image(array: np.ndarray, i: int) -> np.ndarray:
 
 def _paths_of(images: Any, max_pixels: int) -> tuple[Path, list[Path], list[str] | None]:
     """(root, files, the path column to show or None for paths relative to root)."""
-    from mri44.dicom import expand_frames
     from mri44.discover import find_images
+    from mri44.imageio import expand_inputs
 
     if isinstance(images, str | os.PathLike) and Path(images).is_dir():
         root = Path(images)
-        return root, expand_frames(find_images(root), max_pixels), None
+        return root, expand_inputs(find_images(root), max_pixels), None
     given = [images] if isinstance(images, str | os.PathLike) else list(images)
     if not given or not all(isinstance(p, str | os.PathLike) for p in given):
         raise SettingError(

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mri44.dicom import DICOM_EXTENSIONS, DicomError, decode_dicom, is_dicom_bytes, split_frame
+from mri44.dicom import DICOM_EXTENSIONS, DicomError, decode_dicom, expand_frames, is_dicom_bytes, split_frame
 from mri44.errors import MRI44Error
+from mri44.nifti import VOLUME_FACTOR, NiftiError, expand_slices, is_nifti_path, read_slice, split_slice
 
 # Decoding allocates width x height x channels bytes whatever the file size: a 2.6 MB PNG can claim 30000 x 30000
 # (2.7 GB of pixels). Dimensions are read from the header first and such files refused; MRI slices are far smaller.
@@ -40,8 +41,15 @@ class ImageDecodeError(MRI44Error):
 
 
 def is_image_path(path: str | os.PathLike[str]) -> bool:
-    """By name: a known image extension, or a DICOM one (extension-less DICOM: mri44.dicom.has_preamble)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS
+    """By name: a known image extension, a DICOM one (extension-less DICOM: mri44.dicom.has_preamble), or a NIfTI
+    volume (.nii, .nii.gz)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS or is_nifti_path(path)
+
+
+def expand_inputs(paths: list[Path], max_pixels: int = MAX_PIXELS) -> list[Path]:
+    """The rows to score for a list of files: one per frame of a multi-frame DICOM file (`x.dcm#frame=K`), one per
+    axial slice of a NIfTI volume (`x.nii.gz#slice=K`), one for every other file."""
+    return expand_slices(expand_frames(paths, max_pixels), max_pixels)
 
 
 def _jpeg_is_truncated(data: np.ndarray) -> bool:
@@ -185,6 +193,15 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     """Read and decode one file; see decode_bytes for the returned layout. `x.dcm#frame=K` reads frame K of a
     multi-frame DICOM file (mri44.dicom.expand_frames lists them so)."""
     file, frame = split_frame(path)
+    if frame is None and is_nifti_path(split_slice(path)[0]):
+        volume, index = split_slice(path)
+        check_file(volume, VOLUME_FACTOR * max_pixels)  # a regular file, no larger than a volume can be
+        try:
+            return read_slice(volume, index, max_pixels)
+        except NiftiError as exc:
+            raise ImageDecodeError(path, str(exc)) from exc
+        except OSError as exc:
+            raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
     check_file(file, max_pixels)  # every format, DICOM included, before any reader opens it
     if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
         try:

@@ -23,6 +23,7 @@ from mri44.calibration import softmax
 from mri44.dicom import dicom_tags, is_dicom_path, split_frame
 from mri44.errors import SettingError
 from mri44.imageio import MAX_PIXELS, ImageDecodeError
+from mri44.nifti import is_nifti_path, split_slice
 from mri44.predictions import prediction_frame, printable_path, series_table
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
 
@@ -140,6 +141,17 @@ def flag_threshold(backend: Backend, override: float | None) -> float | None:
     return override if override is not None else spec.threshold if spec else None
 
 
+def input_tags(path: Path, root: Path) -> dict | None:
+    """Where a row sits in a series: a DICOM file's own tags (mri44.dicom.dicom_tags), or for a NIfTI slice its
+    volume (as the series) and slice number; None for plain images."""
+    volume, index = split_slice(path)
+    if is_nifti_path(volume):
+        rel = printable_path(volume.relative_to(root).as_posix())
+        return {"series_uid": rel, "instance_number": index or 1, "series_description": "NIfTI volume"}
+    file = split_frame(path)[0]
+    return dicom_tags(file) if file.is_file() and is_dicom_path(file) else None  # never open a FIFO
+
+
 def score_paths(
     backend: Backend,
     root: Path,
@@ -176,7 +188,7 @@ def score_paths(
     seconds = time.perf_counter() - t0
     rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
     threshold = flag_threshold(backend, ood_threshold)
-    tags = [dicom_tags(split_frame(p)[0]) if is_dicom_path(split_frame(p)[0]) else None for p in paths]
+    tags = [input_tags(p, root) if scored else None for p, scored in zip(paths, ok, strict=True)]
     frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold, tags)
     series = series_table(frame, probs, meta.classes)
     return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()), series)

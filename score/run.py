@@ -162,8 +162,8 @@ def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = Score
 
 def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreResult:
     """The local engine: discover, decode in threads, infer in batches, write predictions and tables."""
-    from mri44.dicom import expand_frames
     from mri44.discover import find_images
+    from mri44.imageio import expand_inputs
 
     from .backends import open_backend
     from .pipeline import score_paths
@@ -187,9 +187,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     )
     check_report(options, source)
     skipped: list[tuple[str, str]] = []
-    paths = expand_frames(
-        find_images(folder, skipped), options.max_pixels
-    )  # a multi-frame DICOM file is one row per frame
+    paths = expand_inputs(find_images(folder, skipped), options.max_pixels)  # frames and slices: a row each
     if not paths:
         raise SettingError(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, options.device, options.precision, options.compile)

@@ -1,0 +1,146 @@
+"""NIfTI volumes (the nifti extra: pip install 'mri44[nifti]', nibabel): `.nii` and `.nii.gz` files, the research
+format of brain MRI, scored slice by slice like images.
+
+A volume is reoriented to the closest canonical orientation (RAS+, nibabel's as_closest_canonical), so its third
+axis runs foot to head and each index along it is an axial slice; the scorer lists slice K as `file.nii.gz#slice=K`
+(K from 1, foot first), one row each. Slices are shown as a radiologist's viewer does (anterior up, the patient's
+right on the image's left) with one intensity window for the whole volume, its 0.5th to 99.5th percentile, so
+that slices of one volume stay comparable (NIfTI has no window of its own).
+
+The model was trained on 2-D key slices of tumours: slices far from a lesion, and the top and bottom of the head,
+are outside what it learned, so per-slice answers there mean little; the volume row (mri44.predictions
+.series_table: the class of the mean slice probabilities) is the summary to read.
+
+Memory is bounded by one volume: its header is checked before any voxel is read (each slice within --max-pixels,
+the whole volume within VOLUME_FACTOR times that), and the last volume read is kept for the next slices.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+SLICE = re.compile(r"^(?P<file>.+)#slice=(?P<slice>[1-9][0-9]*)$")
+VOLUME_FACTOR = 4  # a volume may hold up to 4 x --max-pixels voxels (200 M by default; brain MRI: ~15 M)
+
+
+class NiftiError(Exception):
+    """Why a NIfTI volume or slice could not be read."""
+
+
+def is_nifti_path(path: str | os.PathLike[str]) -> bool:
+    return Path(path).name.lower().endswith((".nii", ".nii.gz"))
+
+
+def split_slice(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
+    """`x.nii.gz#slice=3` -> (x.nii.gz, 3) when x.nii.gz exists and the literal name does not; else (path, None)."""
+    p = Path(path)
+    match = SLICE.match(str(p))
+    if match and not p.exists() and Path(match["file"]).exists():
+        return Path(match["file"]), int(match["slice"])
+    return p, None
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise NiftiError("NIfTI input needs nibabel: pip install 'mri44[nifti]'") from exc
+    return nibabel
+
+
+def volume_shape(path: Path, max_pixels: int) -> tuple[int, int, int]:
+    """The canonical (x, y, z) shape from the header alone, once its claims are bounded."""
+    try:
+        image = _nibabel().load(str(path))
+        shape = tuple(int(d) for d in image.shape)
+    except NiftiError:
+        raise
+    except Exception as exc:  # nibabel raises many kinds on a malformed header
+        raise NiftiError(f"unreadable NIfTI header ({exc.__class__.__name__}: {exc})") from exc
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise NiftiError(f"NIfTI of shape {shape}: only 3-D volumes are scored (one volume, no time series)")
+    x, y, z = shape
+    if min(shape) < 1:
+        raise NiftiError(f"NIfTI of shape {shape} holds no voxels")
+    if max(x * y, y * z, x * z) > max_pixels:
+        raise NiftiError(
+            f"NIfTI slices of up to {max(x * y, y * z, x * z):,} pixels, over the limit of {max_pixels:,} (--max-pixels)"
+        )
+    if x * y * z > VOLUME_FACTOR * max_pixels:
+        raise NiftiError(
+            f"NIfTI volume of {x * y * z:,} voxels, over {VOLUME_FACTOR} x the limit of {max_pixels:,} (--max-pixels)"
+        )
+    return x, y, z
+
+
+def slice_count(path: Path, max_pixels: int) -> int:
+    """Axial slices after canonical reorientation; 1 when the volume cannot be trusted (its one row then says
+    why)."""
+    try:
+        image = _nibabel().load(str(path))
+        canonical = _nibabel().as_closest_canonical(image)
+        volume_shape(path, max_pixels)
+        return int(canonical.shape[2])
+    except Exception:
+        return 1
+
+
+def expand_slices(paths: list[Path], max_pixels: int) -> list[Path]:
+    """One entry per axial slice for NIfTI volumes (`x.nii.gz#slice=K`), every other path as it is."""
+    out: list[Path] = []
+    for path in paths:
+        n = slice_count(path, max_pixels) if is_nifti_path(path) and path.is_file() else 1
+        out.extend([path] if n == 1 else [Path(f"{path}#slice={k}") for k in range(1, n + 1)])
+    return out
+
+
+_cache = threading.local()  # per decoding thread: (path, mtime, volume as uint8 in display order)
+
+
+def _volume(path: Path, max_pixels: int) -> np.ndarray:
+    """The canonical volume as uint8 (z, rows, columns), windowed once; kept for the thread's next slice."""
+    key = (str(path), path.stat().st_mtime_ns)
+    cached = getattr(_cache, "volume", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    _cache.volume = None  # never two volumes at once
+    volume_shape(path, max_pixels)
+    try:
+        nib = _nibabel()
+        data = np.asarray(nib.as_closest_canonical(nib.load(str(path))).get_fdata(dtype=np.float32))
+    except NiftiError:
+        raise
+    except Exception as exc:
+        raise NiftiError(f"unreadable NIfTI voxels ({exc.__class__.__name__}: {exc})") from exc
+    data = np.nan_to_num(data.reshape(data.shape[:3]), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
+    scaled = (
+        np.zeros(data.shape, np.uint8)
+        if hi <= lo
+        else np.clip((data - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255)
+    )
+    # (x, y, z) in RAS+ -> (z, rows, columns): anterior at the top, the patient's right on the image's left.
+    display = np.ascontiguousarray(np.transpose(scaled.astype(np.uint8), (2, 1, 0))[:, ::-1, ::-1])
+    _cache.volume = (key, display)
+    return display
+
+
+def read_slice(path: Path, index: int | None, max_pixels: int) -> np.ndarray:
+    """Axial slice `index` (from 1) of a volume as uint8 H x W; a volume of one slice needs no index."""
+    volume = _volume(path, max_pixels)
+    if index is None:
+        if volume.shape[0] != 1:
+            raise NiftiError(
+                f"NIfTI volume of {volume.shape[0]} slices: score it with the local engine, slice by slice"
+            )
+        index = 1
+    if index > volume.shape[0]:
+        raise NiftiError(f"slice {index} asked, the volume has {volume.shape[0]}")
+    return volume[index - 1]

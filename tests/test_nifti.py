@@ -1,0 +1,80 @@
+"""NIfTI volumes: reoriented to canonical, axial slices scored like images (`path#slice=K`), one volume row,
+claims bounded before any voxel is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from mri44.imageio import ImageDecodeError, expand_inputs, read_image
+from mri44.stages.score.cli import app
+
+nib = pytest.importorskip("nibabel", reason="NIfTI is an extra: pip install -e '.[nifti]'")
+
+
+def _slices(n: int = 5) -> list[np.ndarray]:
+    """Slices with a bright mark at the top left (orientation) and dark rows at the bottom (the window)."""
+    out = []
+    for k in range(n):
+        image = np.full((20, 24), 40 + 30 * k, np.uint8)
+        image[:2, :3] = 255
+        image[16:] = 0
+        out.append(image)
+    return out
+
+
+def _volume(path: Path, slices: list[np.ndarray], flip_x: bool) -> Path:
+    """The slices as a RAS+ volume (display row = anterior at top, patient's right on the left), stored either
+    canonically or with its first axis flipped (LAS+), which the reader must undo."""
+    data = np.stack([s[::-1, ::-1].T for s in slices], axis=2).astype(np.int16)
+    affine = np.eye(4)
+    if flip_x:
+        data, affine[0, 0], affine[0, 3] = data[::-1], -1.0, data.shape[0] - 1
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+def test_slices_read_back_as_the_images_they_were_made_from(tmp_path: Path, flip_x: bool) -> None:
+    slices = _slices()
+    volume = _volume(tmp_path / ("las.nii" if flip_x else "ras.nii.gz"), slices, flip_x)
+    rows = expand_inputs([volume])
+    assert [r.name for r in rows] == [f"{volume.name}#slice={k}" for k in range(1, 6)]
+    for k, image in enumerate(slices):
+        np.testing.assert_array_equal(read_image(rows[k]), image)
+
+
+def test_a_volume_folder_gives_slice_rows_and_one_volume_row(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    cls = sorted(d.name for d in synthetic_data.iterdir() if d.is_dir())[0]
+    (tmp_path / "in" / cls).mkdir(parents=True)
+    _volume(tmp_path / "in" / cls / "brain.nii.gz", _slices(), flip_x=True)
+    out = tmp_path / "p.parquet"
+    done = CliRunner().invoke(app, [str(tmp_path / "in"), "--out", str(out), "--model", str(exported_model)])
+    assert done.exit_code == 0, done.output
+    rows = pl.read_parquet(out)
+    assert rows.height == 5 and set(rows["status"]) == {"ok"} and set(rows["true_class"]) == {cls}
+    assert rows["series_uid"].unique().to_list() == [f"{cls}/brain.nii.gz"]
+    assert sorted(rows["instance_number"].to_list()) == [1, 2, 3, 4, 5]
+    series = pl.read_csv(tmp_path / "p_metrics" / "series.csv")
+    assert (
+        series.height == 1 and series["slices"][0] == 5 and series["series_description"][0] == "NIfTI volume"
+    )
+
+
+def test_volume_claims_are_bounded_before_reading(tmp_path: Path) -> None:
+    """A header claiming 4000 x 4000 x 4000 (a few hundred bytes compressed) is one error row, not 64 G voxels."""
+    liar = tmp_path / "liar.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), str(liar))
+    raw = nib.load(str(liar))
+    raw.header.set_data_shape((4000, 4000, 4000))
+    with open(tmp_path / "claims.nii", "wb") as handle:
+        handle.write(raw.header.binaryblock + b"\0" * (352 - len(raw.header.binaryblock)) + b"\0" * 16)
+    assert expand_inputs([tmp_path / "claims.nii"]) == [tmp_path / "claims.nii"]
+    with pytest.raises(ImageDecodeError, match="64,000,000,000 voxels, over 4 x the limit of 50,000,000"):
+        read_image(tmp_path / "claims.nii")
