@@ -160,6 +160,30 @@ def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = Score
     return run_local(Path(input_dir), out, options)
 
 
+def check_local_run(folder: Path, out: Path | None, options: ScoreOptions) -> tuple[Path, Path]:
+    """Everything refused before any work: outputs that exist or clash with inputs or each other, a missing
+    input folder or model, report options. Returns (the metrics folder, the model path)."""
+    target = Path()
+    if out is not None:
+        target = check_outputs(folder, out, options.metrics_dir, options.overwrite)
+    elif not folder.is_dir():
+        raise SettingError(f"input folder {folder} does not exist or is not a folder")
+    source = resolve_model(options.model)
+    record = sidecar(out) if out is not None and out.suffix.lower() == ".csv" else None
+    refuse_clashes(
+        {
+            "--out": out,
+            "--out's provenance file": record,
+            "--metrics-dir": target if out is not None else None,
+            "--report": options.report,
+        },
+        {"--model": source},
+        folder,
+    )
+    check_report(options, source)
+    return target, source
+
+
 def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreResult:
     """The local engine: discover, decode in threads, infer in batches, write predictions and tables."""
     from mri44.discover import find_images
@@ -168,24 +192,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     from .backends import open_backend
     from .pipeline import score_paths
 
-    if out is not None:
-        target = check_outputs(folder, out, options.metrics_dir, options.overwrite)
-    elif not folder.is_dir():
-        raise SettingError(f"input folder {folder} does not exist or is not a folder")
-    source = resolve_model(options.model)
-    metrics = target if out is not None else None
-    record = sidecar(out) if out is not None and out.suffix.lower() == ".csv" else None
-    refuse_clashes(
-        {
-            "--out": out,
-            "--out's provenance file": record,
-            "--metrics-dir": metrics,
-            "--report": options.report,
-        },
-        {"--model": source},
-        folder,
-    )
-    check_report(options, source)
+    target, source = check_local_run(folder, out, options)
     skipped: list[tuple[str, str]] = []
     paths = expand_inputs(find_images(folder, skipped), options.max_pixels)  # frames and slices: a row each
     if not paths:
