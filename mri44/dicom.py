@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-FRAME = re.compile(r"^(?P<file>.+)#frame=(?P<frame>[1-9][0-9]*)$")
+FRAME = re.compile(r"^(?P<file>.+)#frame=(?P<index>[1-9][0-9]*)$")
 
 
 class DicomError(Exception):
@@ -42,13 +42,18 @@ def is_dicom_bytes(data: np.ndarray) -> bool:
     return data.size >= 132 and data[128:132].tobytes() == b"DICM"
 
 
-def split_frame(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
-    """`x.dcm#frame=3` -> (x.dcm, 3) when x.dcm exists and the literal name does not; else (path, None)."""
+def split_member(path: str | os.PathLike[str], pattern: re.Pattern[str]) -> tuple[Path, int | None]:
+    """`x.dcm#frame=3` -> (x.dcm, 3) (or `#slice=`, as pattern says) when x.dcm exists and the literal name does
+    not; else (path, None)."""
     p = Path(path)
-    match = FRAME.match(str(p))
+    match = pattern.match(str(p))
     if match and not p.exists() and Path(match["file"]).exists():
-        return Path(match["file"]), int(match["frame"])
+        return Path(match["file"]), int(match["index"])
     return p, None
+
+
+def split_frame(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
+    return split_member(path, FRAME)
 
 
 def _pydicom():

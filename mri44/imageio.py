@@ -11,6 +11,7 @@ import io
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -191,26 +192,26 @@ def decode_bytes(
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode one file; see decode_bytes for the returned layout. `x.dcm#frame=K` reads frame K of a
-    multi-frame DICOM file (mri44.dicom.expand_frames lists them so)."""
+    multi-frame DICOM file, `x.nii.gz#slice=K` axial slice K of a NIfTI volume (expand_inputs lists them so)."""
     file, frame = split_frame(path)
-    if frame is None and is_nifti_path(split_slice(path)[0]):
-        volume, index = split_slice(path)
+    volume, index = split_slice(path)
+    if frame is None and is_nifti_path(volume):
         check_file(volume, VOLUME_FACTOR * max_pixels)  # a regular file, no larger than a volume can be
-        try:
-            return read_slice(volume, index, max_pixels)
-        except NiftiError as exc:
-            raise ImageDecodeError(path, str(exc)) from exc
-        except OSError as exc:
-            raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+        return _decoded(path, lambda: read_slice(volume, index, max_pixels))
     check_file(file, max_pixels)  # every format, DICOM included, before any reader opens it
     if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
-        try:
-            return decode_dicom(file, frame, max_pixels)
-        except DicomError as exc:
-            raise ImageDecodeError(path, str(exc)) from exc
-        except OSError as exc:
-            raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+        return _decoded(path, lambda: decode_dicom(file, frame, max_pixels))
     return decode_bytes(read_file(path, max_pixels), path, max_pixels)  # an empty file: check_encoded refuses
+
+
+def _decoded(path: str | os.PathLike[str], read: Callable[[], np.ndarray]) -> np.ndarray:
+    """A volume reader's own errors and OS errors as one ImageDecodeError naming the row's path."""
+    try:
+        return read()
+    except (DicomError, NiftiError) as exc:
+        raise ImageDecodeError(path, str(exc)) from exc
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
 def check_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> int:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-SLICE = re.compile(r"^(?P<file>.+)#slice=(?P<slice>[1-9][0-9]*)$")
+from mri44.dicom import split_member
+
+SLICE = re.compile(r"^(?P<file>.+)#slice=(?P<index>[1-9][0-9]*)$")
 VOLUME_FACTOR = 4  # a volume may hold up to 4 x --max-pixels voxels (200 M by default; brain MRI: ~15 M)
 
 
@@ -38,11 +40,7 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
 
 def split_slice(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
     """`x.nii.gz#slice=3` -> (x.nii.gz, 3) when x.nii.gz exists and the literal name does not; else (path, None)."""
-    p = Path(path)
-    match = SLICE.match(str(p))
-    if match and not p.exists() and Path(match["file"]).exists():
-        return Path(match["file"]), int(match["slice"])
-    return p, None
+    return split_member(path, SLICE)
 
 
 def _nibabel():

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -151,30 +152,6 @@ def check_report_path(report: Path, overwrite: bool) -> None:
         raise OutputError(f"--report: cannot write into {report.parent}: {problem}")
 
 
-def write_outputs(
-    predictions: pl.DataFrame,
-    tables: dict | None,
-    out: Path,
-    target: Path,
-    overwrite: bool,
-    classes: list[str],
-    provenance: dict | None = None,
-) -> None:
-    """Predictions and tables, both or neither replaced: tables are staged beside their folder first. A full disk
-    is said in those words, and the predictions, which took the whole run to make, are kept in the temporary
-    folder when there is room there."""
-    try:
-        _write_outputs(predictions, tables, out, target, overwrite, classes, provenance)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        if not no_space(exc):
-            raise
-        kept = rescue(predictions, out)
-        raise OutputError(
-            f"no space left on the device that holds {out.parent}: nothing was replaced; "
-            + (f"the predictions were kept in {kept}" if kept else "the temporary folder is full too")
-        ) from None
-
-
 def no_space(exc: BaseException) -> bool:
     """A write that failed for lack of space (Polars reports it in its own error type, with the OS text)."""
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
@@ -193,39 +170,56 @@ def rescue(predictions: pl.DataFrame, out: Path) -> Path | None:
         return None
 
 
-def _write_outputs(
+@contextlib.contextmanager
+def said_when_full(predictions: pl.DataFrame, out: Path) -> Iterator[None]:
+    """A full disk said in those words; the predictions, which took the whole run to make, kept in the temporary
+    folder when there is room there."""
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        if not no_space(exc):
+            raise
+        kept = rescue(predictions, out)
+        raise OutputError(
+            f"no space left on the device that holds {out.parent}: nothing was replaced; "
+            + (f"the predictions were kept in {kept}" if kept else "the temporary folder is full too")
+        ) from None
+
+
+def write_outputs(
     predictions: pl.DataFrame,
     tables: dict | None,
     out: Path,
     target: Path,
     overwrite: bool,
     classes: list[str],
-    provenance: dict | None,
+    provenance: dict | None = None,
 ) -> None:
-    staged = None
-    try:
-        if tables is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            # mkdtemp's 0700 would hide the tables from colleagues on a shared server
-            staged.chmod(0o777 & ~_umask())
-            write_tables(tables, staged, classes)
-        recorded = json.dumps(provenance or {}, sort_keys=True)
-        with atomic_path(out, replace=overwrite) as tmp:
-            if out.suffix.lower() == ".csv":
-                predictions.write_csv(tmp)
-                write_text_atomic(
-                    sidecar(out), recorded
-                )  # before the table: never a table without its record
-            else:
-                predictions.write_parquet(tmp, metadata={PROVENANCE_KEY: recorded})
-            if overwrite:  # only once the new predictions are written: old tables must not outlive them
-                remove_output_folder(target)
-        if staged is not None:
-            remove_output_folder(target)  # empty (checked at start) or removed above
-            staged.rename(target)
-    except FileExistsError as exc:  # another run wrote it while we were scoring
-        raise OutputError(str(exc)) from exc
-    finally:
-        if staged is not None and staged.exists():
-            shutil.rmtree(staged, ignore_errors=True)
+    """Predictions and tables, both or neither replaced: tables are staged beside their folder first."""
+    with said_when_full(predictions, out):
+        staged = None
+        try:
+            if tables is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+                # mkdtemp's 0700 would hide the tables from colleagues on a shared server
+                staged.chmod(0o777 & ~_umask())
+                write_tables(tables, staged, classes)
+            recorded = json.dumps(provenance or {}, sort_keys=True)
+            with atomic_path(out, replace=overwrite) as tmp:
+                if out.suffix.lower() == ".csv":
+                    predictions.write_csv(tmp)
+                    # before the table: never a table without its record
+                    write_text_atomic(sidecar(out), recorded)
+                else:
+                    predictions.write_parquet(tmp, metadata={PROVENANCE_KEY: recorded})
+                if overwrite:  # only once the new predictions are written: old tables must not outlive them
+                    remove_output_folder(target)
+            if staged is not None:
+                remove_output_folder(target)  # empty (checked at start) or removed above
+                staged.rename(target)
+        except FileExistsError as exc:  # another run wrote it while we were scoring
+            raise OutputError(str(exc)) from exc
+        finally:
+            if staged is not None and staged.exists():
+                shutil.rmtree(staged, ignore_errors=True)
