@@ -12,7 +12,7 @@ import numpy as np
 
 from mri44.atomic import atomic_path
 from mri44.errors import MRI44Error
-from mri44.model import checkpoint_path
+from mri44.files import checkpoint_path
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata
 from mri44.runtime import make_session
 

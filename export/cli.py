@@ -85,7 +85,7 @@ def export(
     overwrite: OverwriteOpt = False,
     allow_unfinished: AllowUnfinishedOpt = False,
 ) -> None:
-    from mri44.model import checkpoint_path
+    from mri44.files import checkpoint_path
     from mri44.onnx_meta import INPUT_NAME
 
     from .checked import ExportRequest, export_checked, write_exported
@@ -139,7 +139,7 @@ def unfinished_run(checkpoint: Path) -> str | None:
     """Why checkpoint belongs to a training run that has not finished, or None. A run writes result.json last,
     after the final evaluation re-saved best.pt with its fitted temperature; a run folder with last.pt and no
     result.json at least as new as best.pt is still training (or died before the end)."""
-    from mri44.model import checkpoint_path
+    from mri44.files import checkpoint_path
 
     best = checkpoint_path(checkpoint)
     folder = best.parent

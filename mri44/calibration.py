@@ -5,13 +5,14 @@ scorer divides the logits by it."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 T_RANGE = (0.05, 20.0)  # an untrained model's best T runs off to infinity (uniform output): keep it finite
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
     """The T in T_RANGE that minimises the negative log-likelihood of labels under softmax(logits / T)."""
+    import torch  # here, not at the top: the scorer imports softmax and must not pay for PyTorch
+
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.int64)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)

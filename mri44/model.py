@@ -6,9 +6,7 @@ weights_only=True, so loading one never runs pickled code.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +14,7 @@ import torchvision
 from torchvision.models import ResNet
 
 from mri44.errors import MRI44Error
+from mri44.files import checkpoint_path
 from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD, build_keras_resnet
 from mri44.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -44,12 +43,6 @@ def build_model(num_classes: int, arch: str = ARCH) -> ResNet:
 def input_normalisation(arch: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) on the 0..1 scale that the architecture's ImageNet weights were trained with."""
     return (CAFFE_MEAN, CAFFE_STD) if arch == "resnet50" else (IMAGENET_MEAN, IMAGENET_STD)
-
-
-def checkpoint_path(source: str | os.PathLike[str]) -> Path:
-    """A run folder stands for its best checkpoint."""
-    source = Path(source)
-    return source / "best.pt" if source.is_dir() else source
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -82,14 +75,6 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> ResNet:
             f"checkpoint weights do not match a {arch} with {len(ckpt['classes'])} classes: {exc}"
         ) from exc
     return model.eval()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def logits_and_features(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -124,13 +124,8 @@ def checkpoint_backend(path: Path, device: str, precision: str = "auto", compile
     """A training checkpoint (best.pt or its run folder) scored by PyTorch."""
     import torch
 
-    from mri44.model import (
-        checkpoint_path,
-        file_sha256,
-        load_checkpoint,
-        logits_and_features,
-        model_from_checkpoint,
-    )
+    from mri44.files import checkpoint_path, file_sha256
+    from mri44.model import load_checkpoint, logits_and_features, model_from_checkpoint
 
     if precision not in PRECISIONS:
         raise SettingError(f"unknown --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")

@@ -30,7 +30,7 @@ def sidecar(out: Path) -> Path:
 
 
 def model_identity(model: Path, meta: ModelMetadata) -> dict[str, Any]:
-    from mri44.model import checkpoint_path, file_sha256
+    from mri44.files import checkpoint_path, file_sha256
     from mri44.onnx_meta import is_checkpoint
 
     file = checkpoint_path(model) if is_checkpoint(model) else model

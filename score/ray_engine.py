@@ -103,7 +103,7 @@ def prepare_resume(out_dir: Path) -> set[str]:
 def run_identity(root: str, model: Path, options: ScoreOptions) -> dict[str, Any]:
     """What must be equal for rows of two runs to share a table: the model's bytes, the input, the options that
     change rows. (Device and actor count do not: a resume may run on another cluster.)"""
-    from mri44.model import file_sha256
+    from mri44.files import file_sha256
 
     return {
         "model_sha256": file_sha256(model),

@@ -96,7 +96,7 @@ def report(
         raise fail(f"{target} exists; pass --overwrite to replace it")
     recorded = read_provenance(predictions)
     images, model = _from_provenance(recorded, images, model, explain)
-    from mri44.model import checkpoint_path
+    from mri44.files import checkpoint_path
     from mri44.onnx_meta import is_checkpoint
 
     refuse_clashes(
@@ -169,7 +169,7 @@ def _from_provenance(
         log.info("images: %s (recorded with the predictions)", images)
     known = recorded.get("model") or {}
     if model is None and explain and isinstance(known, dict) and Path(str(known.get("path"))).exists():
-        from mri44.model import checkpoint_path, file_sha256
+        from mri44.files import checkpoint_path, file_sha256
         from mri44.onnx_meta import is_checkpoint
 
         candidate = Path(known["path"])

@@ -306,7 +306,7 @@ def test_predictions_carry_their_provenance_and_the_report_uses_it(
     """`mri-report preds.parquet` without --images used to drop every thumbnail and print 'model ?': the
     predictions now record the model (SHA-256 of the file), the input root, options, versions and counts, in the
     Parquet metadata or a CSV sidecar, and the report finds images, names the model and explains with it."""
-    from mri44.model import file_sha256
+    from mri44.files import file_sha256
     from mri44.stages.score.provenance import read_provenance, sidecar
 
     for name in ("p.parquet", "c.csv"):

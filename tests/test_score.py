@@ -439,3 +439,23 @@ def test_a_full_disk_is_said_and_the_predictions_kept(
     assert len(kept) == 1 and pl.read_parquet(kept[0]).height == sum(
         p.is_file() for p in synthetic_data.rglob("*")
     )
+
+
+def test_an_onnx_scoring_run_never_imports_pytorch(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """PyTorch costs seconds to import and an ONNX model never needs it; the scorer imported it through
+    mri44.calibration (softmax) and mri44.model (file hashing). Blocked here, the run, report included, must work."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; from mri44.stages.score.cli import main; "
+        f"sys.argv = ['mri-score', {str(synthetic_data)!r}, '--out', 'p.parquet', '--model', {str(exported_model)!r}, "
+        "'--report', 'r.html', '--explain', '1']; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "r.html").is_file() and pl.read_parquet(tmp_path / "p.parquet").height > 0

@@ -25,8 +25,8 @@ import typer
 from mri44.atomic import atomic_path
 from mri44.console import user_errors
 from mri44.errors import MRI44Error
+from mri44.files import file_sha256
 from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD
-from mri44.model import file_sha256
 
 from .keras_convert import KerasModelError, convert, max_logit_difference, read_tfjs
 
