@@ -41,6 +41,13 @@ class ImageDecodeError(MRI44Error):
         super().__init__(f"{self.path}: {reason}")
 
 
+def file_error(exc: Exception) -> str:
+    """The one-bad-file-becomes-one-error-row rule, said once for every engine (local, on-device, Ray): the
+    reason a file failed, for its row's `error` column. Our own refusals give their reason; anything else that
+    went wrong with this one file keeps its type in the text, and the run goes on."""
+    return exc.reason if isinstance(exc, ImageDecodeError) else f"{exc.__class__.__name__}: {exc}"
+
+
 def is_image_path(path: str | os.PathLike[str]) -> bool:
     """By name: a known image extension, a DICOM one (extension-less DICOM: mri44.dicom.has_preamble), or a NIfTI
     volume (.nii, .nii.gz)."""

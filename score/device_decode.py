@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from mri44.imageio import ImageDecodeError, check_encoded, read_file
+from mri44.imageio import check_encoded, file_error, read_file
 from mri44.preprocess import PreprocessSpec, load_pixels
 from mri44.torch_input import to_input, to_model_pixels
 
@@ -69,11 +69,8 @@ def _batch(
     for i, future in zip(chunk, futures, strict=True):
         try:
             kind, value = future.result()
-        except ImageDecodeError as exc:
-            errors.append((i, exc.reason))
-            continue
-        except Exception as exc:  # anything else about one file stays about that file
-            errors.append((i, f"{exc.__class__.__name__}: {exc}"))
+        except Exception as exc:  # about this one file: its error row
+            errors.append((i, file_error(exc)))
             continue
         if kind == "jpeg":
             jpegs.append((i, value))
@@ -87,8 +84,8 @@ def _batch(
                 results[i] = torch.from_numpy(np.ascontiguousarray(cpu)).permute(2, 0, 1).to(device)
             else:
                 results[i] = to_model_pixels(image, spec)
-        except ImageDecodeError as exc:
-            errors.append((i, exc.reason))
+        except Exception as exc:  # about this one file: its error row
+            errors.append((i, file_error(exc)))
     positions = sorted(results)
     return positions, [results[i] for i in positions], errors
 

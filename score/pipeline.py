@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mri44.calibration import softmax
 from mri44.dicom import dicom_tags, is_dicom_path, split_frame
 from mri44.errors import SettingError
-from mri44.imageio import MAX_PIXELS, ImageDecodeError
+from mri44.imageio import MAX_PIXELS, file_error
 from mri44.nifti import is_nifti_path, split_slice
 from mri44.predictions import prediction_frame, printable_path, series_table
 from mri44.preprocess import PreprocessSpec, load_pixels, normalize
@@ -68,10 +68,8 @@ def decoded_batches(
             try:
                 pixels.append(future.result())
                 positions.append(i)
-            except ImageDecodeError as exc:
-                errors.append((i, exc.reason))
-            except Exception as exc:  # anything else about one file stays about that file
-                errors.append((i, f"{exc.__class__.__name__}: {exc}"))
+            except Exception as exc:  # about this one file: its error row
+                errors.append((i, file_error(exc)))
             if len(pixels) == batch_size or (not pending and (pixels or errors)):
                 yield positions, (np.stack(pixels) if pixels else None), errors
                 positions, pixels, errors = [], [], []

@@ -32,7 +32,7 @@ from mri44.atomic import atomic_path, write_text_atomic
 from mri44.dicom import dicom_tags, is_dicom_bytes
 from mri44.discover import OUTPUT_MARKER, find_images
 from mri44.errors import SettingError
-from mri44.imageio import ImageDecodeError, decode_bytes, is_image_path, read_file
+from mri44.imageio import ImageDecodeError, decode_bytes, file_error, is_image_path, read_file
 from mri44.predictions import printable_path
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
@@ -215,12 +215,9 @@ def decode_batch(
             found = json.dumps(dicom_tags(data.tobytes())) if is_dicom_bytes(data) else ""
             pixels.append(to_model_pixels(decode_bytes(data, rel, max_pixels), preprocess))
             errors.append("")
-        except ImageDecodeError as exc:
+        except Exception as exc:  # about this one file: its error row
             pixels.append(np.zeros(shape, np.uint8))
-            errors.append(exc.reason)
-        except Exception as exc:  # anything else about one file stays about that file
-            pixels.append(np.zeros(shape, np.uint8))
-            errors.append(f"{exc.__class__.__name__}: {exc}")
+            errors.append(file_error(exc))
         tags.append(found)
     return {
         "path": batch["path"],
