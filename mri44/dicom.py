@@ -66,7 +66,7 @@ def _pydicom():
 
 def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
     """The dataset without its pixel data, once its claims are bounded: rows x columns within max_pixels, and
-    NumberOfFrames no more than the file can hold (a frame of native pixels takes rows x columns x samples x
+    NumberOfFrames no more than the file can hold (a frame of native pixels takes at least rows x columns x
     bytes per sample; a compressed frame at least one 8-byte item header). A 648-byte file claiming 5,000,000
     frames is refused here, before a row per frame is listed or a byte of pixels decoded."""
     pydicom = _pydicom()
@@ -74,7 +74,6 @@ def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
         ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
         rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         bits = int(getattr(ds, "BitsAllocated", 8) or 8)
     except Exception as exc:  # pydicom raises many kinds on a malformed header
         raise DicomError(f"unreadable DICOM header ({exc.__class__.__name__}: {exc})") from exc
@@ -83,8 +82,10 @@ def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
             f"DICOM claims {columns} x {rows} pixels per frame, over the limit of {max_pixels:,} (--max-pixels)"
         )
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    compressed = bool(getattr(syntax, "is_compressed", False))
-    frame_bytes = 8 if compressed else max(1, rows * columns * samples * bits // 8)
+    packed = bool(getattr(syntax, "is_compressed", False) or getattr(syntax, "is_deflated", False))
+    # A lower bound on a frame's bytes: one sample per pixel (YBR_FULL_422 holds two, RGB three), 8 bytes per
+    # compressed frame (its item header); a deflated data set can hold anything, so only that.
+    frame_bytes = 8 if packed else max(1, rows * columns * bits // 8)
     if frames < 1 or frames * frame_bytes > file_size:
         raise DicomError(
             f"DICOM claims {frames:,} frames of {columns} x {rows}, more than its {file_size:,} bytes can hold"
@@ -185,6 +186,16 @@ def viewer_pixels(pixels: np.ndarray, ds) -> np.ndarray:
     return 255 - image if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1" else image
 
 
+def _syntax_of(ds):
+    """The transfer syntax of a dataset read without file meta, from the encoding pydicom found it in."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
 def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels: int) -> np.ndarray:
     """uint8 HxW (or HxWx3 RGB) of one frame, as a viewer shows it; raises DicomError with the reason.
 
@@ -208,16 +219,25 @@ def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels:
         raise DicomError(f"frame {frame} asked, the file has {frames}")
     if isinstance(source, io.BytesIO):
         source.seek(0)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    index = None if frames == 1 else (frame or 1) - 1
     try:
-        pixels = pixel_array(source, index=None if frames == 1 else (frame or 1) - 1)
+        if syntax and not syntax.is_deflated:
+            pixels = pixel_array(source, index=index)
+        else:  # deflated, or without file meta (its syntax from the encoding it was found in): read whole
+            whole = _pydicom().dcmread(source, force=True)
+            if not syntax:
+                whole.file_meta = _pydicom().dataset.FileMetaDataset()
+                whole.file_meta.TransferSyntaxUID = _syntax_of(whole)
+            pixels = pixel_array(whole, index=index)
     except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else exc.__class__.__name__
         if syntax is not None and getattr(syntax, "is_compressed", False):
             raise DicomError(
-                f"pixel data compressed as {syntax.name}, which needs a codec that is not installed "
-                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)"
+                f"pixel data compressed as {syntax.name} could not be decoded ({reason}); the dicom extra's "
+                "codec is python-gdcm: pip install 'mri44[dicom]'"
             ) from exc
-        raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {exc})") from exc
+        raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {reason})") from exc
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
         if pixels.dtype == np.uint8:
             return pixels

@@ -280,3 +280,14 @@ def test_a_series_folder_gives_tagged_slice_rows_and_one_series_row(
         assert made.exit_code == 0, made.output
         html = (tmp_path / "p.html").read_text()
         assert 'id="series"' in html and "AX T1 POST" in html
+
+
+def test_compressed_dicom_as_pacs_exports_it_decodes_like_the_uncompressed_file() -> None:
+    """The dicom extra's codec (python-gdcm, BSD): the same MR slice stored uncompressed, RLE, JPEG-LS lossless
+    and JPEG 2000 lossless (pydicom's own test files, written by other tools) reads back identically."""
+    pytest.importorskip("gdcm", reason="the codec comes with the dicom extra: pip install -e '.[dicom]'")
+    from pydicom.data import get_testdata_file
+
+    plain = read_image(Path(get_testdata_file("MR_small.dcm")))
+    for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"):
+        np.testing.assert_array_equal(read_image(Path(get_testdata_file(name))), plain, err_msg=name)
