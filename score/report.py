@@ -145,10 +145,22 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
                 "true": true,
                 "pred": row["pred_class"],
                 "verdict": "" if true is None else ("right" if true == row["pred_class"] else "wrong"),
+                "series": _series_label(row),
                 "top": [(row[c], row[c.replace("_class", "_prob")]) for c in top_columns],
             }
         )
     return out
+
+
+def _series_label(row: dict[str, Any]) -> str | None:
+    """'AX T1 POST, image 12' for a DICOM slice (series description, instance number), 'slice 40' of a NIfTI
+    volume; None for a plain image."""
+    if row.get("series_uid") is None:
+        return None
+    name = row.get("series_description") or "series"
+    number = row.get("instance_number")
+    kind = "slice" if name == "NIfTI volume" else "image"
+    return f"{name}, {kind} {number}" if number is not None else name
 
 
 def ood_gallery(ok: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:

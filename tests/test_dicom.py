@@ -4,6 +4,7 @@ they were made from; compressed pixel data without its codec is one clear error 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import cv2
@@ -280,6 +281,7 @@ def test_a_series_folder_gives_tagged_slice_rows_and_one_series_row(
         assert made.exit_code == 0, made.output
         html = (tmp_path / "p.html").read_text()
         assert 'id="series"' in html and "AX T1 POST" in html
+        assert re.search(r"AX T1 POST, image [123]</div>", html)  # the cards say which slice of which series
 
 
 def test_compressed_dicom_as_pacs_exports_it_decodes_like_the_uncompressed_file() -> None:
