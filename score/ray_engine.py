@@ -32,7 +32,16 @@ from mri44.atomic import atomic_path, write_text_atomic
 from mri44.dicom import dicom_tags, is_dicom_bytes
 from mri44.discover import OUTPUT_MARKER, find_images
 from mri44.errors import SettingError
-from mri44.imageio import ImageDecodeError, decode_bytes, file_error, is_image_path, read_file
+from mri44.imageio import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    decode_bytes,
+    expand_inputs,
+    file_error,
+    is_image_path,
+    read_file,
+    read_image,
+)
 from mri44.predictions import printable_path
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
@@ -50,13 +59,15 @@ RUN_FILE = "mri44-run.json"
 LOCK_FILE = ".mri44-lock"
 
 
-def list_inputs(source: str) -> tuple[str, list[str]]:
-    """(root as pyarrow reads it, image paths relative to it, sorted). Local folders use find_images."""
+def list_inputs(source: str, max_pixels: int = MAX_PIXELS) -> tuple[str, list[str]]:
+    """(root as pyarrow reads it, image paths relative to it, sorted). Local folders are listed as the local
+    scorer lists them: find_images, then a row per DICOM frame and NIfTI slice (imageio.expand_inputs)."""
     if "://" not in source:
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"input folder {source} does not exist or is not a folder")
-        return str(root.resolve()), [p.relative_to(root).as_posix() for p in find_images(root)]
+        rows = expand_inputs(find_images(root), max_pixels)
+        return str(root.resolve()), [p.relative_to(root).as_posix() for p in rows]
     from pyarrow import fs
 
     filesystem, base = fs.FileSystem.from_uri(source)
@@ -204,16 +215,23 @@ def decode_batch(
     batch: dict[str, np.ndarray], root: str, spec: dict, max_pixels: int
 ) -> dict[str, np.ndarray]:
     """A Ray task: read and preprocess files; a file that fails keeps its row with the reason in `error`."""
+    from .pipeline import input_tags
+
     preprocess = PreprocessSpec.from_dict(spec)
     shape = (preprocess.size, preprocess.size, preprocess.cache_channels)
     pixels, errors, tags = [], [], []
     for rel, raw in zip(batch["path"], batch["name"], strict=True):
         found = ""  # the DICOM tags as JSON (mri44.dicom.dicom_tags), "" for other files
         try:  # the file's own name (bytes: a name that is not UTF-8 travels through Arrow intact)
-            name = os.fsdecode(raw) if "://" not in root else bytes(raw).decode()
-            data = _read(root, name, max_pixels)
-            found = json.dumps(dicom_tags(data.tobytes())) if is_dicom_bytes(data) else ""
-            pixels.append(to_model_pixels(decode_bytes(data, rel, max_pixels), preprocess))
+            if "://" not in root:  # read as the local scorer reads it: frames and slices, tags included
+                path = Path(root) / os.fsdecode(raw)
+                image = read_image(path, max_pixels)
+                found = json.dumps(input_tags(path, Path(root)) or "")
+            else:
+                data = _read(root, bytes(raw).decode(), max_pixels)
+                found = json.dumps(dicom_tags(data.tobytes()) or "") if is_dicom_bytes(data) else ""
+                image = decode_bytes(data, rel, max_pixels)
+            pixels.append(to_model_pixels(image, preprocess))
             errors.append("")
         except Exception as exc:  # about this one file: its error row
             pixels.append(np.zeros(shape, np.uint8))
@@ -256,7 +274,7 @@ class ScoreActor:
             x = normalize(batch["pixels"][decoded], meta.preprocess)
             score_batch(self.backend, x, decoded, probs, ok, errors, scores)
         paths = [str(p) for p in batch["path"]]
-        tags = [json.loads(t) if t else None for t in batch["tags"]]
+        tags = [(json.loads(t) or None) if t else None for t in batch["tags"]]
         frame = prediction_frame(
             paths, probs, ok, errors, meta.classes, self.top_k, scores, self.threshold, tags
         )
@@ -288,7 +306,7 @@ def score_with_ray(
     from mri44.onnx_meta import read_metadata
 
     meta = read_metadata(model)  # checks the model before any work, without a session on any device
-    root, paths = listed or list_inputs(source)
+    root, paths = listed or list_inputs(source, max_pixels)
     if not paths:
         raise SettingError(f"no image files under {source} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     done = done or set()
@@ -410,7 +428,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
     if options.overwrite and options.resume:
         raise SettingError("--overwrite starts over and --resume continues: choose one")
     meta = read_metadata(model)  # a bad model is refused before the output folder is touched
-    listed = list_inputs(source)
+    listed = list_inputs(source, options.max_pixels)
     identity = run_identity(listed[0], model, options)
     # What mri-report shows (score/provenance.py); the identity keys are what a resume must match.
     record = {**provenance(model, meta, listed[0], options, {}), **identity}

@@ -198,3 +198,37 @@ def test_ray_url_input_skips_our_own_outputs_inside_it(
     assert resumed.exit_code == 0, resumed.output
     paths = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))["path"].to_list()
     assert all(p.startswith(f"{cls.name}/") for p in paths) and f"{cls.name}/late.png" in paths
+
+
+def test_ray_scores_frames_and_slices_like_the_local_engine(
+    local_ray, synthetic_data: Path, exported_model: Path, tmp_path: Path
+) -> None:
+    """A local folder with a multi-frame DICOM series file and a NIfTI volume: the Ray engine lists and reads
+    them as the local engine does (a row per frame and slice, the same tags), where it made error rows."""
+    import numpy as np
+
+    pytest.importorskip("pydicom")
+    pytest.importorskip("nibabel")
+    from test_dicom import write_dicom
+    from test_nifti import _slices, _volume
+
+    cls = sorted(d.name for d in synthetic_data.iterdir() if d.is_dir())[0]
+    folder = tmp_path / "in" / cls
+    folder.mkdir(parents=True)
+    frames = [np.full((32, 32), 60 * k, np.uint16) for k in range(3)]
+    write_dicom(folder / "multi.dcm", frames, "MONOCHROME2", None, series="9.8.7", instance=4)
+    _volume(folder / "head.nii.gz", _slices(4), flip_x=True)
+    local = runner.invoke(
+        app, [str(tmp_path / "in"), "--out", str(tmp_path / "l.parquet"), "--model", str(exported_model)]
+    )
+    assert local.exit_code == 0, local.output
+    out = tmp_path / "ray"
+    done = runner.invoke(
+        app, [str(tmp_path / "in"), "--out", str(out), "--model", str(exported_model), "--engine", "ray"]
+    )
+    assert done.exit_code == 0, done.output
+    ray_rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))).sort("path")
+    reference = pl.read_parquet(tmp_path / "l.parquet").sort("path")
+    assert ray_rows.height == 7 and set(ray_rows["status"]) == {"ok"}
+    for column in ("path", "pred_class", "series_uid", "instance_number", "series_description", "true_class"):
+        assert ray_rows[column].to_list() == reference[column].to_list(), column
