@@ -30,7 +30,7 @@ def _random_init_checkpoint(path: Path, size: int = 40) -> Path:
 
 
 @pytest.mark.parametrize("fp16", [False, True])
-@pytest.mark.parametrize("source", ["random-init", "trained"])
+@pytest.mark.parametrize("source", [pytest.param("random-init", marks=pytest.mark.slow), "trained"])
 def test_parity_at_batch_1_3_8(tmp_path: Path, trained_run: Path, fp16: bool, source: str) -> None:
     ckpt = _random_init_checkpoint(tmp_path / "r.pt") if source == "random-init" else trained_run
     proto, model, meta = export_onnx(ckpt, fp16=fp16)

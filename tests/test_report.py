@@ -109,6 +109,7 @@ def test_unlabelled_report_shows_predicted_classes_and_low_confidence(
     assert refused.exit_code == 2 and "not mri-score output" in refused.output
 
 
+@pytest.mark.slow
 def test_headless_chromium_renders_the_report(
     tmp_path: Path, synthetic_data: Path, exported_model: Path
 ) -> None:
@@ -280,6 +281,7 @@ def test_class_maps_of_onnx_models_equal_torchcam_grad_cam_on_the_checkpoint(
             assert np.abs(mine - expected).max() <= tolerance, (source.name, path.name)
 
 
+@pytest.mark.slow
 def test_report_renders_from_any_working_folder(
     tmp_path: Path, synthetic_data: Path, exported_model: Path
 ) -> None:
@@ -355,6 +357,7 @@ def test_wilson_interval_matches_the_textbook() -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_report_of_ten_thousand_rows_stays_small(
     tmp_path: Path, synthetic_data: Path, exported_model: Path
 ) -> None:

@@ -441,6 +441,7 @@ def test_a_full_disk_is_said_and_the_predictions_kept(
     )
 
 
+@pytest.mark.slow
 def test_an_onnx_scoring_run_never_imports_pytorch(
     tmp_path: Path, synthetic_data: Path, exported_model: Path
 ) -> None:
