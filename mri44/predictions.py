@@ -122,3 +122,21 @@ def series_table(frame: pl.DataFrame, probs: np.ndarray, class_names: list[str])
             }
         )
     return pl.DataFrame(out, schema_overrides={"true_class": pl.String, "series_description": pl.String})
+
+
+def series_from_rows(predictions: pl.DataFrame) -> pl.DataFrame | None:
+    """series_table from what a predictions table holds (the report, the Ray engine's parts): each slice's top-k
+    probabilities, the rest counted as zero, so with --top-k 3 of 44 classes the mean is a close lower bound; the
+    local engine's series.csv, made from every probability, is the exact one."""
+    if "series_uid" not in predictions.columns or predictions["series_uid"].is_null().all():
+        return None
+    tops = sorted(c for c in predictions.columns if c.startswith("top") and c.endswith("_class"))
+    names = sorted({n for c in tops for n in predictions[c].drop_nulls().to_list()})
+    index = {n: i for i, n in enumerate(names)}
+    probs = np.zeros((predictions.height, len(names)), np.float64)
+    for c in tops:
+        prob = predictions[c.replace("_class", "_prob")].fill_null(0.0).to_numpy()
+        for row, name in enumerate(predictions[c].to_list()):
+            if name is not None:
+                probs[row, index[name]] = prob[row]
+    return series_table(predictions, probs, names)

@@ -42,7 +42,7 @@ from mri44.imageio import (
     read_file,
     read_image,
 )
-from mri44.predictions import printable_path
+from mri44.predictions import printable_path, series_from_rows
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
 if TYPE_CHECKING:
@@ -402,6 +402,15 @@ def labelled_pairs(out_dir: Path) -> pl.DataFrame:
     )
 
 
+def dicom_rows(out_dir: Path) -> pl.DataFrame:
+    """The scored rows of every part that belong to a series (DICOM or NIfTI), read lazily: only these are ever
+    in memory."""
+    parts = sorted(out_dir.glob(PART_GLOB))
+    if not parts:
+        return pl.DataFrame()
+    return pl.scan_parquet(parts).filter(pl.col("series_uid").is_not_null()).collect()
+
+
 def counts(out_dir: Path) -> tuple[int, int]:
     """(rows, error rows) over every part."""
     parts = sorted(out_dir.glob(PART_GLOB))
@@ -474,6 +483,9 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
         )
         pairs = labelled_pairs(out)
         tables = tables_with_counts(pairs, rows, errors, 0)
+        series = series_from_rows(dicom_rows(out))  # from the parts' top-k probabilities
+        if series is not None:
+            tables = {**(tables or {}), "series": series}
         target = out / "metrics"
         if tables is not None:
             remove_output_folder(target)

@@ -23,6 +23,7 @@ import polars as pl
 from mri44.atomic import atomic_path
 from mri44.imageio import ImageDecodeError, read_image
 from mri44.metrics import ECE_BINS, expected_calibration_error, metric_tables
+from mri44.predictions import series_from_rows
 
 log = logging.getLogger(__name__)
 GALLERY_SIZE = 12
@@ -236,27 +237,6 @@ def grouped_confusions(labelled: pl.DataFrame) -> dict[str, str]:
     return maps
 
 
-def report_series(predictions: pl.DataFrame) -> pl.DataFrame | None:
-    """The series table (mri44.predictions.series_table) from what a predictions file holds: the top-k
-    probabilities of each slice (the rest counted as zero, so with --top-k 3 of 44 classes the mean is a close
-    lower bound); the metrics folder's series.csv, from every probability, is the exact one."""
-    from mri44.predictions import series_table
-
-    if "series_uid" not in predictions.columns or predictions["series_uid"].is_null().all():
-        return None
-    tops = sorted(c for c in predictions.columns if c.startswith("top") and c.endswith("_class"))
-    names = sorted({n for c in tops for n in predictions[c].drop_nulls().to_list()})
-    index = {n: i for i, n in enumerate(names)}
-    probs = np.zeros((predictions.height, len(names)), np.float64)
-    for c in tops:
-        prob = predictions[c.replace("_class", "_prob")].fill_null(0.0).to_numpy()
-        for row, name in enumerate(predictions[c].to_list()):
-            if name is not None:
-                probs[row, index[name]] = prob[row]
-    table = series_table(predictions, probs, names)
-    return None if table is None else table.drop("study_uid", "series_uid").head(200)
-
-
 def html_table(frame: pl.DataFrame, digits: int = 3) -> str:
     head = "".join(f"<th>{c}</th>" for c in frame.columns)
     body = []
@@ -323,8 +303,9 @@ def render_report(
         )
     elif ok.height:
         context["plots"]["distribution"] = distribution_plot(ok)
-    series = report_series(predictions)
-    context["tables"]["series"] = html_table(series) if series is not None else ""
+    series = series_from_rows(predictions)
+    shown = series.drop("study_uid", "series_uid").head(200) if series is not None else None
+    context["tables"]["series"] = html_table(shown) if shown is not None else ""
     context["galleries"] = [
         {"id": gid, "title": title, "note": note, "cards": cards(rows, root, overlays)}
         for gid, title, note, rows in gallery_rows(predictions)

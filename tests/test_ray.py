@@ -232,3 +232,7 @@ def test_ray_scores_frames_and_slices_like_the_local_engine(
     assert ray_rows.height == 7 and set(ray_rows["status"]) == {"ok"}
     for column in ("path", "pred_class", "series_uid", "instance_number", "series_description", "true_class"):
         assert ray_rows[column].to_list() == reference[column].to_list(), column
+    series = pl.read_csv(out / "metrics" / "series.csv").sort("series_uid")  # one row per series and volume
+    assert series["series_uid"].to_list() == ["9.8.7", f"{cls}/head.nii.gz"] and series[
+        "slices"
+    ].to_list() == [3, 4]
