@@ -60,16 +60,15 @@ def expand_inputs(paths: list[Path], max_pixels: int = MAX_PIXELS) -> list[Path]
     return expand_slices(expand_frames(paths, max_pixels), max_pixels)
 
 
-def _jpeg_is_truncated(data: np.ndarray) -> bool:
+def _jpeg_is_truncated(raw: bytes) -> bool:
     """libjpeg silently fills a truncated JPEG with grey; a missing end-of-image marker tells us it happened.
 
     The end marker must follow the last start-of-scan marker (entropy-coded data never holds 0xFFD9, and an
     embedded thumbnail's end marker comes before the main scan), so bytes appended after the end marker by
     scanners and phones are accepted while a cut-off scan is not.
     """
-    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+    if len(raw) < 4 or not raw.startswith(b"\xff\xd8"):
         return False
-    raw = data.tobytes()
     last_scan = raw.rfind(b"\xff\xda")
     return last_scan < 0 or raw.rfind(b"\xff\xd9") < last_scan  # no scan at all: cut off in the header
 
@@ -110,10 +109,9 @@ def jpeg_size(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def header_size(buf: np.ndarray) -> tuple[int, str] | None:
+def header_size(raw: bytes) -> tuple[int, str] | None:
     """(pixel count, 'W x H') from the file's header without decoding pixels; None when neither our JPEG reader
     nor Pillow can tell (check_encoded then refuses the file: no decoder runs on a size nobody read)."""
-    raw = buf.tobytes()
     if raw.startswith(b"\xff\xd8"):
         size = jpeg_size(raw)
         return None if size is None else (size[0] * size[1], f"{size[0]} x {size[1]}")
@@ -135,9 +133,10 @@ def check_encoded(buf: np.ndarray, source: str | os.PathLike[str], max_pixels: i
     tell (the bound is enforced by reading the size, never skipped because the reading failed)."""
     if buf.size == 0:
         raise ImageDecodeError(source, "empty file")
-    if _jpeg_is_truncated(buf):
+    raw = buf.tobytes()  # one copy for both header checks
+    if _jpeg_is_truncated(raw):
         raise ImageDecodeError(source, "truncated JPEG (no end-of-image marker)")
-    claimed = header_size(buf)
+    claimed = header_size(raw)
     if claimed is None:
         raise ImageDecodeError(
             source, "not an image this tool can read (no image size in its header): not decoded"
@@ -205,8 +204,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     if frame is None and is_nifti_path(volume):
         check_file(volume, VOLUME_FACTOR * max_pixels)  # a regular file, no larger than a volume can be
         return _decoded(path, lambda: read_slice(volume, index, max_pixels))
-    check_file(file, max_pixels)  # every format, DICOM included, before any reader opens it
     if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
+        check_file(file, max_pixels)  # before pydicom opens it (read_file checks every other file)
         return _decoded(path, lambda: decode_dicom(file, frame, max_pixels))
     return decode_bytes(read_file(path, max_pixels), path, max_pixels)  # an empty file: check_encoded refuses
 
@@ -221,6 +220,11 @@ def _decoded(path: str | os.PathLike[str], read: Callable[[], np.ndarray]) -> np
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
+def byte_limit(max_pixels: int) -> int:
+    """The most bytes a file holding an image within max_pixels can take: 8 per pixel, plus headers."""
+    return 8 * max_pixels + (1 << 20)
+
+
 def check_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> int:
     """Refuse, before a byte is read, what is not a regular file (a FIFO named x.jpg would block the run forever)
     or is larger than any image within max_pixels can be (8 bytes per pixel, plus headers); returns that limit."""
@@ -230,7 +234,7 @@ def check_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> in
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
     if not stat.S_ISREG(info.st_mode):
         raise ImageDecodeError(path, "not a regular file (a FIFO, device or socket): not read")
-    limit = 8 * max_pixels + (1 << 20)
+    limit = byte_limit(max_pixels)
     if info.st_size > limit:
         raise ImageDecodeError(
             path,

@@ -35,6 +35,7 @@ from mri44.errors import SettingError
 from mri44.imageio import (
     MAX_PIXELS,
     ImageDecodeError,
+    byte_limit,
     decode_bytes,
     expand_inputs,
     file_error,
@@ -203,7 +204,7 @@ def _read(root: str, name: str, max_pixels: int) -> np.ndarray:
     from pyarrow import fs
 
     filesystem, base = fs.FileSystem.from_uri(root)
-    limit = 8 * max_pixels + (1 << 20)
+    limit = byte_limit(max_pixels)
     with filesystem.open_input_stream(posixpath.join(base, name)) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
