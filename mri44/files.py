@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def checkpoint_path(source: str | os.PathLike[str]) -> Path:
-    """A run folder stands for its best checkpoint."""
+    """The file a model path stands for: a run folder's best checkpoint, any file (a .pt, an ONNX model) itself."""
     source = Path(source)
     return source / "best.pt" if source.is_dir() else source
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .run import ScoreOptions
 
 PROVENANCE_KEY = "mri44.provenance"
+# An --engine ray parts folder's record: this provenance plus the identity a --resume must match (ray_engine).
+RUN_FILE = "mri44-run.json"
 
 
 def sidecar(out: Path) -> Path:
@@ -31,13 +33,11 @@ def sidecar(out: Path) -> Path:
 
 def model_identity(model: Path, meta: ModelMetadata) -> dict[str, Any]:
     from mri44.files import checkpoint_path, file_sha256
-    from mri44.onnx_meta import is_checkpoint
 
-    file = checkpoint_path(model) if is_checkpoint(model) else model
     return {
         "name": model.name,
         "path": str(model.resolve()),
-        "sha256": file_sha256(file),
+        "sha256": file_sha256(checkpoint_path(model)),
         "arch": meta.arch,
         "input_size": meta.preprocess.size,
         "precision": str(meta.export.get("precision", "fp32")),
@@ -79,7 +79,7 @@ def read_provenance(predictions: Path) -> dict[str, Any] | None:
     files that mri-score did not write). Never raises for a file that merely lacks it."""
     try:
         if predictions.is_dir():
-            record = predictions / "mri44-run.json"
+            record = predictions / RUN_FILE
             return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
         if predictions.suffix.lower() == ".parquet":
             text = pl.read_parquet_metadata(predictions).get(PROVENANCE_KEY)

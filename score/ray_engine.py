@@ -46,6 +46,10 @@ from mri44.imageio import (
 from mri44.predictions import printable_path, series_from_rows
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
+from .provenance import (
+    RUN_FILE,  # what the run was: a --resume that differs is refused, so one table never mixes runs
+)
+
 if TYPE_CHECKING:
     from .run import ScoreOptions, ScoreResult
 
@@ -54,8 +58,6 @@ log = logging.getLogger(__name__)
 # only files named like ours are ever read, resumed or removed.
 PART_PREFIX = "mri44-part-"
 PART_GLOB = f"{PART_PREFIX}*.parquet"
-# What the run was (model, input, options): a --resume that differs is refused, so one table never mixes runs.
-RUN_FILE = "mri44-run.json"
 # Held while a run writes into its folder (created atomically): a second run into the same folder is refused.
 LOCK_FILE = ".mri44-lock"
 
@@ -112,13 +114,11 @@ def prepare_resume(out_dir: Path) -> set[str]:
     return done
 
 
-def run_identity(root: str, model: Path, options: ScoreOptions) -> dict[str, Any]:
-    """What must be equal for rows of two runs to share a table: the model's bytes, the input, the options that
-    change rows. (Device and actor count do not: a resume may run on another cluster.)"""
-    from mri44.files import file_sha256
-
+def run_identity(root: str, model_sha256: str, options: ScoreOptions) -> dict[str, Any]:
+    """What must be equal for rows of two runs to share a table: the model's bytes (their SHA-256), the input,
+    the options that change rows. (Device and actor count do not: a resume may run on another cluster.)"""
     return {
-        "model_sha256": file_sha256(model),
+        "model_sha256": model_sha256,
         "input": root,
         "top_k": options.top_k,
         "max_pixels": options.max_pixels,
@@ -439,9 +439,9 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
         raise SettingError("--overwrite starts over and --resume continues: choose one")
     meta = read_metadata(model)  # a bad model is refused before the output folder is touched
     listed = list_inputs(source, options.max_pixels)
-    identity = run_identity(listed[0], model, options)
-    # What mri-report shows (score/provenance.py); the identity keys are what a resume must match.
-    record = {**provenance(model, meta, listed[0], options, {}), **identity}
+    recorded = provenance(model, meta, listed[0], options, {})  # what mri-report shows; hashes the model once
+    identity = run_identity(listed[0], recorded["model"]["sha256"], options)
+    record = {**recorded, **identity}  # the identity keys are what a resume must match
     with holding(out):
         parts = sorted(out.glob(PART_GLOB))
         done: set[str] = set()

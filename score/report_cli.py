@@ -97,13 +97,12 @@ def report(
     recorded = read_provenance(predictions)
     images, model = _from_provenance(recorded, images, model, explain)
     from mri44.files import checkpoint_path
-    from mri44.onnx_meta import is_checkpoint
 
     refuse_clashes(
         {"--out": target},
         {
             "predictions file": predictions,
-            "--model": (checkpoint_path(model) if is_checkpoint(model) else model) if model else None,
+            "--model": checkpoint_path(model) if model else None,
         },
         images,
     )
@@ -170,11 +169,9 @@ def _from_provenance(
     known = recorded.get("model") or {}
     if model is None and explain and isinstance(known, dict) and Path(str(known.get("path"))).exists():
         from mri44.files import checkpoint_path, file_sha256
-        from mri44.onnx_meta import is_checkpoint
 
         candidate = Path(known["path"])
-        file = checkpoint_path(candidate) if is_checkpoint(candidate) else candidate
-        if file_sha256(file) == known.get("sha256"):
+        if file_sha256(checkpoint_path(candidate)) == known.get("sha256"):
             model = candidate
             log.info("model: %s (recorded with the predictions)", model)
     return images, model
