@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,10 @@ class DicomError(Exception):
 
 
 def has_preamble(path: str | os.PathLike[str]) -> bool:
+    """ "DICM" at byte 128 of a regular file (anything else, a FIFO above all, is never opened: it would block)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as handle:
             handle.seek(128)
             return handle.read(4) == b"DICM"
@@ -213,7 +217,7 @@ def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
         raise DicomError(
-            f"multi-frame DICOM ({frames} frames): score it with the local engine, frame by frame"
+            f"multi-frame DICOM ({frames} frames): score the folder that holds it, which lists it frame by frame"
         )
     if frame is not None and frame > frames:
         raise DicomError(f"frame {frame} asked, the file has {frames}")

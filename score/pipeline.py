@@ -147,7 +147,7 @@ def input_tags(path: Path, root: Path) -> dict | None:
         rel = printable_path(volume.relative_to(root).as_posix())
         return {"series_uid": rel, "instance_number": index or 1, "series_description": "NIfTI volume"}
     file = split_frame(path)[0]
-    return dicom_tags(file) if file.is_file() and is_dicom_path(file) else None  # never open a FIFO
+    return dicom_tags(file) if is_dicom_path(file) and file.is_file() else None  # never open a FIFO
 
 
 def score_paths(

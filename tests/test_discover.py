@@ -122,3 +122,18 @@ def test_training_scan_lists_unreadable_folders_and_refuses_an_unreadable_class(
         (locked_tree / "B T2").chmod(0o755)
     assert result.returncode != 0
     assert "SettingError: class folder" in result.stderr and "B T2: folder cannot be listed" in result.stderr
+
+
+def test_an_extension_less_fifo_is_never_opened(tmp_path: Path) -> None:
+    """Extension-less files are sniffed for the DICOM preamble; opening a FIFO to do so blocked discovery forever."""
+    import threading
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"x")
+    os.mkfifo(tmp_path / "a" / "pipe")
+    found: list[list[Path]] = []
+    worker = threading.Thread(target=lambda: found.append(find_images(tmp_path)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "find_images blocked on a FIFO"
+    assert [p.name for p in found[0]] == ["x.png"]
