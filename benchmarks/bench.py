@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_util import median_rate, subset_folder  # noqa: E402
+from bench_util import bench_parser, median_rate, subset_folder  # noqa: E402
 
 from mri44.discover import find_images  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
@@ -119,10 +119,7 @@ def train_bench(data: Path, paths: list[Path], size: int, batch: int, repeats: i
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/brain-mri-44c")
+    parser = bench_parser(__doc__, images=512)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -130,8 +127,6 @@ def parse_args() -> argparse.Namespace:
         help="for PyTorch rows and fp16/int8 exports; without it those rows are skipped",
     )
     parser.add_argument("--model", type=Path, default=REPO / "models/mri44-resnet18.onnx")
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--memory", action="store_true", help="also score 2,000 vs 20,000 images for peak memory"

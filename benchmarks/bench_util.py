@@ -1,11 +1,25 @@
-"""What the benchmark scripts share: the median-rate timer and the folder of links they score."""
+"""What the benchmark scripts share: their common options, the median-rate timer and the folder of links they
+score."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/brain-mri-44c"
+
+
+def bench_parser(doc: str | None, images: int) -> argparse.ArgumentParser:
+    """A parser with the options every scoring benchmark takes: --data, --images (how many real images), --repeats
+    (medians over that many runs)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser
 
 
 def median_rate(

@@ -6,7 +6,6 @@ images with --ood on and off, alternating, for each shipped model; prints a Mark
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_util import bench_parser  # noqa: E402
+
 from mri44.discover import find_images  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from mri44.stages.score.backends import onnx_backend  # noqa: E402
@@ -22,12 +23,7 @@ from mri44.stages.score.pipeline import score_paths  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/brain-mri-44c")
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser(__doc__, images=256)
     parser.add_argument(
         "--models",
         nargs="+",

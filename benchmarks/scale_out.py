@@ -6,7 +6,6 @@ on the same files, and the driver's peak memory over a run. Prints a Markdown ta
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -18,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_util import subset_folder  # noqa: E402
+from bench_util import bench_parser, subset_folder  # noqa: E402
 
 from mri44.discover import find_images  # noqa: E402
 from mri44.samples import spread  # noqa: E402
@@ -27,13 +26,8 @@ from mri44.stages.score.pipeline import score_paths  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/brain-mri-44c")
+    parser = bench_parser(__doc__, images=1024)
     parser.add_argument("--model", type=Path, default=REPO / "models/mri44-resnet18.onnx")
-    parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     import ray
