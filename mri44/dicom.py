@@ -97,13 +97,10 @@ def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
     return ds
 
 
-# Where a slice sits in a study, for a series-level answer. Never the patient's name, ID or birth date: those stay
-# in the files and never reach a predictions table.
-TAG_COLUMNS = ("study_uid", "series_uid", "instance_number", "series_description")
-
-
 def dicom_tags(source: Path | bytes) -> dict[str, str | int | None] | None:
-    """The TAG_COLUMNS of one DICOM file from its header (no pixel data read); None when it cannot be read."""
+    """Where a slice sits in a study, for a series-level answer (the predictions' tag columns,
+    mri44.predictions.TAG_SCHEMA), from the header alone; None when it cannot be read. Never the patient's name,
+    ID or birth date: those stay in the files and never reach a predictions table."""
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else source
         ds = _pydicom().dcmread(stream, stop_before_pixels=True, force=True)

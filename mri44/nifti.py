@@ -52,10 +52,13 @@ def _nibabel():
 
 
 def volume_shape(path: Path, max_pixels: int) -> tuple[int, int, int]:
-    """The canonical (x, y, z) shape from the header alone, once its claims are bounded."""
+    """The volume's shape in canonical (RAS+) axis order, from the header alone (nibabel loads voxels lazily, and
+    only the affine's orientation is used here: reorienting the image itself would read every voxel), once its
+    claims are bounded."""
     try:
         image = _nibabel().load(str(path))
         shape = tuple(int(d) for d in image.shape)
+        axes = _nibabel().orientations.io_orientation(image.affine)[:, 0]  # output axis of each stored axis
     except NiftiError:
         raise
     except Exception as exc:  # nibabel raises many kinds on a malformed header
@@ -75,18 +78,18 @@ def volume_shape(path: Path, max_pixels: int) -> tuple[int, int, int]:
         raise NiftiError(
             f"NIfTI volume of {x * y * z:,} voxels, over {VOLUME_FACTOR} x the limit of {max_pixels:,} (--max-pixels)"
         )
-    return x, y, z
+    canonical = [0, 0, 0]
+    for stored, out in enumerate(axes[:3]):
+        canonical[int(out)] = shape[stored]
+    return canonical[0], canonical[1], canonical[2]
 
 
 def slice_count(path: Path, max_pixels: int) -> int:
     """Axial slices after canonical reorientation; 1 when the volume cannot be trusted (its one row then says
     why)."""
     try:
-        image = _nibabel().load(str(path))
-        canonical = _nibabel().as_closest_canonical(image)
-        volume_shape(path, max_pixels)
-        return int(canonical.shape[2])
-    except Exception:
+        return volume_shape(path, max_pixels)[2]
+    except (NiftiError, OSError):
         return 1
 
 

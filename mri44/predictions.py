@@ -85,7 +85,7 @@ TAG_SCHEMA = {
 
 
 def tag_columns(tags: list[dict | None] | None, n: int) -> pl.DataFrame:
-    """The DICOM columns (mri44.dicom.TAG_COLUMNS) of n rows: null for files that are not DICOM."""
+    """The series columns of n rows (mri44.dicom.dicom_tags, or a NIfTI volume and slice): null for plain images."""
     rows = tags if tags is not None else [None] * n
     return pl.DataFrame(
         {name: [t.get(name) if t else None for t in rows] for name in TAG_SCHEMA}, schema=TAG_SCHEMA
