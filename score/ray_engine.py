@@ -389,35 +389,34 @@ def check_gpus(resources: dict[str, float], gpus_per_actor: float, actors: int) 
         )
 
 
-def labelled_pairs(out_dir: Path) -> pl.DataFrame:
-    """true_class, pred_class and ood of the scored, labelled rows of every part: what the metric tables need,
-    read lazily so only those columns of those rows are ever in memory."""
+def scan_parts(out_dir: Path) -> pl.LazyFrame | None:
+    """Every finished part of out_dir as one lazy table (None without any): readers take only the columns and
+    rows they need."""
     parts = sorted(out_dir.glob(PART_GLOB))
-    if not parts:
+    return pl.scan_parquet(parts) if parts else None
+
+
+def labelled_pairs(out_dir: Path) -> pl.DataFrame:
+    """true_class, pred_class and ood of the scored, labelled rows of every part: what the metric tables need."""
+    scan = scan_parts(out_dir)
+    if scan is None:
         return pl.DataFrame(schema={"true_class": pl.String, "pred_class": pl.String, "ood": pl.Boolean})
-    return (
-        pl.scan_parquet(parts)
-        .filter((pl.col("status") == "ok") & pl.col("true_class").is_not_null())
-        .select("true_class", "pred_class", "ood")
-        .collect()
-    )
+    labelled = scan.filter((pl.col("status") == "ok") & pl.col("true_class").is_not_null())
+    return labelled.select("true_class", "pred_class", "ood").collect()
 
 
 def dicom_rows(out_dir: Path) -> pl.DataFrame:
-    """The scored rows of every part that belong to a series (DICOM or NIfTI), read lazily: only these are ever
-    in memory."""
-    parts = sorted(out_dir.glob(PART_GLOB))
-    if not parts:
-        return pl.DataFrame()
-    return pl.scan_parquet(parts).filter(pl.col("series_uid").is_not_null()).collect()
+    """The rows of every part that belong to a series (DICOM or NIfTI): only these are ever in memory."""
+    scan = scan_parts(out_dir)
+    return pl.DataFrame() if scan is None else scan.filter(pl.col("series_uid").is_not_null()).collect()
 
 
 def counts(out_dir: Path) -> tuple[int, int]:
     """(rows, error rows) over every part."""
-    parts = sorted(out_dir.glob(PART_GLOB))
-    if not parts:
+    scan = scan_parts(out_dir)
+    if scan is None:
         return 0, 0
-    row = pl.scan_parquet(parts).select(pl.len(), (pl.col("status") == "error").sum()).collect().row(0)
+    row = scan.select(pl.len(), (pl.col("status") == "error").sum()).collect().row(0)
     return int(row[0]), int(row[1])
 
 

@@ -31,8 +31,8 @@ THUMB_SIDE = 160  # px on the card, readable without opening it
 FULL_SIDE = 512  # px when opened; MRI slices are rarely larger
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(encoded: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(encoded).decode("ascii")
 
 
 def _figure_png(fig: Any) -> str:
@@ -102,32 +102,27 @@ def distribution_plot(predictions: pl.DataFrame) -> str:
         return _figure_png(fig)
 
 
-def thumbnail(path: Path, side: int = THUMB_SIDE) -> str | None:
-    """A PNG of the image at most side pixels on its longer edge (None when it cannot be read: the card then shows
-    text only)."""
-    return _encoded(path, side, ".png")
-
-
-def full_image(path: Path) -> str | None:
-    """The image opened from its card: up to FULL_SIDE pixels, as JPEG so that a report stays small."""
-    return _encoded(path, FULL_SIDE, ".jpg")
-
-
-def _encoded(path: Path, side: int, ext: str) -> str | None:
-    import cv2
-
+def card_images(path: Path) -> tuple[str | None, str | None]:
+    """(thumbnail, opened image) of one file, decoded once: a PNG at most THUMB_SIDE pixels on its longer edge for
+    the card, a JPEG up to FULL_SIDE when opened (JPEG keeps a report small); (None, None) when it cannot be read
+    (the card then shows text only)."""
     try:
         image = read_image(path)
     except ImageDecodeError:
-        return None
+        return None, None
+    return _encoded(image, THUMB_SIDE, ".png"), _encoded(image, FULL_SIDE, ".jpg")
+
+
+def _encoded(image: np.ndarray, side: int, ext: str) -> str | None:
+    import cv2
+
     scale = side / max(image.shape[:2])
     small = cv2.resize(image, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
     small = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(ext, small, [cv2.IMWRITE_JPEG_QUALITY, 85] if ext == ".jpg" else [])
     if not ok:
         return None
-    kind = "jpeg" if ext == ".jpg" else "png"
-    return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+    return data_uri(encoded.tobytes(), "jpeg" if ext == ".jpg" else "png")
 
 
 def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> list[dict[str, Any]]:
@@ -137,11 +132,12 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
     out = []
     for row in rows.iter_rows(named=True):
         true = row.get("true_class")
+        thumb, full = card_images(root / row["path"]) if root is not None else (None, None)
         out.append(
             {
                 "path": row["path"],
-                "thumb": thumbnail(root / row["path"]) if root is not None else None,
-                "full": full_image(root / row["path"]) if root is not None else None,
+                "thumb": thumb,
+                "full": full,
                 "cam": overlays.get(row["path"]),
                 "true": true,
                 "pred": row["pred_class"],
