@@ -45,13 +45,18 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
     def add_file(path: Path) -> None:
         try:
             st = path.stat()
-        except (
-            OSError
-        ):  # a dangling link with an image name is still a file the user asked about: its error row
-            found.append(path)
+        except OSError:
+            found.append(path)  # a dangling link with an image name is still a file the user asked about
             return
         if not already((st.st_dev, st.st_ino), seen_files, path):
             found.append(path)
+
+    def take(path: Path) -> None:
+        """A file: listed when named like an image, or when extension-less and DICOM; else noted as skipped."""
+        if is_image_path(path.name) or ("." not in path.name and has_preamble(path)):
+            add_file(path)
+        else:
+            note(path, f"not an image type ({path.suffix.lower() or 'no extension'})")
 
     def walk(folder: Path) -> None:
         try:
@@ -73,10 +78,8 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
                     links.append(path)
                 elif entry.is_dir():
                     walk(path)
-                elif is_image_path(entry.name) or ("." not in entry.name and has_preamble(entry.path)):
-                    add_file(path)  # extension-less files count when they are DICOM
                 else:
-                    note(path, f"not an image type ({Path(entry.name).suffix.lower() or 'no extension'})")
+                    take(path)
             except OSError:
                 if is_image_path(entry.name):
                     found.append(path)
@@ -87,8 +90,6 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
         for path in batch:
             if path.is_dir():
                 walk(path)
-            elif is_image_path(path.name) or ("." not in path.name and has_preamble(path)):
-                add_file(path)
-            elif path.exists():
-                note(path, f"not an image type ({path.suffix.lower() or 'no extension'})")
+            elif path.exists() or is_image_path(path.name):  # a dangling link counts when named like an image
+                take(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
