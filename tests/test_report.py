@@ -38,6 +38,14 @@ def _self_contained(html: str) -> None:
 
 
 @pytest.mark.slow
+def _unlabelled_copy(synthetic_data: Path, folder: Path, n: int) -> Path:
+    """The first n synthetic PNGs in one folder not named like a class: predictions without labels."""
+    folder.mkdir()
+    for k, png in enumerate(sorted(synthetic_data.rglob("*.png"))[:n]):
+        shutil.copy(png, folder / f"{k}.png")
+    return folder
+
+
 def test_report_from_mri_score_has_every_section_and_overlays(
     tmp_path: Path, synthetic_data: Path, trained_run: Path
 ) -> None:
@@ -87,10 +95,7 @@ def test_report_from_mri_score_has_every_section_and_overlays(
 def test_unlabelled_report_shows_predicted_classes_and_low_confidence(
     tmp_path: Path, synthetic_data: Path, exported_model: Path
 ) -> None:
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for k, png in enumerate(sorted(synthetic_data.rglob("*.png"))[:12]):
-        shutil.copy(png, flat / f"{k}.png")
+    flat = _unlabelled_copy(synthetic_data, tmp_path / "flat", 12)
     (flat / "bad.png").write_bytes(b"broken")
     out = tmp_path / "flat.parquet"
     assert (
@@ -145,10 +150,7 @@ def test_report_shows_the_flagged_images_in_their_own_gallery(
     import cv2
     import numpy as np
 
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    for k, png in enumerate(sorted(synthetic_data.rglob("*.png"))[:6]):
-        shutil.copy(png, folder / f"{k}.png")
+    folder = _unlabelled_copy(synthetic_data, tmp_path / "mixed", 6)
     rng = np.random.default_rng(0)
     cv2.imwrite(str(folder / "noise.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     cv2.imwrite(str(folder / "blank.png"), np.zeros((64, 64), np.uint8))
