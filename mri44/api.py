@@ -134,10 +134,17 @@ def _paths_of(images: Any, max_pixels: int) -> tuple[Path, list[Path], list[str]
         raise SettingError(
             "predict() takes a folder, a path, a list of paths, an image array or a list of arrays"
         )
-    # Relative to the file system's root, so the nearest class-named folder still labels each file.
-    absolute = [Path(p).absolute() for p in given]
-    anchor = Path(absolute[0].anchor)
-    return anchor, [anchor / p.relative_to(p.anchor) for p in absolute], [str(p) for p in given]
+    # Relative to the file system's root, so the nearest class-named folder still labels each file. A
+    # multi-frame DICOM file or a NIfTI volume is a row per frame or slice, shown as the path given + "#frame=K".
+    anchor = Path(Path(given[0]).absolute().anchor)
+    files: list[Path] = []
+    shown: list[str] = []
+    for name in given:
+        absolute = Path(name).absolute()
+        rows = expand_inputs([anchor / absolute.relative_to(absolute.anchor)], max_pixels)
+        files += rows
+        shown += [str(name) + row.name[len(absolute.name) :] for row in rows]
+    return anchor, files, shown
 
 
 def load_model(

@@ -214,7 +214,8 @@ def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
         raise DicomError(
-            f"multi-frame DICOM ({frames} frames): score the folder that holds it, which lists it frame by frame"
+            f"multi-frame DICOM ({frames} frames): score its folder, or give its path to predict(); "
+            "both list it frame by frame"
         )
     if frame is not None and frame > frames:
         raise DicomError(f"frame {frame} asked, the file has {frames}")

@@ -139,7 +139,8 @@ def read_slice(path: Path, index: int | None, max_pixels: int) -> np.ndarray:
     if index is None:
         if volume.shape[0] != 1:
             raise NiftiError(
-                f"NIfTI volume of {volume.shape[0]} slices: score the folder that holds it, which lists it slice by slice"
+                f"NIfTI volume of {volume.shape[0]} slices: score its folder, or give its path to predict(); "
+                "both list it slice by slice"
             )
         index = 1
     if index > volume.shape[0]:

@@ -134,6 +134,14 @@ def test_dicom_folder_scores_like_the_images(
         assert row["confidence"] == pytest.approx(expected[f"{cls}/{png_name}"], abs=1e-6)
     assert by_path[f"{cls}/jp2.dcm"]["status"] == "error"
     assert "codec" in by_path[f"{cls}/jp2.dcm"]["error"]
+    # The Python API given the multi-frame file itself: a row per frame too, named after the path given.
+    import mri44
+
+    given = str(dicom / "multi.dcm")
+    frames = mri44.load_model(exported_model).predict([given])
+    assert frames["path"].to_list() == [f"{given}#frame={k}" for k in (1, 2, 3)]
+    assert frames["true_class"].to_list() == [cls] * 3
+    assert frames["confidence"][2] == pytest.approx(expected[f"{cls}/2.png"], abs=1e-6)
 
 
 def _claiming(path: Path, **claims: int) -> Path:
