@@ -139,15 +139,21 @@ def flag_threshold(backend: Backend, override: float | None) -> float | None:
     return override if override is not None else spec.threshold if spec else None
 
 
-def input_tags(path: Path, root: Path) -> dict | None:
+def input_tags(path: Path, root: Path, seen: dict[Path, dict | None] | None = None) -> dict | None:
     """Where a row sits in a series: a DICOM file's own tags (mri44.dicom.dicom_tags), or for a NIfTI slice its
-    volume (as the series) and slice number; None for plain images."""
+    volume (as the series) and slice number; None for plain images. seen: tags already read, by file, so a
+    multi-frame file's header (megabytes of per-frame groups in an enhanced MR file) is parsed once, not per frame."""
     volume, index = split_slice(path)
     if is_nifti_path(volume):
         rel = printable_path(volume.relative_to(root).as_posix())
         return {"series_uid": rel, "instance_number": index or 1, "series_description": "NIfTI volume"}
     file = split_frame(path)[0]
-    return dicom_tags(file) if is_dicom_path(file) and file.is_file() else None  # never open a FIFO
+    if not is_dicom_path(file) or not file.is_file():  # never open a FIFO
+        return None
+    seen = {} if seen is None else seen
+    if file not in seen:
+        seen[file] = dicom_tags(file)
+    return seen[file]
 
 
 def score_paths(
@@ -186,7 +192,8 @@ def score_paths(
     seconds = time.perf_counter() - t0
     rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
     threshold = flag_threshold(backend, ood_threshold)
-    tags = [input_tags(p, root) if scored else None for p, scored in zip(paths, ok, strict=True)]
+    seen: dict[Path, dict | None] = {}
+    tags = [input_tags(p, root, seen) if scored else None for p, scored in zip(paths, ok, strict=True)]
     frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold, tags)
     series = series_table(frame, probs, meta.classes)
     return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()), series)

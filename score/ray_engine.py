@@ -221,13 +221,14 @@ def decode_batch(
     preprocess = PreprocessSpec.from_dict(spec)
     shape = (preprocess.size, preprocess.size, preprocess.cache_channels)
     pixels, errors, tags = [], [], []
+    seen: dict[Path, dict | None] = {}  # a multi-frame file's tags, read once for its frames in this batch
     for rel, raw in zip(batch["path"], batch["name"], strict=True):
         found = ""  # the DICOM tags as JSON (mri44.dicom.dicom_tags), "" for other files
         try:  # the file's own name (bytes: a name that is not UTF-8 travels through Arrow intact)
             if "://" not in root:  # read as the local scorer reads it: frames and slices, tags included
                 path = Path(root) / os.fsdecode(raw)
                 image = read_image(path, max_pixels)
-                found = json.dumps(input_tags(path, Path(root)) or "")
+                found = json.dumps(input_tags(path, Path(root), seen) or "")
             else:
                 data = _read(root, bytes(raw).decode(), max_pixels)
                 found = json.dumps(dicom_tags(data.tobytes()) or "") if is_dicom_bytes(data) else ""

@@ -301,3 +301,23 @@ def test_compressed_dicom_as_pacs_exports_it_decodes_like_the_uncompressed_file(
     plain = read_image(Path(get_testdata_file("MR_small.dcm")))
     for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"):
         np.testing.assert_array_equal(read_image(Path(get_testdata_file(name))), plain, err_msg=name)
+
+
+def test_a_multiframe_files_tags_are_read_once_for_all_its_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every frame row carries the file's tags, parsed from its header once (an enhanced MR file's header holds
+    megabytes of per-frame groups; parsing it per frame cost a header parse per row)."""
+    from mri44.dicom import expand_frames
+    from mri44.stages.score import pipeline
+
+    frames = [np.full((8, 8), v, np.uint16) for v in (10, 20, 30)]
+    write_dicom(tmp_path / "multi.dcm", frames, "MONOCHROME2", None, series="1.2.3.9", instance=7)
+    calls: list[Path] = []
+    read = pipeline.dicom_tags
+    monkeypatch.setattr(pipeline, "dicom_tags", lambda f: calls.append(f) or read(f))
+    rows = expand_frames([tmp_path / "multi.dcm"], MAX_PIXELS)
+    seen: dict = {}
+    tags = [pipeline.input_tags(row, tmp_path, seen) for row in rows]
+    assert len(rows) == 3 and calls == [tmp_path / "multi.dcm"]
+    assert [t["series_uid"] for t in tags] == ["1.2.3.9"] * 3
