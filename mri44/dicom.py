@@ -1,4 +1,4 @@
-"""DICOM input (the dicom extra: pip install -e '.[dicom]', pydicom): files named .dcm/.dicom, and files without
+"""DICOM input (the dicom extra: pip install 'mri44[dicom]', pydicom): files named .dcm/.dicom, and files without
 an extension that carry the DICOM preamble ("DICM" at byte 128).
 
 Pixels become what a radiologist's viewer shows (viewer_pixels: pydicom's modality LUT, then its VOI LUT or
@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 
 import numpy as np
+
+from mri44.errors import import_extra
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 FRAME = re.compile(r"^(?P<file>.+)#frame=(?P<index>[1-9][0-9]*)$")
@@ -61,11 +63,7 @@ def split_frame(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
 
 
 def _pydicom():
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise DicomError("DICOM input needs pydicom: pip install -e '.[dicom]'") from exc
-    return pydicom
+    return import_extra("pydicom", "dicom", "DICOM input", DicomError)
 
 
 def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):

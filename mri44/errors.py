@@ -4,6 +4,11 @@ Anything else that escapes a command (a ValueError from numpy, a RuntimeError fr
 code) is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 
 class MRI44Error(Exception):
     """A failure the user can fix: a missing or foreign file, a refused setting, an unusable model."""
@@ -11,3 +16,12 @@ class MRI44Error(Exception):
 
 class SettingError(MRI44Error, ValueError):
     """A refused option, setting or input value. Also a ValueError, which is what Python API callers expect."""
+
+
+def import_extra(module: str, extra: str, what: str, error: type[Exception] = MRI44Error) -> ModuleType:
+    """An optional dependency, or `error` naming the extra that installs it: one wording for every extra, right
+    for a wheel as for a checkout."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise error(f"{what} needs {module.split('.')[0]}: pip install 'mri44[{extra}]' ({exc})") from exc

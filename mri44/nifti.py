@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mri44.dicom import split_member
+from mri44.errors import import_extra
 
 SLICE = re.compile(r"^(?P<file>.+)#slice=(?P<index>[1-9][0-9]*)$")
 VOLUME_FACTOR = 4  # a volume may hold up to 4 x --max-pixels voxels (200 M by default; brain MRI: ~15 M)
@@ -44,11 +45,7 @@ def split_slice(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
 
 
 def _nibabel():
-    try:
-        import nibabel
-    except ImportError as exc:
-        raise NiftiError("NIfTI input needs nibabel: pip install 'mri44[nifti]'") from exc
-    return nibabel
+    return import_extra("nibabel", "nifti", "NIfTI input", NiftiError)
 
 
 def volume_shape(path: Path, max_pixels: int) -> tuple[int, int, int]:

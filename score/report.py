@@ -5,7 +5,7 @@ Sections: summary and error count; with labels, the per-contrast, per-tumour-typ
 confusion heatmap, a reliability diagram with the ECE, and galleries of the most confident errors and the least
 confident correct predictions; without labels, the distribution of predicted classes and the least confident
 predictions. Gallery cards show the thumbnail, true and predicted class, top-3 probabilities, and a Grad-CAM
-overlay when one was made (score/explain.py). Plots need matplotlib (pip install -e '.[report]').
+overlay when one was made (score/explain.py). Plots need matplotlib (pip install 'mri44[report]').
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from mri44.atomic import atomic_path
+from mri44.errors import import_extra
 from mri44.imageio import ImageDecodeError, read_image
 from mri44.metrics import ECE_BINS, expected_calibration_error, metric_tables
 from mri44.predictions import series_from_rows
@@ -45,14 +46,8 @@ def _figure_png(fig: Any) -> str:
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("the report's plots need matplotlib: pip install -e '.[report]'") from exc
-    return plt
+    import_extra("matplotlib", "report", "the report's plots").use("Agg")
+    return import_extra("matplotlib.pyplot", "report", "the report's plots")
 
 
 def confusion_plot(confusion: pl.DataFrame) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mri44.errors import MRI44Error, SettingError
+from mri44.errors import SettingError, import_extra
 from mri44.metrics import metric_tables
 
 from .outputs import check_outputs, check_report_path, refuse_clashes, write_outputs
@@ -130,11 +130,8 @@ def check_report(options: ScoreOptions, model: Path) -> None:
     if options.report is None:
         return
     check_report_path(options.report, options.overwrite)
-    try:
-        import jinja2  # noqa: F401
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise MRI44Error(f"--report needs the report extra: pip install 'mri44[report]' ({exc})") from exc
+    for module in ("jinja2", "matplotlib"):
+        import_extra(module, "report", "--report")
 
 
 def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = ScoreOptions()) -> ScoreResult:
@@ -150,10 +147,9 @@ def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = Score
         local_only = options.local_only_given()
         if local_only:
             raise SettingError(f"{', '.join(local_only)} apply to the local engine only")
-        try:
-            from .ray_engine import run_ray
-        except ImportError as exc:
-            raise MRI44Error(f"--engine ray needs Ray: pip install 'mri44[ray]' ({exc})") from exc
+        import_extra("ray", "ray", "--engine ray")
+        from .ray_engine import run_ray
+
         return run_ray(str(input_dir), out, resolve_model(options.model), options)
     if options.resume:
         raise SettingError("--resume is for --engine ray (the local scorer writes one file, all at once)")

@@ -39,6 +39,8 @@ def third_party_imports(folders: list[Path], root: Path = REPO) -> dict[str, set
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
+                elif extra := extra_import(node):
+                    names = [extra[0]]
                 else:
                     continue
                 for name in names:
@@ -46,6 +48,18 @@ def third_party_imports(folders: list[Path], root: Path = REPO) -> dict[str, set
                     if top not in sys.stdlib_module_names and top not in own and top != "__future__":
                         found.setdefault(top, set()).add(str(path.relative_to(root)))
     return found
+
+
+def extra_import(node: ast.AST) -> tuple[str, str] | None:
+    """(module, extra) of a call `import_extra("module", "extra", ...)` (mri44.errors), the optional imports."""
+    if (
+        isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "import_extra"
+        and len(node.args) >= 2
+        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args[:2])
+    ):
+        return node.args[0].value, node.args[1].value  # type: ignore[attr-defined]
+    return None
 
 
 def distribution(requirement: str) -> str:
@@ -94,3 +108,23 @@ def test_the_checker_sees_a_missing_declaration(tmp_path: Path) -> None:
     found = third_party_imports([tmp_path], root=tmp_path)
     assert set(found) == {"click", "numpy"}
     assert not providers("click") & set().union(*declared().values())
+
+
+def test_each_optional_import_names_the_extra_that_installs_it() -> None:
+    """`import_extra("pydicom", "dicom", ...)` tells the user to pip install mri44[dicom]: that extra must
+    declare the package, or the advice would not work."""
+    groups = declared()
+    calls = [
+        (extra, str(path.relative_to(REPO)))
+        for folder in PACKAGE_DIRS
+        for path in (REPO / folder).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (extra := extra_import(node))
+    ]
+    assert {module for (module, _), _ in calls} >= {"pydicom", "nibabel", "matplotlib", "ray"}
+    wrong = [
+        (call, file)
+        for call, file in calls
+        if not providers(call[0].split(".")[0]) & groups.get(call[1], set())
+    ]
+    assert not wrong, f"import_extra names an extra that does not declare the module: {wrong}"

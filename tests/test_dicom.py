@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -321,3 +322,12 @@ def test_a_multiframe_files_tags_are_read_once_for_all_its_frames(
     tags = [pipeline.input_tags(row, tmp_path, seen) for row in rows]
     assert len(rows) == 3 and calls == [tmp_path / "multi.dcm"]
     assert [t["series_uid"] for t in tags] == ["1.2.3.9"] * 3
+
+
+def test_without_pydicom_a_dicom_file_says_which_extra_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_dicom(tmp_path / "x.dcm", [np.full((8, 8), 5, np.uint16)], "MONOCHROME2", None)
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
+    with pytest.raises(ImageDecodeError, match=r"DICOM input needs pydicom: pip install 'mri44\[dicom\]'"):
+        read_image(tmp_path / "x.dcm")
