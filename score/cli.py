@@ -28,8 +28,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 InputDirOpt = Annotated[
     str,
     typer.Argument(
-        help="Folder of images (searched recursively; hidden files skipped); with --engine ray also a URL that "
-        "pyarrow reads (s3://bucket/prefix, gs://...)."
+        help="Folder of images (searched recursively; hidden files skipped), or one image file (labelled by its "
+        "folder's name when that is a class); with --engine ray a folder or a URL that pyarrow reads "
+        "(s3://bucket/prefix, gs://...)."
     ),
 ]
 OutOpt = Annotated[
@@ -143,7 +144,7 @@ def summarise(result: ScoreResult, files: int) -> None:
 
 
 @app.command(
-    help="Predict tumour type and contrast for every image under INPUT_DIR (recursively).\n\n"
+    help="Predict tumour type and contrast for every image under INPUT_DIR (recursively), or for one file.\n\n"
     "Writes one row per file found (status 'error' with the reason for files that cannot be decoded). When "
     "images sit in folders named like the model's classes (e.g. 'Glioblastoma T1C+/x.jpg'), it also writes "
     "metric tables: summary, per_class, per_contrast, per_tumor_type and confusion (CSV + Parquet + PNG).\n\n"

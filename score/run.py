@@ -188,9 +188,12 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     from .backends import open_backend
     from .pipeline import score_paths
 
-    target, source = check_local_run(folder, out, options)
+    # One file is scored from its grandparent folder, so that a class-named parent folder labels it.
+    root, given = (folder.parent.parent, [folder]) if folder.is_file() else (folder, None)
+    target, source = check_local_run(root, out, options)
     skipped: list[tuple[str, str]] = []
-    paths = expand_inputs(find_images(folder, skipped), options.max_pixels)  # frames and slices: a row each
+    listed = given if given is not None else find_images(root, skipped)
+    paths = expand_inputs(listed, options.max_pixels)  # frames and slices: a row each
     if not paths:
         raise SettingError(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, options.device, options.precision, options.compile)
@@ -205,7 +208,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     )
     run = score_paths(
         backend,
-        folder,
+        root,
         paths,
         options.batch_size,
         options.workers,
@@ -222,7 +225,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
     if run.series is not None:  # a series-level answer, labelled or not
         tables = {**(tables or {}), "series": run.series}
     counts = {"files": len(paths), "errors": run.failed, "skipped": len(skipped)}
-    recorded = provenance(source, meta, str(folder.resolve()), options, counts)
+    recorded = provenance(source, meta, str(root.resolve()), options, counts)
     if out is not None:
         write_outputs(run.predictions, tables, out, target, options.overwrite, meta.classes, recorded)
     if options.report is not None:
@@ -232,7 +235,7 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
             None,
             run.predictions,
             options.report,
-            folder,
+            root,
             recorded,
             options.explain,
             source,

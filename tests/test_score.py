@@ -171,6 +171,23 @@ def test_scorer_input_equals_training_input(
         np.testing.assert_allclose(train_x, score_x, rtol=0, atol=1e-6)
 
 
+def test_one_file_scores_as_its_row_in_the_folder_and_keeps_its_label(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    image = sorted(synthetic_data.rglob("*.png"))[5]
+    args = ["--model", exported_model, "--ood", "off"]
+    assert _score([synthetic_data, "--out", tmp_path / "all.parquet", *args]).exit_code == 0
+    done = _score([image, "--out", tmp_path / "one.parquet", *args])
+    assert done.exit_code == 0, done.output
+    one = pl.read_parquet(tmp_path / "one.parquet")
+    rel = image.relative_to(synthetic_data).as_posix()
+    row = pl.read_parquet(tmp_path / "all.parquet").filter(path=rel)
+    assert one["path"].to_list() == [f"{image.parent.name}/{image.name}"] == [rel]
+    assert one["true_class"][0] == image.parent.name and one["pred_class"][0] == row["pred_class"][0]
+    assert one["confidence"][0] == pytest.approx(row["confidence"][0], abs=1e-6)
+    assert (tmp_path / "one_metrics" / "summary.csv").is_file()  # labelled: its tables too
+
+
 def test_clear_errors(tmp_path: Path, exported_model: Path, synthetic_data: Path) -> None:
     missing = _score([tmp_path / "nowhere", "--out", tmp_path / "p.parquet", "--model", exported_model])
     assert missing.exit_code == 2 and "does not exist" in missing.output
