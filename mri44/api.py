@@ -150,7 +150,7 @@ def _paths_of(images: Any, max_pixels: int) -> tuple[Path, list[Path], list[str]
 def load_model(
     model: str | os.PathLike[str] = "default", device: str = "auto", precision: str = "auto"
 ) -> Model:
-    """A shipped model by name ('default', 'int8'), an ONNX file from onnx-export, or a training checkpoint or
+    """A shipped model by name ('default', 'int8', 'resnet50': mri44.models.SHIPPED), an ONNX file from onnx-export, or a training checkpoint or
     run folder. device: auto, cpu, cuda or tensorrt, as for mri-score."""
     from mri44.stages.score.backends import open_backend
     from mri44.stages.score.run import resolve_model

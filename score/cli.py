@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from mri44.console import fail, user_errors
+from mri44.models import shipped_names
 
 from .report_cli import ExplainOpt
 from .run import ScoreOptions, ScoreResult
@@ -41,9 +42,7 @@ ModelOpt = Annotated[
     Path | None,
     typer.Option(
         help="ONNX model from `onnx-export` (ONNX Runtime), a training checkpoint or run folder (PyTorch), or a "
-        "shipped model by name: 'default' (ResNet-18, fp16), 'int8' (about 3x faster on a CPU, slightly less "
-        "accurate) or 'resnet50' (the ImageNet ResNet-50: more accurate, slower; models/README.md). Default: "
-        "'default'."
+        f"shipped model by name: {shipped_names()}; models/README.md. Default: 'default'."
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt.")]

@@ -84,7 +84,7 @@ class ScoreResult:
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """A shipped model by name ('default', 'int8'), or the given ONNX file, checkpoint or run folder."""
+    """A shipped model by name (mri44.models.SHIPPED), or the given ONNX file, checkpoint or run folder."""
     from mri44.models import SHIPPED, shipped_model_path
 
     if model is None or str(model) in SHIPPED:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mri44.calibration import softmax
 from mri44.imageio import read_image
 from mri44.model import load_checkpoint, model_from_checkpoint
+from mri44.models import SHIPPED
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 from mri44.stages.score.backends import Backend, onnx_backend
 from mri44.stages.score.cli import app
@@ -404,7 +405,7 @@ def test_checkpoint_backend_refuses_what_it_cannot_honour(
     assert not (tmp_path / "p.parquet").exists()
 
 
-@pytest.mark.parametrize("name", ["default", "int8", "resnet50"])
+@pytest.mark.parametrize("name", list(SHIPPED))
 def test_every_shipped_model_scores_and_carries_its_ood_check(name: str) -> None:
     """The shipped files by name: metadata with a fitted out-of-distribution check and the features output, and
     real rows on three example slices (every one of them decodes, none is an error row)."""
