@@ -163,7 +163,7 @@ def score(
     folder: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **options: Any
 ) -> ScoreResult:
     """mri-score as a function: predictions (result.predictions) and metric tables (result.tables) of every
-    image under folder. With out, also written there as the CLI writes them; options are mri-score's, with
+    image under folder (or of one image file). With out, also written there as the CLI writes them; options are mri-score's, with
     underscores (model="int8", batch_size=64, overwrite=True, engine="ray", ...)."""
     from mri44.stages.score.run import ScoreOptions
     from mri44.stages.score.run import score as run_score
