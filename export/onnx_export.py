@@ -16,8 +16,8 @@ import onnx
 import torch
 
 from mri44.errors import MRI44Error
-from mri44.files import file_sha256
-from mri44.model import checkpoint_path, load_checkpoint, model_from_checkpoint
+from mri44.files import checkpoint_path, file_sha256
+from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata, checkpoint_metadata
 from mri44.preprocess import PreprocessSpec
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mri44.errors import import_extra
+from mri44.files import split_member
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 FRAME = re.compile(r"^(?P<file>.+)#frame=(?P<index>[1-9][0-9]*)$")
@@ -46,16 +47,6 @@ def is_dicom_path(path: str | os.PathLike[str]) -> bool:
 
 def is_dicom_bytes(data: np.ndarray) -> bool:
     return data.size >= 132 and data[128:132].tobytes() == b"DICM"
-
-
-def split_member(path: str | os.PathLike[str], pattern: re.Pattern[str]) -> tuple[Path, int | None]:
-    """`x.dcm#frame=3` -> (x.dcm, 3) (or `#slice=`, as pattern says) when x.dcm exists and the literal name does
-    not; else (path, None)."""
-    p = Path(path)
-    match = pattern.match(str(p))
-    if match and not p.exists() and Path(match["file"]).exists():
-        return Path(match["file"]), int(match["index"])
-    return p, None
 
 
 def split_frame(path: str | os.PathLike[str]) -> tuple[Path, int | None]:

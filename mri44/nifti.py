@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mri44.dicom import split_member
 from mri44.errors import import_extra
+from mri44.files import split_member
 
 SLICE = re.compile(r"^(?P<file>.+)#slice=(?P<index>[1-9][0-9]*)$")
 VOLUME_FACTOR = 4  # a volume may hold up to 4 x --max-pixels voxels (200 M by default; brain MRI: ~15 M)

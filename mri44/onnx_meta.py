@@ -124,8 +124,8 @@ def checkpoint_metadata(ckpt: dict[str, Any], sha256: str, export: dict) -> Mode
 def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     """The model card of an ONNX file, a checkpoint or a run folder, read without building the network or
     opening a runtime session on any device (a CPU-only Ray head can check a model its GPU actors will run)."""
-    from mri44.files import file_sha256
-    from mri44.model import checkpoint_path, load_checkpoint
+    from mri44.files import checkpoint_path, file_sha256
+    from mri44.model import load_checkpoint
 
     path = Path(path)
     if is_checkpoint(path):

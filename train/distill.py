@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mri44.errors import SettingError
-from mri44.files import file_sha256
-from mri44.model import checkpoint_path, load_checkpoint, model_from_checkpoint
+from mri44.files import checkpoint_path, file_sha256
+from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
 
