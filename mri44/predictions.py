@@ -134,9 +134,10 @@ def series_from_rows(predictions: pl.DataFrame) -> pl.DataFrame | None:
     names = sorted({n for c in tops for n in predictions[c].drop_nulls().to_list()})
     index = {n: i for i, n in enumerate(names)}
     probs = np.zeros((predictions.height, len(names)), np.float64)
-    for c in tops:
-        prob = predictions[c.replace("_class", "_prob")].fill_null(0.0).to_numpy()
-        for row, name in enumerate(predictions[c].to_list()):
-            if name is not None:
-                probs[row, index[name]] = prob[row]
+    for c in tops:  # k columns, each placed in one vectorised step
+        column = (
+            predictions[c].replace_strict(index, default=-1, return_dtype=pl.Int64).fill_null(-1).to_numpy()
+        )
+        rows = np.flatnonzero(column >= 0)
+        probs[rows, column[rows]] = predictions[c.replace("_class", "_prob")].fill_null(0.0).to_numpy()[rows]
     return series_table(predictions, probs, names)
