@@ -150,8 +150,8 @@ def _paths_of(images: Any, max_pixels: int) -> tuple[Path, list[Path], list[str]
 def load_model(
     model: str | os.PathLike[str] = "default", device: str = "auto", precision: str = "auto"
 ) -> Model:
-    """A shipped model by name ('default', 'int8', 'resnet50': mri44.models.SHIPPED), an ONNX file from onnx-export, or a training checkpoint or
-    run folder. device: auto, cpu, cuda or tensorrt, as for mri-score."""
+    """A shipped model by name (mri44.models.SHIPPED: 'default', 'int8', ...), an ONNX file from onnx-export, or
+    a training checkpoint or run folder. device: auto, cpu, cuda or tensorrt, as for mri-score."""
     from mri44.stages.score.backends import open_backend
     from mri44.stages.score.run import resolve_model
 
@@ -163,8 +163,8 @@ def score(
     folder: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **options: Any
 ) -> ScoreResult:
     """mri-score as a function: predictions (result.predictions) and metric tables (result.tables) of every
-    image under folder (or of one image file). With out, also written there as the CLI writes them; options are mri-score's, with
-    underscores (model="int8", batch_size=64, overwrite=True, engine="ray", ...)."""
+    image under folder (or of one image file). With out, also written there as the CLI writes them; options are
+    mri-score's, with underscores (model="int8", batch_size=64, overwrite=True, engine="ray", ...)."""
     from mri44.stages.score.run import ScoreOptions
     from mri44.stages.score.run import score as run_score
 

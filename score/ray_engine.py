@@ -46,9 +46,8 @@ from mri44.imageio import (
 from mri44.predictions import printable_path, series_from_rows
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
-from .provenance import (
-    RUN_FILE,  # what the run was: a --resume that differs is refused, so one table never mixes runs
-)
+# RUN_FILE records what the run was: a --resume that differs is refused, so one table never mixes runs.
+from .provenance import RUN_FILE
 
 if TYPE_CHECKING:
     from .run import ScoreOptions, ScoreResult
@@ -406,7 +405,7 @@ def labelled_pairs(out_dir: Path) -> pl.DataFrame:
     return labelled.select("true_class", "pred_class", "ood").collect()
 
 
-def dicom_rows(out_dir: Path) -> pl.DataFrame:
+def series_rows(out_dir: Path) -> pl.DataFrame:
     """The rows of every part that belong to a series (DICOM or NIfTI): only these are ever in memory."""
     scan = scan_parts(out_dir)
     return pl.DataFrame() if scan is None else scan.filter(pl.col("series_uid").is_not_null()).collect()
@@ -484,7 +483,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
         )
         pairs = labelled_pairs(out)
         tables = tables_with_counts(pairs, rows, errors, 0)
-        series = series_from_rows(dicom_rows(out))  # from the parts' top-k probabilities
+        series = series_from_rows(series_rows(out))  # from the parts' top-k probabilities
         if series is not None:
             tables = {**(tables or {}), "series": series}
         target = out / "metrics"
