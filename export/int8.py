@@ -72,3 +72,29 @@ def quantize_int8(proto: onnx.ModelProto, files: list[Path], spec: PreprocessSpe
             weight_type=QuantType.QInt8,
         )
         return onnx.load(dst)
+
+
+def float32_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """An fp16 export (ONNX Runtime's converter, float32 inputs and outputs) as the float32 graph it came from:
+    fp16 weights widened exactly, casts to float16 made casts to float32 (no-ops the optimiser drops). What
+    quantize_int8 needs when only the shipped fp16 file is left, not its checkpoint (scripts/int8_from_onnx.py)."""
+    from onnx import TensorProto, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT16:
+            graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name)
+            )
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.FLOAT
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32)))
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return out
