@@ -130,6 +130,24 @@ FeatureViewsOpt = Annotated[
         "augmentation); each step picks one at random."
     ),
 ]
+FoldsOpt = Annotated[
+    int,
+    typer.Option(
+        help="Grouped K-fold cross-validation (K >= 2): whole near-duplicate groups dealt into K folds, fold k "
+        "trained on the others in OUT/fold-k (no validation part: the last epoch is the model); out-of-fold "
+        "predictions of every image in OUT/oof.parquet, tables in OUT/cv_metrics, mean +- sd and the "
+        "temperature fitted on all out-of-fold logits in OUT/cv_result.json. 0: one split. A teacher "
+        "(--soft-labels, --teacher) may be a CV folder with the same folds: fold k learns from its fold k."
+    ),
+]
+HoldoutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --all-data: keep the near-duplicate groups of the images under this folder (class folders "
+        "of copies of --data images, matched by class and file name, e.g. examples/) out of training; they "
+        "are scored as the test part at the end."
+    ),
+]
 WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 16).")]
 
 
@@ -172,6 +190,8 @@ def train(
     feature_views: FeatureViewsOpt = 1,
     soft_labels: SoftLabelsOpt = None,
     soft_label_views: SoftLabelViewsOpt = 8,
+    folds: FoldsOpt = 0,
+    holdout: HoldoutOpt = None,
 ) -> None:
     from .config import TrainConfig, config_from_settings
     from .loop import run_training

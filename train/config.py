@@ -32,6 +32,8 @@ RESUME_FIXED = (
     "feature_views",
     "soft_labels",
     "soft_label_views",
+    "folds",
+    "holdout",
 )
 
 
@@ -67,6 +69,10 @@ class TrainConfig:
         None  # teacher run whose soft labels on K stored views this run trains on (FKD)
     )
     soft_label_views: int = 8  # K: stored augmented views per training image
+    folds: int = 0  # K > 1: grouped K-fold cross-validation into OUT/fold-1..K (train/cv.py)
+    holdout: Path | None = (
+        None  # all-data runs: the near-duplicate groups of these images stay out of training
+    )
 
     def resolved(self) -> dict[str, Any]:
         """Epochs, batch size and lr: the given value, or the recipe's when none was given (0 is not 'none')."""
@@ -99,7 +105,7 @@ class TrainConfig:
             values["split"] = SplitConfig(**saved["split"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SettingError(f"--config {path}: not a readable run config.json ({exc})") from exc
-        for name in ("data", "out", "split_file", "teacher", "temperature_from", "soft_labels"):
+        for name in ("data", "out", "split_file", "teacher", "temperature_from", "soft_labels", "holdout"):
             if values.get(name) is not None:
                 values[name] = Path(values[name])
         values["resume"] = False
@@ -142,7 +148,7 @@ def config_from_settings(base: TrainConfig | None = None, **settings: Any) -> Tr
     split["train"] = 1.0 - split["val"] - split["test"]
     if values["arch"] not in ARCHS:
         raise SettingError(f"unknown --arch {values['arch']!r}; choose one of: {', '.join(ARCHS)}")
-    for name in ("out", "split_file", "teacher", "temperature_from", "soft_labels"):
+    for name in ("out", "split_file", "teacher", "temperature_from", "soft_labels", "holdout"):
         if values[name] is not None:
             values[name] = Path(values[name])
     values["data"] = Path(values["data"]).absolute()  # export and reruns find it from any folder
@@ -215,7 +221,7 @@ def check_resume_settings(out: Path, cfg: TrainConfig) -> None:
         saved = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise SettingError(f"cannot resume {out}: its config.json is unreadable ({exc})") from exc
-    if not (out / "split.parquet").is_file():
+    if not cfg.folds and not (out / "split.parquet").is_file():
         raise SettingError(f"cannot resume {out}: it has no split.parquet")
     now = json.loads(cfg.to_json())
     differ = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_FIXED if saved.get(k) != now.get(k)]

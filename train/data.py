@@ -21,7 +21,7 @@ from mri44.preprocess import PreprocessSpec
 
 from .config import TrainConfig
 from .dataset import load_or_scan
-from .split import conflicting_duplicates, make_split, split_report
+from .split import SplitConfig, conflicting_duplicates, group_ids, make_split, split_report
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,35 @@ def write_split_files(out: Path, failures: pl.DataFrame, split: pl.DataFrame, ma
         conflicting_duplicates(manifest).write_csv(tmp)
 
 
+def holdout_split(manifest: pl.DataFrame, holdout: Path, split: SplitConfig) -> pl.DataFrame:
+    """An all-data split that keeps out of training the near-duplicate groups of the images under `holdout`
+    (class folders of copies of data images, matched by class and file stem, as examples/ is made by
+    scripts/make_examples.py): those groups become the test part, an honest small check of the final model."""
+    from mri44.discover import find_images
+
+    wanted = {(p.parent.name, p.stem) for p in find_images(holdout)}
+    if not wanted:
+        raise SettingError(f"--holdout {holdout}: no images found")
+    keys = [(label, Path(path).stem) for label, path in manifest.select("label", "path").iter_rows()]
+    unmatched = wanted - set(keys)
+    if unmatched:
+        label, stem = sorted(unmatched)[0]
+        raise SettingError(
+            f"--holdout: {len(unmatched)} image(s) match no --data image by class and file name, e.g. "
+            f"{label}/{stem}"
+        )
+    groups = group_ids(manifest, split.phash_distance, split.max_group_share)
+    held = {int(g) for g, key in zip(groups, keys, strict=True) if key in wanted}
+    return manifest.with_columns(group=pl.Series(groups, dtype=pl.Int64)).with_columns(
+        split=pl.when(pl.col("group").is_in(list(held))).then(pl.lit("test")).otherwise(pl.lit("train"))
+    )
+
+
 def choose_split(cfg: TrainConfig, manifest: pl.DataFrame, resuming: bool) -> pl.DataFrame:
     if resuming:  # the run's own split, never a recomputed one: images already trained on stay in train
         return load_split(cfg.out / "split.parquet", manifest)
+    if cfg.all_data and cfg.holdout is not None:
+        return holdout_split(manifest, cfg.holdout, cfg.split)
     if cfg.all_data:
         return manifest.with_columns(group=pl.lit(-1, pl.Int64), split=pl.lit("train"))
     if cfg.split_file:
@@ -106,8 +132,12 @@ def prepare_data(
     labels = split["label"].replace_strict(class_index, return_dtype=pl.Int64).to_numpy().copy()
     split_names = split["split"].to_numpy()
     train_idx, val_idx, test_idx = (np.flatnonzero(split_names == s) for s in ("train", "val", "test"))
-    if len(train_idx) == 0 or (len(val_idx) == 0 and not cfg.all_data):
+    # A split file may leave val empty on purpose (a cross-validation fold): then, as with --all-data, nothing
+    # selects an epoch and the last one is the model.
+    if len(train_idx) == 0 or (len(val_idx) == 0 and not (cfg.all_data or cfg.split_file)):
         raise SettingError("the split left train or val empty; use more images or other --split fractions")
+    if len(val_idx) == 0:
+        log.info("no validation images: the last epoch is the model")
     store = device if device.type == "cuda" else torch.device("cpu")
     scale, bias = spec.scale_bias()
     return RunData(

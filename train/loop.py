@@ -52,7 +52,7 @@ from .augment import apply_params, random_affine_intensity
 from .checkpoint import RunState, save
 from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from .data import RunData, prepare_data
-from .dataset import class_folders
+from .dataset import class_folders, load_or_scan
 from .distill import Teacher, distillation_loss, load_teacher
 from .distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
 from .frozen import (
@@ -335,12 +335,43 @@ def new_state(
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train, validate every epoch, keep the best checkpoint by validation macro-F1, evaluate it on test.
     Under torchrun, every rank runs this; rank 0 writes the run folder and returns the result, the others {}."""
+    if cfg.folds:
+        return cross_validate(cfg)
     device = resolve_device(cfg.device)
     ranks = init_ranks(device)
     try:
         return _train(cfg, rank_device(device, ranks), ranks)
     finally:
         finish(ranks)
+
+
+def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
+    """The input a run's network sees: the recipe's resize and channels at --image-size, the arch's normalisation."""
+    mean, std = input_normalisation(cfg.arch)
+    return PreprocessSpec(
+        size=cfg.image_size, resize=cfg.recipe.resize, channels=cfg.recipe.channels, mean=mean, std=std
+    )
+
+
+def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
+    """`--folds K`: scan once (the folds' shared cache), then train/cv.run_cv runs each fold as a run of its own."""
+    from .cv import run_cv
+
+    if cfg.folds < 2 or cfg.all_data or cfg.split_file is not None or cfg.holdout is not None:
+        raise SettingError(
+            "--folds K needs K >= 2 and makes its own splits: drop --all-data, --split-file and --holdout"
+        )
+    class_folders(cfg.data)
+    if (cfg.out / "config.json").is_file():
+        if not cfg.resume:
+            raise FileExistsError(
+                f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        check_resume_settings(cfg.out, cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.out / "config.json", cfg.to_json())
+    scanned = load_or_scan(cfg.data, preprocess_spec(cfg), cfg.out / "cache", cfg.workers)
+    return run_cv(cfg, scanned.manifest, run_training)
 
 
 def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, Any]:
@@ -357,10 +388,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         raise SettingError(
             f"--batch-size {hp['batch_size']} must be a multiple of the {ranks.world} processes"
         )
-    mean, std = input_normalisation(cfg.arch)
-    spec = PreprocessSpec(
-        size=cfg.image_size, resize=cfg.recipe.resize, channels=cfg.recipe.channels, mean=mean, std=std
-    )
+    spec = preprocess_spec(cfg)
     resuming = cfg.resume and last_path.exists()
     if resuming:
         check_resume_settings(cfg.out, cfg)
@@ -442,6 +470,8 @@ def _undone_on_failure(out: Path, resuming: bool) -> Iterator[None]:
 def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
     """Settings that cannot go together, refused before the run folder is made or any image is decoded."""
     check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
+    if cfg.holdout is not None and not cfg.all_data:
+        raise SettingError("--holdout is for --all-data runs (other runs have their own test part)")
     if cfg.temperature_from is not None:  # a typo found now, not after the last epoch
         choose_temperature(cfg, None, np.zeros(0, np.int64))
     if cfg.freeze_through != "none" and (ranks.active or cfg.teacher or cfg.soft_labels):
@@ -631,6 +661,11 @@ def write_split_results(
     )
     with atomic_path(out / f"{name}_predictions.parquet") as tmp:
         preds.write_parquet(tmp)
+    # The raw logits too: cross-validation pools them across folds (train/cv.py) before fitting a temperature.
+    with atomic_path(out / f"{name}_logits.parquet") as tmp:
+        pl.DataFrame(
+            {"path": preds["path"], "label": names[data.labels[idx]], "logits": logits.astype(np.float32)}
+        ).write_parquet(tmp)
     tables = metric_tables(names[data.labels[idx]].tolist(), preds["pred_class"].to_list())
     tables["summary"] = tables["summary"].with_columns(
         ece=pl.lit(expected_calibration_error(probs.max(1), correct)),

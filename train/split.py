@@ -95,6 +95,43 @@ def conflicting_duplicates(manifest: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def deal_groups(
+    frame: pl.DataFrame,
+    fractions: np.ndarray,
+    seed: int,
+    forced_first: set[int] | frozenset[int] = frozenset(),
+) -> dict[int, int]:
+    """Group -> part index: whole groups dealt so that each class gets close to `fractions` in every part.
+
+    Big groups first (hardest to place), ties in seeded random order; each group goes where its classes are
+    furthest below target, relative to the target's size. Groups in `forced_first` go to part 0. One rule for
+    the train/val/test split and for cross-validation folds (train/cv.py)."""
+    classes = sorted(frame["label"].unique())
+    class_index = {c: i for i, c in enumerate(classes)}
+    totals = np.bincount(frame["label"].replace_strict(class_index).to_numpy(), minlength=len(classes))
+    targets = totals[None, :] * fractions[:, None]  # (part, class)
+    counts = np.zeros_like(targets)
+
+    per_group = frame.group_by("group").agg(pl.col("label").replace_strict(class_index).alias("classes"))
+    rng = np.random.default_rng(seed)
+    per_group = per_group.sort("group").with_columns(shuffle=pl.Series(rng.permutation(per_group.height)))
+    per_group = per_group.with_columns(size=pl.col("classes").list.len()).sort(
+        ["size", "shuffle"], descending=[True, False]
+    )
+    assignment: dict[int, int] = {}
+    for group, members, _, _ in per_group.iter_rows():
+        hist = np.bincount(np.asarray(members), minlength=len(classes))
+        if group in forced_first:
+            choice = 0
+        else:
+            need = ((targets - counts) / np.maximum(targets, 1.0)) @ hist
+            need = np.where(fractions > 0, need, -np.inf)
+            choice = int(np.argmax(need))
+        counts[choice] += hist
+        assignment[group] = choice
+    return assignment
+
+
 def make_split(manifest: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     """The manifest with `group` and `split` columns added; same manifest and config -> same split."""
     groups = group_ids(manifest, config.phash_distance, config.max_group_share)
@@ -102,35 +139,10 @@ def make_split(manifest: pl.DataFrame, config: SplitConfig) -> pl.DataFrame:
     forced_train = set(
         frame.join(conflicting_duplicates(manifest).select("sha256"), on="sha256", how="semi")["group"]
     )
-
-    classes = sorted(frame["label"].unique())
-    class_index = {c: i for i, c in enumerate(classes)}
-    totals = np.bincount(frame["label"].replace_strict(class_index).to_numpy(), minlength=len(classes))
     fractions = np.array([config.train, config.val, config.test])
-    targets = totals[None, :] * fractions[:, None]  # (split, class)
-    counts = np.zeros_like(targets)
-
-    per_group = frame.group_by("group").agg(pl.col("label").replace_strict(class_index).alias("classes"))
-    rng = np.random.default_rng(config.seed)
-    per_group = per_group.sort("group").with_columns(shuffle=pl.Series(rng.permutation(per_group.height)))
-    # Big groups first (hardest to place), ties in seeded random order.
-    per_group = per_group.with_columns(size=pl.col("classes").list.len()).sort(
-        ["size", "shuffle"], descending=[True, False]
-    )
-
-    assignment: dict[int, str] = {}
-    for group, members, _, _ in per_group.iter_rows():
-        hist = np.bincount(np.asarray(members), minlength=len(classes))
-        if group in forced_train:
-            choice = 0
-        else:
-            # Place the group where its classes are furthest below target, relative to the target's size.
-            need = ((targets - counts) / np.maximum(targets, 1.0)) @ hist
-            need = np.where(fractions > 0, need, -np.inf)
-            choice = int(np.argmax(need))
-        counts[choice] += hist
-        assignment[group] = SPLITS[choice]
-    return frame.with_columns(split=pl.col("group").replace_strict(assignment, return_dtype=pl.String))
+    assignment = deal_groups(frame, fractions, config.seed, forced_train)
+    names = {group: SPLITS[part] for group, part in assignment.items()}
+    return frame.with_columns(split=pl.col("group").replace_strict(names, return_dtype=pl.String))
 
 
 def split_report(split: pl.DataFrame) -> pl.DataFrame:

@@ -1,0 +1,60 @@
+"""Two recipes cross-validated on the same folds, compared image by image (issue 29's rule for a new default).
+
+    python scripts/cv_compare.py ~/mri44-runs/cv5-A ~/mri44-runs/cv5-B [--classes 15]
+
+Prints each one's pooled out-of-fold figures and mean +- sd over the folds, McNemar's exact test on out-of-fold
+correctness (images only A got right against images only B got right), and the per-class recall of both, the
+classes that moved most first. B replaces A when its out-of-fold macro-F1 is higher and its accuracy not lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import polars as pl
+
+from mri44.stages.train.cv import RESULT_FILE, compare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    parser.add_argument(
+        "--classes", type=int, default=15, help="per-class rows to print (most changed first)"
+    )
+    args = parser.parse_args()
+    summary, recall = compare(args.a, args.b)
+    print("| run | accuracy | macro-F1 | tumour type | contrast | T1 | T1C+ | T2 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for run in (args.a, args.b):
+        result = json.loads((run / RESULT_FILE).read_text())
+        cells = []
+        for name in ("accuracy", "macro_f1", "tumor_type_accuracy", "contrast_accuracy"):
+            mean, sd = result["mean_sd"][name]
+            cells.append(f"{result['pooled'][name]:.3f} ({mean:.3f} +- {sd:.3f})")
+        cells += [f"{result['pooled'][f'accuracy_{c}']:.3f}" for c in ("T1", "T1C+", "T2")]
+        print(f"| {run.name} | " + " | ".join(cells) + " |")
+    print(
+        f"\n{summary['images']} images: only {args.a.name} right {summary['only_a']}, only {args.b.name} right "
+        f"{summary['only_b']}, exact McNemar p = {summary['mcnemar_p']:.3g}\n"
+    )
+    moved = recall.with_columns(pl.col("diff").abs().alias("moved")).sort(
+        "moved", "class", descending=[True, False]
+    )
+    with pl.Config(
+        tbl_rows=args.classes,
+        tbl_formatting="MARKDOWN",
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        float_precision=3,
+    ):
+        print(moved.head(args.classes).drop("moved"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Grouped K-fold cross-validation (train/cv.py): folds of whole groups, out-of-fold predictions, the paired test."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import polars as pl
+import pytest
+from synthetic import make_dataset, tiny_run_config
+
+from mri44.errors import SettingError
+from mri44.preprocess import PreprocessSpec
+from mri44.stages.train.cv import OOF_FILE, RESULT_FILE, _teacher_fold, compare, make_folds, mcnemar_exact
+from mri44.stages.train.dataset import scan_dataset
+from mri44.stages.train.split import SplitConfig
+
+
+def _with_neighbours(root: Path) -> Path:
+    """Five re-encodings of one slice: one near-duplicate group that must stay in one fold."""
+    folder = root / "Squaroma T2"
+    first = sorted(folder.iterdir())[0]
+    img = cv2.imdecode(np.fromfile(first, np.uint8), cv2.IMREAD_GRAYSCALE)
+    for i in range(5):
+        ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60 + 7 * i])
+        (folder / f"neighbour {i}.jpg").write_bytes(data.tobytes())
+    return root
+
+
+def test_folds_hold_whole_groups_and_every_class(tmp_path: Path) -> None:
+    manifest = scan_dataset(
+        _with_neighbours(make_dataset(tmp_path, per_class=20)), PreprocessSpec(size=16), workers=2
+    ).manifest
+    folds = make_folds(manifest, 5, SplitConfig(seed=0))
+    assert folds.height == manifest.height and set(folds["path"]) == set(manifest["path"])
+    assert folds.group_by("group").agg(pl.col("fold").n_unique())["fold"].max() == 1  # no group straddles
+    family = folds.filter(pl.col("path").str.contains("neighbour"))
+    assert family["fold"].n_unique() == 1 and family["group"].n_unique() == 1
+    per_class = folds.group_by("label").agg(pl.col("fold").n_unique())
+    assert per_class["fold"].min() == 5  # every class (20+ images, many groups) is tested in every fold
+    sizes = folds.group_by("fold").len()["len"]
+    assert sizes.max() - sizes.min() <= 6  # the 6-image group can unbalance one fold, no more
+    assert folds.equals(make_folds(manifest, 5, SplitConfig(seed=0)))
+    assert not folds["fold"].equals(make_folds(manifest, 5, SplitConfig(seed=1))["fold"])
+    with pytest.raises(SettingError, match="at least 2"):
+        make_folds(manifest, 1, SplitConfig())
+
+
+def test_mcnemar_exact_against_the_binomial_by_hand() -> None:
+    # 1 against 9 discordant pairs: 2 * (C(10,0) + C(10,1)) / 2**10
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    assert mcnemar_exact(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
+    assert mcnemar_exact(5, 5) == pytest.approx(1.0)
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def _fake_cv(folder: Path, correct: list[bool], folds: list[int]) -> Path:
+    folder.mkdir()
+    n = len(correct)
+    labels = ["A T1", "B T1"] * (n // 2)
+    pl.DataFrame(
+        {
+            "path": [f"x{i}.jpg" for i in range(n)],
+            "label": labels,
+            "fold": folds,
+            "pred_class": [lab if ok else "C T1" for lab, ok in zip(labels, correct, strict=True)],
+            "correct": correct,
+        }
+    ).write_parquet(folder / OOF_FILE)
+    (folder / RESULT_FILE).write_text(json.dumps({"pooled": {"accuracy": float(np.mean(correct))}}))
+    return folder
+
+
+def test_compare_pairs_images_and_counts_the_discordant_ones(tmp_path: Path) -> None:
+    folds = [1, 2] * 5
+    a = _fake_cv(tmp_path / "a", [True] * 2 + [False] * 8, folds)
+    b = _fake_cv(tmp_path / "b", [True] * 10, folds)
+    summary, recall = compare(a, b)
+    assert (summary["only_a"], summary["only_b"], summary["images"]) == (0, 8, 10)
+    assert summary["mcnemar_p"] == pytest.approx(2 / 2**8)
+    assert recall["recall_b"].to_list() == [1.0, 1.0]
+    assert sorted(recall["recall_a"].to_list()) == [0.2, 0.2]
+    other = _fake_cv(tmp_path / "c", [True] * 10, [2, 1] * 5)
+    with pytest.raises(SettingError, match="same images and folds"):
+        compare(a, other)
+
+
+def test_a_cv_teacher_must_have_the_same_folds(tmp_path: Path) -> None:
+    folds = pl.DataFrame({"path": ["a", "b", "c"], "label": ["x"] * 3, "group": [0, 1, 2], "fold": [1, 2, 1]})
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    folds.write_parquet(teacher / "folds.parquet")
+    assert _teacher_fold(teacher, folds, 2) == teacher / "fold-2"
+    plain = tmp_path / "plain-run"
+    assert _teacher_fold(plain, folds, 2) == plain  # not a CV folder: the same teacher for every fold
+    with pytest.raises(SettingError, match="other folds"):
+        _teacher_fold(teacher, folds.with_columns(fold=pl.Series([2, 1, 1])), 1)
+
+
+@pytest.mark.slow
+def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) -> None:
+    from mri44.stages.train.loop import run_training
+
+    data = make_dataset(tmp_path / "data", per_class=9)
+    cfg = tiny_run_config(data, tmp_path / "cv", epochs=2, folds=3)
+    result = run_training(cfg)
+    oof = pl.read_parquet(tmp_path / "cv" / OOF_FILE)
+    folds = pl.read_parquet(tmp_path / "cv" / "folds.parquet")
+    assert oof.height == folds.height == 45 and oof["path"].n_unique() == 45
+    assert oof.join(folds, on="path").filter(pl.col("fold") != pl.col("fold_right")).height == 0
+    for fold in (1, 2, 3):  # each fold's model was scored on exactly its own fold, none it trained on
+        split = pl.read_parquet(tmp_path / "cv" / f"fold-{fold}" / "split.parquet")
+        tested = set(split.filter(split="test")["path"])
+        assert tested == set(folds.filter(fold=fold)["path"]) and split.filter(split="val").height == 0
+    probs = np.stack(oof["probs"].to_list())
+    assert probs.shape == (45, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert result["pooled"]["accuracy"] == pytest.approx(oof["correct"].mean())
+    assert len(result["mean_sd"]["accuracy"]) == 2 and result["temperature"] > 0
+    summary = pl.read_csv(tmp_path / "cv" / "cv_metrics" / "summary.csv")
+    assert summary["n"][0] == 45
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(cfg)
+    stamp = (tmp_path / "cv" / "fold-2" / "best.pt").stat().st_mtime_ns
+    again = run_training(replace(cfg, resume=True))  # every fold done: nothing retrains, the tables again
+    assert (tmp_path / "cv" / "fold-2" / "best.pt").stat().st_mtime_ns == stamp
+    assert again["pooled"] == result["pooled"]
+    with pytest.raises(SettingError, match="image_size"):
+        run_training(replace(cfg, resume=True, image_size=40))
+
+
+def test_holdout_keeps_whole_groups_out_of_an_all_data_fit(tmp_path: Path) -> None:
+    from mri44.stages.train.data import holdout_split
+
+    root = _with_neighbours(make_dataset(tmp_path / "data", per_class=6))
+    manifest = scan_dataset(root, PreprocessSpec(size=16), workers=2).manifest
+    first = sorted(p for p in (root / "Squaroma T2").iterdir() if not p.name.startswith("neighbour"))[0]
+    held = tmp_path / "examples" / "Squaroma T2"
+    held.mkdir(parents=True)
+    (held / f"{first.stem}.jpg").write_bytes(first.read_bytes())  # a re-encoded copy, as examples/ holds
+    split = holdout_split(manifest, tmp_path / "examples", SplitConfig(phash_distance=6, max_group_share=1.0))
+    test = split.filter(split="test")
+    assert f"Squaroma T2/{first.name}" in test["path"].to_list()
+    assert test.filter(pl.col("path").str.contains("neighbour")).height == 5  # its near-duplicates with it
+    assert split.filter(split="train").height == manifest.height - test.height > 0
+    (tmp_path / "examples" / "Circloma T1").mkdir()
+    (tmp_path / "examples" / "Circloma T1" / "not in the data.jpg").write_bytes(first.read_bytes())
+    with pytest.raises(SettingError, match="match no --data image"):
+        holdout_split(manifest, tmp_path / "examples", SplitConfig())

@@ -1,0 +1,266 @@
+"""Grouped K-fold cross-validation: `python -m train --folds K --out OUT ...` (issue 29).
+
+One 15 % test part cannot rank recipes that differ by a few points, and it costs the model a third of its images.
+Here every image is scored once by a model that never saw its near-duplicate group: the groups of the split
+(train/split.group_ids) are dealt into K folds by the split's own rule (train/split.deal_groups), fold k trains
+on the others in OUT/fold-k (an ordinary run folder: no validation part, the last epoch is the model) and its
+logits on fold k are gathered into OUT/oof.parquet. The temperature is fitted on all out-of-fold logits at once,
+the largest honest set there is. Runs resume fold by fold; the folds share one decode and feature cache.
+
+A distilling run takes a CV teacher (`--soft-labels TEACHER_CV` or `--teacher TEACHER_CV`, a folder made here
+with the same folds): fold k learns from the teacher's fold k, which never saw fold k's images either, so the
+soft labels are out-of-fold too.
+
+`compare(a, b)` pairs two CV folders image by image: McNemar's exact test on out-of-fold correctness and the
+per-class recall of both (scripts/cv_compare.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mri44.atomic import atomic_path, write_text_atomic
+from mri44.calibration import fit_temperature, softmax
+from mri44.errors import SettingError
+from mri44.metrics import expected_calibration_error, metric_tables, write_tables
+from mri44.model import load_checkpoint
+
+from .config import TrainConfig
+from .split import SplitConfig, deal_groups, group_ids
+
+log = logging.getLogger(__name__)
+
+FOLDS_FILE = "folds.parquet"  # path, label, group, fold (1..K): the assignment every fold run reads
+OOF_FILE = "oof.parquet"  # path, label, fold, pred_class, confidence, correct, logits, probs (44 each)
+RESULT_FILE = "cv_result.json"
+METRICS_DIR = "cv_metrics"
+LOGITS_FILE = "test_logits.parquet"  # written by every run with a test part (train/loop.write_split_results)
+
+
+def make_folds(manifest: pl.DataFrame, k: int, split: SplitConfig) -> pl.DataFrame:
+    """path, label, group, fold: whole near-duplicate groups dealt into k folds, each class spread evenly."""
+    if k < 2:
+        raise SettingError(f"--folds must be at least 2, got {k}")
+    groups = group_ids(manifest, split.phash_distance, split.max_group_share)
+    frame = manifest.select("path", "label").with_columns(group=pl.Series(groups, dtype=pl.Int64))
+    assignment = deal_groups(frame, np.full(k, 1.0 / k), split.seed)
+    return frame.with_columns(
+        fold=pl.col("group").replace_strict(assignment, return_dtype=pl.Int64) + 1
+    ).sort("path")
+
+
+def fold_dir(out: Path, fold: int) -> Path:
+    return out / f"fold-{fold}"
+
+
+def is_cv_folder(path: Path | None) -> bool:
+    return path is not None and (Path(path) / FOLDS_FILE).is_file()
+
+
+def fold_split(folds: pl.DataFrame, fold: int) -> pl.DataFrame:
+    """The split file of one fold's run: that fold is the test part, the rest train, nothing validates."""
+    return folds.select(
+        "path", "group", split=pl.when(pl.col("fold") == fold).then(pl.lit("test")).otherwise(pl.lit("train"))
+    )
+
+
+def _teacher_fold(source: Path | None, folds: pl.DataFrame, fold: int) -> Path | None:
+    """A CV teacher's run for this fold (its folds must be ours); any other teacher as it is."""
+    if not is_cv_folder(source):
+        return source
+    assert source is not None
+    theirs = pl.read_parquet(source / FOLDS_FILE).select("path", "fold").sort("path")
+    if not theirs.equals(folds.select("path", "fold").sort("path")):
+        raise SettingError(
+            f"{source} was cross-validated on other folds: a fold's teacher would have seen its test images; "
+            "use the same data, --seed and split settings"
+        )
+    return fold_dir(source, fold)
+
+
+def fold_config(cfg: TrainConfig, folds: pl.DataFrame, fold: int) -> TrainConfig:
+    out = fold_dir(cfg.out, fold)
+    return replace(
+        cfg,
+        out=out,
+        folds=0,
+        split_file=cfg.out / f"fold-{fold}-split.parquet",
+        soft_labels=_teacher_fold(cfg.soft_labels, folds, fold),
+        teacher=_teacher_fold(cfg.teacher, folds, fold),
+        resume=(out / "last.pt").is_file(),
+    )
+
+
+def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
+    """OUT/folds.parquet (made once, then reused, so a resumed CV keeps its folds) and one split file per fold;
+    each fold's run folder shares OUT/cache (decoded images, frozen-stage features)."""
+    path = cfg.out / FOLDS_FILE
+    if path.is_file():
+        folds = pl.read_parquet(path)
+        if folds["fold"].max() != cfg.folds or set(folds["path"]) != set(manifest["path"]):
+            raise SettingError(f"{path} holds other folds or other images; use a new --out")
+    else:
+        folds = make_folds(manifest, cfg.folds, cfg.split)
+        with atomic_path(path) as tmp:
+            folds.write_parquet(tmp)
+    log.info("%d folds of %s images", cfg.folds, folds.group_by("fold").len().sort("fold")["len"].to_list())
+    for fold in range(1, cfg.folds + 1):
+        with atomic_path(cfg.out / f"fold-{fold}-split.parquet") as tmp:
+            fold_split(folds, fold).write_parquet(tmp)
+        run = fold_dir(cfg.out, fold)
+        run.mkdir(exist_ok=True)
+        if not (run / "cache").exists():
+            (run / "cache").symlink_to(Path("..") / "cache", target_is_directory=True)
+    return folds
+
+
+def run_cv(cfg: TrainConfig, manifest: pl.DataFrame, train_one: Any) -> dict[str, Any]:
+    """Every unfinished fold (resumed where it stopped), then the out-of-fold tables. train_one(cfg) is
+    train/loop.run_training for one run."""
+    folds = prepare_folds(cfg, manifest)
+    for fold in range(1, cfg.folds + 1):
+        if (fold_dir(cfg.out, fold) / "result.json").is_file():
+            log.info("fold %d/%d: done before", fold, cfg.folds)
+            continue
+        log.info("fold %d/%d", fold, cfg.folds)
+        train_one(fold_config(cfg, folds, fold))
+    return summarise(cfg.out, folds)
+
+
+def out_of_fold(out: Path, folds: pl.DataFrame) -> pl.DataFrame:
+    """Every fold's test logits, joined to the folds: one row per image."""
+    parts = [pl.read_parquet(fold_dir(out, f) / LOGITS_FILE) for f in sorted(folds["fold"].unique())]
+    logits = pl.concat(parts).select("path", "logits")
+    oof = folds.select("path", "label", "fold").join(logits, on="path", how="left")
+    missing = oof.filter(pl.col("logits").is_null())
+    if missing.height:
+        raise SettingError(f"{missing.height} image(s) have no out-of-fold logits, e.g. {missing['path'][0]}")
+    return oof.sort("path")
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def fold_figures(oof: pl.DataFrame) -> pl.DataFrame:
+    """One row per fold and for all images pooled: accuracy, macro-F1, tumour-type and contrast accuracy, and
+    accuracy per contrast."""
+    rows = []
+    for fold, part in [(str(f), oof.filter(fold=f)) for f in sorted(oof["fold"].unique())] + [("all", oof)]:
+        tables = metric_tables(part["label"], part["pred_class"])
+        row: dict[str, Any] = {"fold": fold, **tables["summary"].row(0, named=True)}
+        for contrast, acc in tables["per_contrast"].select("contrast", "accuracy").iter_rows():
+            row[f"accuracy_{contrast}"] = acc
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+FIGURES = (
+    "accuracy",
+    "macro_f1",
+    "tumor_type_accuracy",
+    "contrast_accuracy",
+    "accuracy_T1",
+    "accuracy_T1C+",
+    "accuracy_T2",
+)
+
+
+def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
+    """oof.parquet, cv_metrics/ (the pooled out-of-fold tables plus per-fold figures) and cv_result.json."""
+    oof = out_of_fold(out, folds)
+    logits = np.stack(oof["logits"].to_list()).astype(np.float32)
+    classes = load_checkpoint(fold_dir(out, 1) / "best.pt")["classes"]
+    labels = oof["label"].replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64)
+    temperature = fit_temperature(logits, labels.to_numpy().copy())
+    probs = softmax(logits, temperature)
+    pred = probs.argmax(1)
+    correct = pred == labels.to_numpy()
+    oof = oof.with_columns(
+        pred_class=pl.Series(np.asarray(classes)[pred]),
+        confidence=pl.Series(probs.max(1).astype(np.float32)),
+        correct=pl.Series(correct),
+        probs=pl.Series(probs.astype(np.float32)),
+    )
+    with atomic_path(out / OOF_FILE) as tmp:
+        oof.write_parquet(tmp)
+    tables = metric_tables(oof["label"], oof["pred_class"])
+    per_fold = fold_figures(oof)
+    tables["folds"] = per_fold
+    write_tables(tables, out / METRICS_DIR, classes)
+    fold_rows = per_fold.filter(pl.col("fold") != "all")
+    result: dict[str, Any] = {
+        "folds": folds["fold"].n_unique(),
+        "images": oof.height,
+        "temperature": temperature,
+        "ece_before_temperature": expected_calibration_error(softmax(logits).max(1), correct),
+        "ece": expected_calibration_error(probs.max(1), correct),
+        "pooled": {
+            name: per_fold.filter(fold="all")[name][0] for name in FIGURES if name in per_fold.columns
+        },
+        "mean_sd": {
+            name: _mean_sd(fold_rows[name].drop_nulls().to_list())
+            for name in FIGURES
+            if name in fold_rows.columns
+        },
+        "classes_never_right": tables["per_class"]
+        .filter(pl.col("support") > 0, pl.col("recall") == 0)["class"]
+        .to_list(),
+    }
+    write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))
+    log.info(
+        "out-of-fold (%d images, %d folds): accuracy %.4f +- %.4f, macro-F1 %.4f +- %.4f; temperature %.3f",
+        oof.height,
+        result["folds"],
+        *result["mean_sd"]["accuracy"],
+        *result["mean_sd"]["macro_f1"],
+        temperature,
+    )
+    return result
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p: the discordant pairs against a fair coin."""
+    from scipy.stats import binomtest
+
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+
+
+def compare(a: Path, b: Path) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Two CV folders on the same folds, image by image: ({figures, McNemar}, per-class recall table)."""
+    oof_a, oof_b = (pl.read_parquet(Path(p) / OOF_FILE) for p in (a, b))
+    cols = ["path", "label", "fold", "pred_class", "correct"]
+    pairs = oof_a.select(cols).join(oof_b.select(cols), on="path", how="inner", suffix="_b")
+    if (
+        pairs.height != oof_a.height
+        or pairs.height != oof_b.height
+        or not pairs["fold"].equals(pairs["fold_b"])
+    ):
+        raise SettingError(f"{a} and {b} were not cross-validated on the same images and folds")
+    only_a = int((pairs["correct"] & ~pairs["correct_b"]).sum())
+    only_b = int((~pairs["correct"] & pairs["correct_b"]).sum())
+    figures = {
+        str(name): {k: v for k, v in json.loads((Path(name) / RESULT_FILE).read_text())["pooled"].items()}
+        for name in (a, b)
+    }
+    summary = {
+        "images": pairs.height,
+        "only_a": only_a,
+        "only_b": only_b,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+    }
+    recall = (
+        pairs.group_by(pl.col("label").alias("class"))
+        .agg(n=pl.len(), recall_a=pl.col("correct").mean(), recall_b=pl.col("correct_b").mean())
+        .with_columns(diff=pl.col("recall_b") - pl.col("recall_a"))
+        .sort("diff", "class")
+    )
+    return {"figures": figures, **summary}, recall
