@@ -8,7 +8,8 @@ stages (mri44.stages.train, .export, .score) can never drift apart.
 
 from typing import Any
 
-__version__ = "0.1.0"
+from mri44.version import __version__
+
 __all__ = ["Model", "__version__", "load_model", "score", "train"]
 
 

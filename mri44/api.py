@@ -27,7 +27,7 @@ from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 if TYPE_CHECKING:
     from mri44.onnx_meta import ModelMetadata
     from mri44.stages.score.backends import Backend
-    from mri44.stages.score.run import ScoreResult
+    from mri44.stages.score.options import ScoreResult
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def score(
     """mri-score as a function: predictions (result.predictions) and metric tables (result.tables) of every
     image under folder (or of one image file). With out, also written there as the CLI writes them; options are
     mri-score's, with underscores (model="int8", batch_size=64, overwrite=True, engine="ray", ...)."""
-    from mri44.stages.score.run import ScoreOptions
+    from mri44.stages.score.options import ScoreOptions
     from mri44.stages.score.run import score as run_score
 
     try:

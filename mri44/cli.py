@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from mri44 import __version__
 from mri44.stages.export.cli import app as export_app
 from mri44.stages.score.cli import app as score_app
 from mri44.stages.score.report_cli import app as report_app
 from mri44.stages.train.cli import app as train_app
 from mri44.stages.train.pretrained import app as weights_app
+from mri44.version import __version__
 
 app = typer.Typer(
     add_completion=False,

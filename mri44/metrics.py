@@ -231,3 +231,26 @@ def write_tables(
         confusion_heatmap_png(tables["confusion"], classes or [], png)
         written.append(png)
     return written
+
+
+def tables_with_counts(
+    labelled: pl.DataFrame, files: int, errors: int, skipped: int
+) -> dict[str, pl.DataFrame] | None:
+    """Metric tables of the labelled, scored rows (true_class, pred_class, ood); None without any. The summary
+    also counts what was not scored, the rows flagged out of distribution, and gives accuracy and macro-F1
+    without them (null when the check did not run)."""
+    if not labelled.height:
+        return None
+    tables = metric_tables(labelled["true_class"], labelled["pred_class"])
+    checked = labelled.drop_nulls("ood") if "ood" in labelled.columns else labelled.clear()
+    kept = checked.filter(~pl.col("ood"))
+    without = metric_tables(kept["true_class"], kept["pred_class"])["summary"] if kept.height else None
+    tables["summary"] = tables["summary"].with_columns(
+        files=pl.lit(files),
+        errors=pl.lit(errors),
+        skipped=pl.lit(skipped),
+        ood_flagged=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
+        accuracy_without_ood=pl.lit(without["accuracy"][0] if without is not None else None, pl.Float64),
+        macro_f1_without_ood=pl.lit(without["macro_f1"][0] if without is not None else None, pl.Float64),
+    )
+    return tables

@@ -17,8 +17,8 @@ import typer
 from mri44.console import fail, user_errors
 from mri44.models import shipped_names
 
+from .options import ScoreOptions, ScoreResult
 from .report_cli import ExplainOpt
-from .run import ScoreOptions, ScoreResult
 from .run import score as run_score
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import polars as pl
 if TYPE_CHECKING:
     from mri44.onnx_meta import ModelMetadata
 
-    from .run import ScoreOptions
+    from .options import ScoreOptions
 
 PROVENANCE_KEY = "mri44.provenance"
 # An --engine ray parts folder's record: this provenance plus the identity a --resume must match (ray_engine).
@@ -50,7 +50,7 @@ def provenance(
 ) -> dict[str, Any]:
     import onnxruntime
 
-    from mri44 import __version__
+    from mri44.version import __version__
 
     return {
         "model": model_identity(model, meta),

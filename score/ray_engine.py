@@ -46,11 +46,13 @@ from mri44.imageio import (
 from mri44.predictions import printable_path, series_from_rows
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
+from .options import ScoreResult
+
 # RUN_FILE records what the run was: a --resume that differs is refused, so one table never mixes runs.
 from .provenance import RUN_FILE
 
 if TYPE_CHECKING:
-    from .run import ScoreOptions, ScoreResult
+    from .options import ScoreOptions
 
 log = logging.getLogger(__name__)
 # Our parts' own name: "part-*.parquet" is pyarrow's and Spark's default, and a folder may hold theirs too;
@@ -425,12 +427,11 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
     metric tables in out/metrics from a lazy scan of them. The folder is held by one run at a time; --overwrite
     removes only our own files (parts, run record, the marked metrics folder); --resume checks that it continues
     the same run, then scores the files without an ok row."""
-    from mri44.metrics import write_tables
+    from mri44.metrics import tables_with_counts, write_tables
     from mri44.onnx_meta import read_metadata
 
     from .outputs import OutputError, remove_output_folder
     from .provenance import provenance
-    from .run import ScoreResult, tables_with_counts
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"--engine ray writes a folder of parts: {out} is a file")

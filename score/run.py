@@ -7,80 +7,16 @@ and the same summary columns (files, errors, skipped beside the metrics).
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
-
 from mri44.errors import SettingError, import_extra
-from mri44.metrics import metric_tables
+from mri44.metrics import tables_with_counts
 
+from .options import ENGINES, ScoreOptions, ScoreResult
 from .outputs import check_outputs, check_report_path, refuse_clashes, write_outputs
 from .provenance import provenance, sidecar
 
 log = logging.getLogger(__name__)
-
-ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Every setting of a scoring run; the CLI's options one for one (see `mri-score --help`)."""
-
-    model: str | Path | None = (
-        None  # None or 'default': the shipped default; 'int8'; an ONNX file or checkpoint
-    )
-    device: str = "auto"
-    batch_size: int = 32
-    workers: int = max(1, min(8, os.cpu_count() or 1))
-    top_k: int = 3
-    metrics_dir: Path | None = None
-    overwrite: bool = False
-    max_pixels: int = 50_000_000
-    precision: str = "auto"  # checkpoints only
-    compile: bool = False  # checkpoints only
-    decode: str = "cpu"
-    engine: str = "local"
-    address: str | None = None  # ray only
-    actors: int = 1  # ray only
-    gpus_per_actor: float = 0.0  # ray only
-    resume: bool = False  # ray only
-    report: Path | None = None
-    explain: int = 0
-    progress: bool = False
-    ood: str = (
-        "on"  # on: every row gets ood_score and ood (when the model carries a reference set); off: skipped
-    )
-    ood_threshold: float | None = None  # overrides the model's own threshold
-
-    def local_only_given(self) -> list[str]:
-        """The options that only the local engine honours and that differ from their defaults."""
-        default = ScoreOptions()
-        given = {
-            "--decode": self.decode != default.decode,
-            "--precision": self.precision != default.precision,
-            "--compile": self.compile,
-            "--report": self.report is not None,
-            "--explain": bool(self.explain),
-            "--metrics-dir": self.metrics_dir is not None,
-        }
-        return [name for name, on in given.items() if on]
-
-
-@dataclass
-class ScoreResult:
-    """What a run produced. The Ray engine's predictions stay in its part files (`out`), not in memory."""
-
-    predictions: pl.DataFrame | None
-    tables: dict[str, pl.DataFrame] | None
-    scored: int
-    failed: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    model: Path | None = None
-    out: Path | None = None
-    metrics_dir: Path | None = None
 
 
 def resolve_model(model: str | Path | None) -> Path:
@@ -98,29 +34,6 @@ def resolve_model(model: str | Path | None) -> Path:
     if not path.exists():
         raise SettingError(f"model {path} does not exist")
     return path
-
-
-def tables_with_counts(
-    labelled: pl.DataFrame, files: int, errors: int, skipped: int
-) -> dict[str, pl.DataFrame] | None:
-    """Metric tables of the labelled, scored rows (true_class, pred_class, ood); None without any. The summary
-    also counts what was not scored, the rows flagged out of distribution, and gives accuracy and macro-F1
-    without them (null when the check did not run)."""
-    if not labelled.height:
-        return None
-    tables = metric_tables(labelled["true_class"], labelled["pred_class"])
-    checked = labelled.drop_nulls("ood") if "ood" in labelled.columns else labelled.clear()
-    kept = checked.filter(~pl.col("ood"))
-    without = metric_tables(kept["true_class"], kept["pred_class"])["summary"] if kept.height else None
-    tables["summary"] = tables["summary"].with_columns(
-        files=pl.lit(files),
-        errors=pl.lit(errors),
-        skipped=pl.lit(skipped),
-        ood_flagged=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
-        accuracy_without_ood=pl.lit(without["accuracy"][0] if without is not None else None, pl.Float64),
-        macro_f1_without_ood=pl.lit(without["macro_f1"][0] if without is not None else None, pl.Float64),
-    )
-    return tables
 
 
 def check_report(options: ScoreOptions, model: Path) -> None:

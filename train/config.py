@@ -158,7 +158,7 @@ def config_from_settings(base: TrainConfig | None = None, **settings: Any) -> Tr
 
 def provenance() -> dict[str, str]:
     """Versions of what shapes a run's numerics, and the git commit of the code when it runs from a checkout."""
-    from mri44 import __version__
+    from mri44.version import __version__
 
     versions = {"mri44": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for name in ("torchvision", "numpy", "polars", "onnx", "onnxruntime"):

