@@ -29,10 +29,12 @@ sys.path.insert(0, str(REPO))
 from bench_util import bench_parser, median_rate, subset_folder  # noqa: E402
 
 from mri44.discover import find_images  # noqa: E402
+from mri44.limits import Limits  # noqa: E402
 from mri44.preprocess import normalize  # noqa: E402
+from mri44.readers import list_items  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from mri44.stages.score.backends import Backend, onnx_backend  # noqa: E402
-from mri44.stages.score.pipeline import decoded_batches, score_paths  # noqa: E402
+from mri44.stages.score.pipeline import decoded_batches, score_items  # noqa: E402
 
 
 def run_child(args: list[str]) -> tuple[float, float]:
@@ -212,8 +214,8 @@ def end_to_end_rows(
         def end_to_end(backend: Backend) -> float:
             """In-process scoring of the folder, as mri-score does it, without process start-up."""
             files = find_images(folder)
-            score = lambda: score_paths(  # noqa: E731
-                backend, folder, files, batch_size=bs, workers=os.cpu_count() or 1, progress=False
+            score = lambda: score_items(  # noqa: E731
+                backend, folder, list_items(files), batch_size=bs, workers=os.cpu_count() or 1, progress=False
             )
             return median_rate(score, n, args.repeats)
 
@@ -311,7 +313,7 @@ def main() -> None:
     rates: dict[str, float] = {}
 
     def decode_only() -> None:
-        for _ in decoded_batches(paths, spec, bs, os.cpu_count() or 1, 2 * bs):
+        for _ in decoded_batches(list_items(paths), spec, bs, os.cpu_count() or 1, 2 * bs, Limits()):
             pass
 
     rates["decode"] = median_rate(decode_only, len(paths), args.repeats)

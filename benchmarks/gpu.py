@@ -22,9 +22,10 @@ from mri44.discover import find_images
 from mri44.imageio import decode_bytes
 from mri44.model import build_model
 from mri44.preprocess import PreprocessSpec, to_model_pixels
+from mri44.readers import list_items
 from mri44.stages.score.backends import checkpoint_backend, onnx_backend
 from mri44.stages.score.device_decode import decode_on_device
-from mri44.stages.score.pipeline import score_paths
+from mri44.stages.score.pipeline import score_items
 from mri44.torch_input import to_model_pixels as tensor_pixels
 
 
@@ -116,10 +117,10 @@ def end_to_end_rows(root: Path, setup: Setup) -> list[tuple[str, float]]:
             for b in setup.batches:
 
                 def run(b: int = b, decode: str = decode) -> object:
-                    return score_paths(
+                    return score_items(
                         backend,
                         root,
-                        files,
+                        list_items(files),
                         batch_size=b,
                         workers=setup.workers,
                         progress=False,

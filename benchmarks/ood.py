@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from mri44.imageio import ImageDecodeError, read_image  # noqa: E402
+from mri44.imageio import ImageDecodeError  # noqa: E402
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, read_metadata  # noqa: E402
 from mri44.ood import knn_distance, normalised, pooled  # noqa: E402
 from mri44.preprocess import normalize, to_model_pixels  # noqa: E402
+from mri44.readers import read_image  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
 
 

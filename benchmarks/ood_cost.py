@@ -17,9 +17,10 @@ sys.path.insert(0, str(REPO))
 from bench_util import bench_parser  # noqa: E402
 
 from mri44.discover import find_images  # noqa: E402
+from mri44.readers import list_items  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from mri44.stages.score.backends import onnx_backend  # noqa: E402
-from mri44.stages.score.pipeline import score_paths  # noqa: E402
+from mri44.stages.score.pipeline import score_items  # noqa: E402
 
 
 def main() -> None:
@@ -36,12 +37,12 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     for name in args.models:
         backend = onnx_backend(REPO / "models" / name, "cpu")
-        score_paths(backend, args.data, paths[:32], progress=False)  # warm-up
+        score_items(backend, args.data, list_items(paths[:32]), progress=False)  # warm-up
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.repeats):
             for ood in (False, True):
                 t0 = time.perf_counter()
-                score_paths(backend, args.data, paths, progress=False, ood=ood)
+                score_items(backend, args.data, list_items(paths), progress=False, ood=ood)
                 rates[ood].append(len(paths) / (time.perf_counter() - t0))
         off, on = statistics.median(rates[False]), statistics.median(rates[True])
         print(f"| {name} | {off:.1f} | {on:.1f} | {on / off:.3f} |")

@@ -20,9 +20,10 @@ sys.path.insert(0, str(REPO))
 from bench_util import bench_parser, subset_folder  # noqa: E402
 
 from mri44.discover import find_images  # noqa: E402
+from mri44.readers import list_items  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from mri44.stages.score.backends import onnx_backend  # noqa: E402
-from mri44.stages.score.pipeline import score_paths  # noqa: E402
+from mri44.stages.score.pipeline import score_items  # noqa: E402
 
 
 def main() -> None:
@@ -43,10 +44,10 @@ def main() -> None:
         local = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            score_paths(
+            score_items(
                 backend,
                 folder,
-                listed,
+                list_items(listed),
                 batch_size=args.batch_size,
                 workers=os.cpu_count() or 1,
                 progress=False,

@@ -21,11 +21,13 @@ import numpy as np
 import polars as pl
 
 from mri44.errors import SettingError
-from mri44.imageio import MAX_PIXELS, to_uint8
+from mri44.imageio import to_uint8
+from mri44.limits import MAX_PIXELS, Limits
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
 if TYPE_CHECKING:
     from mri44.onnx_meta import ModelMetadata
+    from mri44.readers import Item
     from mri44.stages.score.backends import Backend
     from mri44.stages.score.options import ScoreResult
 
@@ -65,24 +67,25 @@ class Model:
         range), or a list of images. Paths keep their folder labels (true_class) as mri-score finds them; a file
         that cannot be read is an error row, as in the CLI. ood / ood_threshold: as mri-score's --ood and
         --ood-threshold."""
-        from mri44.stages.score.pipeline import score_paths
+        from mri44.stages.score.pipeline import score_items
 
         if isinstance(images, np.ndarray) or (
             isinstance(images, list) and images and all(isinstance(i, np.ndarray) for i in images)
         ):
             arrays = [images] if isinstance(images, np.ndarray) else list(images)
             return self._predict_arrays(arrays, top_k, batch_size, ood, ood_threshold)
-        root, paths, shown = _paths_of(images, max_pixels)
-        run = score_paths(
+        limits = Limits(max_pixels=max_pixels)
+        root, items, shown = _items_of(images, limits)
+        run = score_items(
             self.backend,
             root,
-            paths,
+            items,
             batch_size,
             workers,
             top_k,
             None,
             False,
-            max_pixels,
+            limits,
             "cpu",
             ood,
             ood_threshold,
@@ -121,30 +124,30 @@ def _as_image(array: np.ndarray, i: int) -> np.ndarray:
     return to_uint8(np.ascontiguousarray(array))
 
 
-def _paths_of(images: Any, max_pixels: int) -> tuple[Path, list[Path], list[str] | None]:
-    """(root, files, the path column to show or None for paths relative to root)."""
+def _items_of(images: Any, limits: Limits) -> tuple[Path, list[Item], list[str] | None]:
+    """(root, the images to score, the path column to show or None for paths relative to root)."""
     from mri44.discover import find_images
-    from mri44.imageio import expand_inputs
+    from mri44.readers import list_items
 
     if isinstance(images, str | os.PathLike) and Path(images).is_dir():
         root = Path(images)
-        return root, expand_inputs(find_images(root), max_pixels), None
+        return root, list_items(find_images(root), limits), None
     given = [images] if isinstance(images, str | os.PathLike) else list(images)
     if not given or not all(isinstance(p, str | os.PathLike) for p in given):
         raise SettingError(
             "predict() takes a folder, a path, a list of paths, an image array or a list of arrays"
         )
     # Relative to the file system's root, so the nearest class-named folder still labels each file. A
-    # multi-frame DICOM file or a NIfTI volume is a row per frame or slice, shown as the path given + "#frame=K".
+    # multi-frame DICOM file or a NIfTI volume is a row per frame or slice (its `frame` or `slice` column).
     anchor = Path(Path(given[0]).absolute().anchor)
-    files: list[Path] = []
+    items: list[Item] = []
     shown: list[str] = []
     for name in given:
         absolute = Path(name).absolute()
-        rows = expand_inputs([anchor / absolute.relative_to(absolute.anchor)], max_pixels)
-        files += rows
-        shown += [str(name) + row.name[len(absolute.name) :] for row in rows]
-    return anchor, files, shown
+        found = list_items([anchor / absolute.relative_to(absolute.anchor)], limits)
+        items += found
+        shown += [str(name)] * len(found)
+    return anchor, items, shown
 
 
 def load_model(

@@ -2,25 +2,24 @@
 an extension that carry the DICOM preamble ("DICM" at byte 128).
 
 Pixels become what a radiologist's viewer shows (viewer_pixels: pydicom's modality LUT, then its VOI LUT or
-window with the file's VOILUTFunction, else the image's min-max range, mapped to 0..255; MONOCHROME1 inverted). A multi-frame file is scored per frame: the scorer lists it as
-`file.dcm#frame=K` (K from 1), one row per frame.
+window with the file's VOILUTFunction, else the image's min-max range, mapped to 0..255; MONOCHROME1 inverted). A
+multi-frame file is scored per frame: mri44.readers lists frame K (from 1) as its own item, one row each, with the
+frame number in the predictions' `frame` column.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mri44.errors import import_extra
-from mri44.files import split_member
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-FRAME = re.compile(r"^(?P<file>.+)#frame=(?P<index>[1-9][0-9]*)$")
 
 
 class DicomError(Exception):
@@ -47,10 +46,6 @@ def is_dicom_path(path: str | os.PathLike[str]) -> bool:
 
 def is_dicom_bytes(data: np.ndarray) -> bool:
     return data.size >= 132 and data[128:132].tobytes() == b"DICM"
-
-
-def split_frame(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
-    return split_member(path, FRAME)
 
 
 def _pydicom():
@@ -86,20 +81,27 @@ def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
     return ds
 
 
-def dicom_tags(source: Path | bytes) -> dict[str, str | int | None] | None:
+def tags_of(ds: Any) -> dict[str, str | int | None]:
     """Where a slice sits in a study, for a series-level answer (the predictions' tag columns,
-    mri44.predictions.TAG_SCHEMA), from the header alone; None when it cannot be read. Never the patient's name,
-    ID or birth date: those stay in the files and never reach a predictions table."""
+    mri44.predictions.TAG_SCHEMA), from a header. Never the patient's name, ID or birth date: those stay in the
+    files and never reach a predictions table."""
+    number = ds.get("InstanceNumber")
     try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else source
-        ds = _pydicom().dcmread(stream, stop_before_pixels=True, force=True)
-        number = ds.get("InstanceNumber")
-        return {
-            "study_uid": str(ds.get("StudyInstanceUID") or "") or None,
-            "series_uid": str(ds.get("SeriesInstanceUID") or "") or None,
-            "instance_number": int(number) if number not in (None, "") else None,
-            "series_description": str(ds.get("SeriesDescription") or "") or None,
-        }
+        instance = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        instance = None
+    return {
+        "study_uid": str(ds.get("StudyInstanceUID") or "") or None,
+        "series_uid": str(ds.get("SeriesInstanceUID") or "") or None,
+        "instance_number": instance,
+        "series_description": str(ds.get("SeriesDescription") or "") or None,
+    }
+
+
+def dicom_tags(source: bytes) -> dict[str, str | int | None] | None:
+    """tags_of a DICOM file's bytes (a file read from a URL); None when its header cannot be read."""
+    try:
+        return tags_of(_pydicom().dcmread(io.BytesIO(source), stop_before_pixels=True, force=True))
     except Exception:  # a header pydicom cannot read: the row keeps null tags (its pixels say why, if at all)
         return None
 
@@ -113,17 +115,6 @@ def frame_count(path: Path, max_pixels: int) -> int:
         )
     except (DicomError, OSError, ValueError, TypeError):
         return 1
-
-
-def expand_frames(paths: list[Path], max_pixels: int) -> list[Path]:
-    """One entry per frame for multi-frame DICOM files (`x.dcm#frame=K`), every other path as it is."""
-    out: list[Path] = []
-    for path in paths:
-        # Only a regular file is opened to count frames (a FIFO named x.dcm would block); others keep one row,
-        # which becomes their error row when read.
-        n = frame_count(path, max_pixels) if is_dicom_path(path) and path.is_file() else 1
-        out.extend([path] if n == 1 else [Path(f"{path}#frame={k}") for k in range(1, n + 1)])
-    return out
 
 
 def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -186,19 +177,28 @@ def _syntax_of(ds):
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels: int) -> np.ndarray:
-    """uint8 HxW (or HxWx3 RGB) of one frame, as a viewer shows it; raises DicomError with the reason.
+def decode_dicom(data: bytes | np.ndarray, frame: int | None, max_pixels: int) -> np.ndarray:
+    """uint8 HxW (or HxWx3 RGB) of one frame of a DICOM file's bytes, as a viewer shows it (a file read from a URL);
+    raises DicomError with the reason."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    return _decode(io.BytesIO(raw), len(raw), frame, max_pixels)[0]
 
-    Only that frame is decoded (pydicom's pixel_array with an index seeks to its bytes or fragments), so a file
-    of N frames scored row by row costs N frames, not N whole files."""
+
+def read_frame(
+    path: Path, frame: int | None, max_pixels: int
+) -> tuple[np.ndarray, dict[str, str | int | None]]:
+    """One frame of a DICOM file as a viewer shows it, and the file's series tags from the same header read."""
+    pixels, ds = _decode(path, path.stat().st_size, frame, max_pixels)
+    return pixels, tags_of(ds)
+
+
+def _decode(
+    source: Path | io.BytesIO, size: int, frame: int | None, max_pixels: int
+) -> tuple[np.ndarray, Any]:
+    """(uint8 pixels of one frame, the header dataset). Only that frame is decoded (pydicom's pixel_array with an
+    index seeks to its bytes or fragments), so a file of N frames scored row by row costs N frames, not N files."""
     from pydicom.pixels import pixel_array
 
-    if isinstance(data, Path):
-        source: Path | io.BytesIO = data
-        size = data.stat().st_size
-    else:
-        raw = data.tobytes() if isinstance(data, np.ndarray) else data
-        source, size = io.BytesIO(raw), len(raw)
     ds = read_header(source, size, max_pixels)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
@@ -231,7 +231,7 @@ def decode_dicom(data: bytes | np.ndarray | Path, frame: int | None, max_pixels:
         raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {reason})") from exc
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
         if pixels.dtype == np.uint8:
-            return pixels
+            return pixels, ds
         values = pixels.astype(np.float64)
-        return _to_uint8(values, float(values.min()), float(values.max()))
-    return viewer_pixels(pixels, ds)
+        return _to_uint8(values, float(values.min()), float(values.max())), ds
+    return viewer_pixels(pixels, ds), ds

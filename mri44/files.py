@@ -1,12 +1,11 @@
-"""File identity without heavy imports: the scorer names models, checkpoints and the members of multi-image files
-by these, and must not import torch to do it (an ONNX scoring run never needs PyTorch, and importing it costs
+"""File identity without heavy imports: the scorer names models and checkpoints by these, and must not import torch
+to do it (an ONNX scoring run never needs PyTorch, and importing it costs
 seconds per run)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 
@@ -22,13 +21,3 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def split_member(path: str | os.PathLike[str], pattern: re.Pattern[str]) -> tuple[Path, int | None]:
-    """`x.dcm#frame=3` -> (x.dcm, 3) (or `#slice=`, as pattern says) when x.dcm exists and the literal name does
-    not; else (path, None)."""
-    p = Path(path)
-    match = pattern.match(str(p))
-    if match and not p.exists() and Path(match["file"]).exists():
-        return Path(match["file"]), int(match["index"])
-    return p, None

@@ -11,20 +11,19 @@ import io
 import os
 import re
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from mri44.dicom import DICOM_EXTENSIONS, DicomError, decode_dicom, expand_frames, is_dicom_bytes, split_frame
+from mri44.dicom import DICOM_EXTENSIONS, DicomError, decode_dicom, is_dicom_bytes
 from mri44.errors import MRI44Error
-from mri44.nifti import VOLUME_FACTOR, NiftiError, expand_slices, is_nifti_path, read_slice, split_slice
+from mri44.limits import MAX_PIXELS, byte_limit
+from mri44.nifti import is_nifti_path
 
 # Decoding allocates width x height x channels bytes whatever the file size: a 2.6 MB PNG can claim 30000 x 30000
-# (2.7 GB of pixels). Dimensions are read from the header first and such files refused; MRI slices are far smaller.
-MAX_PIXELS = 50_000_000
+# (2.7 GB of pixels). Dimensions are read from the header first and such files refused (mri44.limits).
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
@@ -35,7 +34,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 class ImageDecodeError(MRI44Error):
     """A file that cannot be turned into an image; the message names the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: object, reason: str) -> None:  # a path, or a mri44.readers.Item
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
@@ -52,12 +51,6 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     """By name: a known image extension, a DICOM one (extension-less DICOM: mri44.dicom.has_preamble), or a NIfTI
     volume (.nii, .nii.gz)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS or is_nifti_path(path)
-
-
-def expand_inputs(paths: list[Path], max_pixels: int = MAX_PIXELS) -> list[Path]:
-    """The rows to score for a list of files: one per frame of a multi-frame DICOM file (`x.dcm#frame=K`), one per
-    axial slice of a NIfTI volume (`x.nii.gz#slice=K`), one for every other file."""
-    return expand_slices(expand_frames(paths, max_pixels), max_pixels)
 
 
 def _jpeg_is_truncated(raw: bytes) -> bool:
@@ -196,33 +189,9 @@ def decode_bytes(
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read and decode one file; see decode_bytes for the returned layout. `x.dcm#frame=K` reads frame K of a
-    multi-frame DICOM file, `x.nii.gz#slice=K` axial slice K of a NIfTI volume (expand_inputs lists them so)."""
-    file, frame = split_frame(path)
-    volume, index = split_slice(path)
-    if frame is None and is_nifti_path(volume):
-        check_file(volume, VOLUME_FACTOR * max_pixels)  # a regular file, no larger than a volume can be
-        return _decoded(path, lambda: read_slice(volume, index, max_pixels))
-    if frame is not None or file.suffix.lower() in DICOM_EXTENSIONS:
-        check_file(file, max_pixels)  # before pydicom opens it (read_file checks every other file)
-        return _decoded(path, lambda: decode_dicom(file, frame, max_pixels))
-    return decode_bytes(read_file(path, max_pixels), path, max_pixels)  # an empty file: check_encoded refuses
-
-
-def _decoded(path: str | os.PathLike[str], read: Callable[[], np.ndarray]) -> np.ndarray:
-    """A volume reader's own errors and OS errors as one ImageDecodeError naming the row's path."""
-    try:
-        return read()
-    except (DicomError, NiftiError) as exc:
-        raise ImageDecodeError(path, str(exc)) from exc
-    except OSError as exc:
-        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
-
-
-def byte_limit(max_pixels: int) -> int:
-    """The most bytes a file holding an image within max_pixels can take: 8 per pixel, plus headers."""
-    return 8 * max_pixels + (1 << 20)
+def read_raster(path: Path, member: int | None, max_pixels: int) -> tuple[np.ndarray, None]:
+    """The raster reader of mri44.readers: a picture file's pixels (decode_bytes) and no series tags."""
+    return decode_bytes(read_file(path, max_pixels), path, max_pixels), None
 
 
 def check_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> int:

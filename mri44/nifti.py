@@ -2,8 +2,8 @@
 format of brain MRI, scored slice by slice like images.
 
 A volume is reoriented to the closest canonical orientation (RAS+, nibabel's as_closest_canonical), so its third
-axis runs foot to head and each index along it is an axial slice; the scorer lists slice K as `file.nii.gz#slice=K`
-(K from 1, foot first), one row each. Slices are shown as a radiologist's viewer does (anterior up, the patient's
+axis runs foot to head and each index along it is an axial slice; mri44.readers lists slice K (from 1, foot first)
+as its own item, one row each, with the slice number in the predictions' `slice` column. Slices are shown as a radiologist's viewer does (anterior up, the patient's
 right on the image's left) with one intensity window for the whole volume, its 0.5th to 99.5th percentile, so
 that slices of one volume stay comparable (NIfTI has no window of its own).
 
@@ -18,17 +18,13 @@ the whole volume within VOLUME_FACTOR times that), and the last volume read is k
 from __future__ import annotations
 
 import os
-import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from mri44.errors import import_extra
-from mri44.files import split_member
-
-SLICE = re.compile(r"^(?P<file>.+)#slice=(?P<index>[1-9][0-9]*)$")
-VOLUME_FACTOR = 4  # a volume may hold up to 4 x --max-pixels voxels (200 M by default; brain MRI: ~15 M)
+from mri44.limits import VOLUME_FACTOR
 
 
 class NiftiError(Exception):
@@ -37,11 +33,6 @@ class NiftiError(Exception):
 
 def is_nifti_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).name.lower().endswith((".nii", ".nii.gz"))
-
-
-def split_slice(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
-    """`x.nii.gz#slice=3` -> (x.nii.gz, 3) when x.nii.gz exists and the literal name does not; else (path, None)."""
-    return split_member(path, SLICE)
 
 
 def _nibabel():
@@ -90,15 +81,6 @@ def slice_count(path: Path, max_pixels: int) -> int:
         return 1
 
 
-def expand_slices(paths: list[Path], max_pixels: int) -> list[Path]:
-    """One entry per axial slice for NIfTI volumes (`x.nii.gz#slice=K`), every other path as it is."""
-    out: list[Path] = []
-    for path in paths:
-        n = slice_count(path, max_pixels) if is_nifti_path(path) and path.is_file() else 1
-        out.extend([path] if n == 1 else [Path(f"{path}#slice={k}") for k in range(1, n + 1)])
-    return out
-
-
 _cache = threading.local()  # per decoding thread: (path, mtime, volume as uint8 in display order)
 
 
@@ -143,3 +125,14 @@ def read_slice(path: Path, index: int | None, max_pixels: int) -> np.ndarray:
     if index > volume.shape[0]:
         raise NiftiError(f"slice {index} asked, the volume has {volume.shape[0]}")
     return volume[index - 1]
+
+
+def read_nifti_slice(
+    path: Path, index: int | None, max_pixels: int
+) -> tuple[np.ndarray, dict[str, str | int | None]]:
+    """read_slice and its series tags: the volume is the series (mri44.predictions fills its path as the series
+    key), the slice number its instance number."""
+    return read_slice(path, index, max_pixels), {
+        "instance_number": index or 1,
+        "series_description": "NIfTI volume",
+    }

@@ -1,8 +1,8 @@
 """The prediction rows every part of mri44 writes and reads: the scorer (local and Ray), the Python API, and
 training's val/test predictions, so `mri-report` reads any of them.
 
-One row per file: path, status, error, pred_class, pred_tumor_type, pred_contrast, confidence, the tumour-type and
-contrast marginals, top-k classes and probabilities, and true_class from the nearest class-named folder.
+One row per image (a file, or one frame or slice of it): the columns of PREDICTION_SCHEMA, said once here and read
+by the writer, the report, the API and the docs' test.
 """
 
 from __future__ import annotations
@@ -19,6 +19,59 @@ def printable_path(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+TAG_SCHEMA = {
+    "study_uid": pl.String,
+    "series_uid": pl.String,
+    "instance_number": pl.Int64,
+    "series_description": pl.String,
+}
+
+# The predictions' columns in order. Two entries stand for columns whose number or width comes from the run:
+# TOP_K (top{j}_class: String and top{j}_prob: Float64 for j = 1..--top-k) and `probs` (every class's
+# probability, float32, in the model's class order: as wide as the model has classes).
+TOP_K = "top{j}_class, top{j}_prob"
+PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
+    "path": pl.String(),  # the file, relative to the scored folder
+    "frame": pl.Int64(),  # the frame of a multi-frame DICOM file, from 1; null otherwise
+    "slice": pl.Int64(),  # the axial slice of a NIfTI volume, from 1 (foot first); null otherwise
+    "status": pl.String(),  # ok or error
+    "error": pl.String(),  # why the image could not be scored
+    "pred_class": pl.String(),
+    "pred_tumor_type": pl.String(),
+    "pred_contrast": pl.String(),
+    "confidence": pl.Float64(),  # the predicted class's probability (temperature-scaled)
+    "pred_tumor_type_prob": pl.Float64(),  # marginals over the classes
+    "pred_contrast_prob": pl.Float64(),
+    TOP_K: "per --top-k",
+    "ood_score": pl.Float64(),  # 1 - cosine similarity to the nearest training image's features (mri44.ood)
+    "ood": pl.Boolean(),  # ood_score above the model's threshold
+    "true_class": pl.String(),  # the nearest enclosing folder named like a class
+    **{name: dtype() for name, dtype in TAG_SCHEMA.items()},
+    "probs": "per class",
+}
+
+
+def prediction_schema(top_k: int, classes: int) -> pl.Schema:
+    """The exact schema of a predictions table with top_k pairs from a model of `classes` classes."""
+    columns: dict[str, pl.DataType] = {}
+    for name, dtype in PREDICTION_SCHEMA.items():
+        if name == TOP_K:
+            for j in range(1, top_k + 1):
+                columns |= {f"top{j}_class": pl.String(), f"top{j}_prob": pl.Float64()}
+        elif name == "probs":
+            columns[name] = pl.Array(pl.Float32, classes)
+        else:
+            assert isinstance(dtype, pl.DataType)
+            columns[name] = dtype
+    return pl.Schema(columns)
+
+
+def for_csv(predictions: pl.DataFrame) -> pl.DataFrame:
+    """A predictions table as a CSV file holds it: every column but `probs` (a list per row, which CSV cannot
+    hold; the Parquet output keeps it)."""
+    return predictions.drop("probs", strict=False)
+
+
 def prediction_frame(
     rel_paths: list[str],
     probs: np.ndarray,
@@ -29,10 +82,12 @@ def prediction_frame(
     ood_scores: np.ndarray | None = None,
     ood_threshold: float | None = None,
     tags: list[dict | None] | None = None,
+    members: dict[str, list[int | None]] | None = None,
 ) -> pl.DataFrame:
-    """One row per file: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
-    flag (mri44.ood; null when the model has no reference set or the check is off), and the folder's label if
-    known."""
+    """One row per image: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
+    flag (mri44.ood; null when the model has no reference set or the check is off), the folder's label if known,
+    the series tags and every class's probability. members: the frame and slice columns (mri44.readers
+    .member_columns), null when not given."""
     classes = np.asarray(class_names)
     parsed = [parse_label(c) for c in class_names]
     tumors = sorted({p.tumor_type for p in parsed})
@@ -59,77 +114,100 @@ def prediction_frame(
     scores = np.full(len(rel_paths), np.nan) if ood_scores is None else np.asarray(ood_scores, np.float64)
     predicted["ood_score"] = pl.Series(scores, dtype=pl.Float64).fill_nan(None)
     flagged = pl.col("ood_score") > ood_threshold if ood_threshold is not None else pl.lit(None, pl.Boolean)
+    numbered = {
+        name: pl.Series(name, (members or {}).get(name) or [None] * len(rel_paths), pl.Int64)
+        for name in ("frame", "slice")
+    }
     frame = pl.DataFrame(
-        {"path": rel_paths, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
+        {"path": rel_paths, **numbered, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
     ).with_columns(ood=pl.when(pl.col("ood_score").is_not_null()).then(flagged))
     # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
     # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
     folders = pl.col("path").str.split("/").list.head(pl.col("path").str.count_matches("/"))
     label = folders.list.eval(pl.element().filter(pl.element().is_in(list(class_names)))).list.last()
-    return frame.select(
-        "path",
-        status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
-        error="error",
-        # Predictions of files that failed are meaningless zeros: null them.
-        **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "ood"]},
-        true_class=label,
-    ).hstack(tag_columns(tags, len(rel_paths)))
-
-
-TAG_SCHEMA = {
-    "study_uid": pl.String,
-    "series_uid": pl.String,
-    "instance_number": pl.Int64,
-    "series_description": pl.String,
-}
-
-
-def tag_columns(tags: list[dict | None] | None, n: int) -> pl.DataFrame:
-    """The series columns of n rows (mri44.dicom.dicom_tags, or a NIfTI volume and slice): null for plain images."""
-    rows = tags if tags is not None else [None] * n
-    return pl.DataFrame(
-        {name: [t.get(name) if t else None for t in rows] for name in TAG_SCHEMA}, schema=TAG_SCHEMA
+    return (
+        frame.select(
+            "path",
+            "frame",
+            "slice",
+            status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
+            error="error",
+            # Predictions of files that failed are meaningless zeros: null them.
+            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "ood"]},
+            true_class=label,
+        )
+        .hstack(tag_columns(tags, rel_paths))
+        .with_columns(probs=pl.when(pl.col("status") == "ok").then(pl.Series(probs.astype(np.float32))))
     )
 
 
-def series_table(frame: pl.DataFrame, probs: np.ndarray, class_names: list[str]) -> pl.DataFrame | None:
-    """One row per DICOM series (rows of `frame` with a series_uid and status ok): the class whose probability,
-    averaged over the series' slices, is highest, that mean probability, the slice count, the slice most
-    confident in that class, and the folder label when all its slices share one. None when no row has a series."""
-    scored = (frame["status"] == "ok") & frame["series_uid"].is_not_null()
+def tag_columns(tags: list[dict | None] | None, rel_paths: list[str]) -> pl.DataFrame:
+    """The series columns (mri44.dicom.tags_of, or a NIfTI slice's number): null for plain images. A file of
+    several images without a series UID of its own (a NIfTI volume) is its own series, keyed by its path."""
+    rows = tags if tags is not None else [None] * len(rel_paths)
+    values = {name: [t.get(name) if t else None for t in rows] for name in TAG_SCHEMA}
+    values["series_uid"] = [
+        (t.get("series_uid", path) if t else None) for t, path in zip(rows, rel_paths, strict=True)
+    ]
+    return pl.DataFrame(values, schema=TAG_SCHEMA)
+
+
+def series_table(predictions: pl.DataFrame, class_names: list[str] | None = None) -> pl.DataFrame | None:
+    """One row per series (rows with a series_uid and status ok: a DICOM series, a NIfTI volume): the class whose
+    probability, averaged over the series' images, is highest, that mean probability, the image count, the image
+    most confident in that class, and the folder label when all its images share one. None when no row has a
+    series.
+
+    The one series function of both engines and the report: it reads the table alone. With class_names (the
+    model's class order) and the table's `probs` column it is exact; a table without them (a CSV, an older
+    file) gives each image its top-k probabilities, the rest counted as zero: a close lower bound."""
+    if "series_uid" not in predictions.columns:
+        return None
+    scored = (predictions["status"] == "ok") & predictions["series_uid"].is_not_null()
     if not scored.any():
         return None
+    width = getattr(predictions.schema.get("probs"), "size", None)  # an Array column's width
+    if class_names is not None and width == len(class_names):
+        names = list(class_names)
+        probs = np.zeros((predictions.height, len(names)), np.float64)
+        rows = np.flatnonzero(scored.to_numpy())
+        probs[rows] = np.stack(predictions["probs"].gather(rows).to_list())
+    else:
+        names, probs = _top_k_probabilities(predictions)
     rows = np.flatnonzero(scored.to_numpy())
-    keys = frame["series_uid"].to_numpy()[rows]
+    keys = predictions["series_uid"].to_numpy()[rows]
     out = []
     for uid in sorted(set(keys)):
         members = rows[keys == uid]
         mean = probs[members].mean(0)
         k = int(mean.argmax())
-        best = members[int(probs[members, k].argmax())]
-        labels = frame["true_class"].gather(members).unique().to_list()
-        first = frame.row(int(members[0]), named=True)
+        best = int(members[int(probs[members, k].argmax())])
+        labels = predictions["true_class"].gather(members).unique().to_list()
+        first = predictions.row(int(members[0]), named=True)
         out.append(
             {
                 "study_uid": first["study_uid"],
                 "series_uid": uid,
                 "series_description": first["series_description"],
                 "slices": len(members),
-                "pred_class": class_names[k],
+                "pred_class": names[k],
                 "confidence": float(mean[k]),
-                "most_confident_slice": frame["path"][int(best)],
+                "most_confident_slice": shown_path(predictions.row(best, named=True)),
                 "true_class": labels[0] if len(labels) == 1 else None,
             }
         )
     return pl.DataFrame(out, schema_overrides={"true_class": pl.String, "series_description": pl.String})
 
 
-def series_from_rows(predictions: pl.DataFrame) -> pl.DataFrame | None:
-    """series_table from what a predictions table holds (the report, the Ray engine's parts): each slice's top-k
-    probabilities, the rest counted as zero, so with --top-k 3 of 44 classes the mean is a close lower bound; the
-    local engine's series.csv, made from every probability, is the exact one."""
-    if "series_uid" not in predictions.columns or predictions["series_uid"].is_null().all():
-        return None
+def shown_path(row: dict) -> str:
+    """A row's image as a person names it: the path, and its frame or slice when it is one of several."""
+    for column in ("frame", "slice"):
+        if row.get(column) is not None:
+            return f"{row['path']} ({column} {row[column]})"
+    return str(row["path"])
+
+
+def _top_k_probabilities(predictions: pl.DataFrame) -> tuple[list[str], np.ndarray]:
     tops = sorted(c for c in predictions.columns if c.startswith("top") and c.endswith("_class"))
     names = sorted({n for c in tops for n in predictions[c].drop_nulls().to_list()})
     index = {n: i for i, n in enumerate(names)}
@@ -140,4 +218,4 @@ def series_from_rows(predictions: pl.DataFrame) -> pl.DataFrame | None:
         )
         rows = np.flatnonzero(column >= 0)
         probs[rows, column[rows]] = predictions[c.replace("_class", "_prob")].fill_null(0.0).to_numpy()[rows]
-    return series_table(predictions, probs, names)
+    return names, probs

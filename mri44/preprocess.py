@@ -14,13 +14,16 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
 from mri44.errors import SettingError
-from mri44.imageio import MAX_PIXELS, read_image
+from mri44.limits import Limits
+
+if TYPE_CHECKING:
+    from mri44.readers import Item, Tags
 
 ResizePolicy = Literal["pad", "stretch"]
 Channels = Literal["grey", "rgb"]
@@ -153,8 +156,19 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def load_item(item: Item, spec: PreprocessSpec, limits: Limits = Limits()) -> tuple[np.ndarray, Tags | None]:
+    """One image at the model's input size and its series tags, from one read of its file: what every engine
+    computes per image (raises ImageDecodeError)."""
+    from mri44.readers import read_item
+
+    pixels, tags = read_item(item, limits)
+    return to_model_pixels(pixels, spec), tags
+
+
 def load_pixels(
-    path: str | os.PathLike[str], spec: PreprocessSpec, max_pixels: int = MAX_PIXELS
+    item: Item | str | os.PathLike[str], spec: PreprocessSpec, limits: Limits = Limits()
 ) -> np.ndarray:
-    """Read, decode and resize one file: what the scorer computes per image (raises ImageDecodeError)."""
-    return to_model_pixels(read_image(path, max_pixels), spec)
+    """load_item's pixels, of an Item or of a file that holds one image."""
+    from mri44.readers import Item, item_for
+
+    return load_item(item if isinstance(item, Item) else item_for(item), spec, limits)[0]

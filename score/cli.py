@@ -55,7 +55,15 @@ MetricsDirOpt = Annotated[
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing outputs.")]
 MaxPixelsOpt = Annotated[
     int,
-    typer.Option(min=1, help="Files whose header claims more pixels become error rows (memory bound)."),
+    typer.Option(min=1, help="Images whose header claims more pixels become error rows (memory bound)."),
+]
+MaxFramesOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="At most this many frames of one DICOM file (or slices of one NIfTI volume) become rows; the rest "
+        "are left out and counted in the summary.",
+    ),
 ]
 
 
@@ -162,7 +170,8 @@ def score(
     top_k: TopKOpt = 3,
     metrics_dir: MetricsDirOpt = None,
     overwrite: OverwriteOpt = False,
-    max_pixels: MaxPixelsOpt = 50_000_000,
+    max_pixels: MaxPixelsOpt = ScoreOptions.max_pixels,
+    max_frames: MaxFramesOpt = ScoreOptions.max_frames,
     precision: PrecisionOpt = "auto",
     compile: CompileOpt = False,
     decode: DecodeOpt = "cpu",
@@ -185,6 +194,7 @@ def score(
         metrics_dir=metrics_dir,
         overwrite=overwrite,
         max_pixels=max_pixels,
+        max_frames=max_frames,
         precision=precision,
         compile=compile,
         decode=decode,

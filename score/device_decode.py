@@ -13,28 +13,31 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from mri44.imageio import check_encoded, file_error, read_file
-from mri44.preprocess import PreprocessSpec, load_pixels
+from mri44.limits import Limits
+from mri44.preprocess import PreprocessSpec, load_item
+from mri44.readers import Item, Tags
 from mri44.torch_input import to_input, to_model_pixels
 
 JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
 
-Prepared = tuple[str, torch.Tensor | np.ndarray]  # ("jpeg", encoded bytes) or ("pixels", CPU-decoded uint8)
+Prepared = tuple[
+    str, torch.Tensor | np.ndarray, Tags | None
+]  # ("jpeg", bytes, None) or ("pixels", uint8, tags)
 
 
-def prepare(path: Path, spec: PreprocessSpec, max_pixels: int) -> Prepared:
-    """In a worker thread: a JPEG's checked bytes, or any other file decoded and resized on the CPU."""
-    if path.suffix.lower() not in JPEG_SUFFIXES:
-        return "pixels", load_pixels(path, spec, max_pixels)
-    data = read_file(path, max_pixels)
-    check_encoded(data, path, max_pixels)
-    return "jpeg", torch.from_numpy(data)
+def prepare(item: Item, spec: PreprocessSpec, limits: Limits) -> Prepared:
+    """In a worker thread: a JPEG's checked bytes, or any other image decoded and resized on the CPU."""
+    if item.format != "raster" or item.path.suffix.lower() not in JPEG_SUFFIXES:
+        return ("pixels", *load_item(item, spec, limits))
+    data = read_file(item.path, limits.max_pixels)
+    check_encoded(data, item.path, limits.max_pixels)
+    return "jpeg", torch.from_numpy(data), None
 
 
 def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -55,20 +58,21 @@ def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[
 
 
 def _batch(
-    paths: list[Path],
+    items: list[Item],
     chunk: list[int],
     futures: list[Future],
     spec: PreprocessSpec,
     device: torch.device,
-    max_pixels: int,
-) -> tuple[list[int], list[torch.Tensor], list[tuple[int, str]]]:
-    """One batch: (positions, uint8 (C, S, S) per decoded file on the device, errors)."""
+    limits: Limits,
+) -> tuple[list[int], list[torch.Tensor], list[tuple[int, str]], list[Tags | None]]:
+    """One batch: (positions, uint8 (C, S, S) per decoded image on the device, errors, tags)."""
     results: dict[int, torch.Tensor] = {}
+    found: dict[int, Tags | None] = {}
     errors: list[tuple[int, str]] = []
     jpegs: list[tuple[int, torch.Tensor]] = []
     for i, future in zip(chunk, futures, strict=True):
         try:
-            kind, value = future.result()
+            kind, value, found[i] = future.result()
         except Exception as exc:  # about this one file: its error row
             errors.append((i, file_error(exc)))
             continue
@@ -80,35 +84,35 @@ def _batch(
     for (i, _), image in zip(jpegs, decoded, strict=True):
         try:
             if image is None or image.shape[0] not in (1, 3):  # refused, or CMYK/grey+alpha: the CPU decoder
-                cpu = load_pixels(paths[i], spec, max_pixels)
+                cpu = load_item(items[i], spec, limits)[0]
                 results[i] = torch.from_numpy(np.ascontiguousarray(cpu)).permute(2, 0, 1).to(device)
             else:
                 results[i] = to_model_pixels(image, spec)
         except Exception as exc:  # about this one file: its error row
             errors.append((i, file_error(exc)))
     positions = sorted(results)
-    return positions, [results[i] for i in positions], errors
+    return positions, [results[i] for i in positions], errors, [found.get(i) for i in positions]
 
 
 def device_batches(
-    paths: list[Path],
+    items: list[Item],
     spec: PreprocessSpec,
     batch_size: int,
     workers: int,
     device: torch.device,
-    max_pixels: int,
-) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-    """Yield (positions, normalised float (N, 3, S, S) on device, errors) in file order, reading the next batch's
-    files in worker threads while this one is decoded."""
+    limits: Limits,
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], list[Tags | None]]]:
+    """Yield (positions, normalised float (N, 3, S, S) on device, errors, tags) in item order, reading the next
+    batch's files in worker threads while this one is decoded."""
     scale, bias = (torch.as_tensor(v, device=device) for v in spec.scale_bias())
-    chunks = [list(range(s, min(len(paths), s + batch_size))) for s in range(0, len(paths), batch_size)]
+    chunks = [list(range(s, min(len(items), s + batch_size))) for s in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max(1, workers)) as pool:
 
         def submit(chunk: list[int]) -> list[Future]:
-            return [pool.submit(prepare, paths[i], spec, max_pixels) for i in chunk]
+            return [pool.submit(prepare, items[i], spec, limits) for i in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         for k, chunk in enumerate(chunks):
             current, pending = pending, (submit(chunks[k + 1]) if k + 1 < len(chunks) else [])
-            positions, images, errors = _batch(paths, chunk, current, spec, device, max_pixels)
-            yield positions, (to_input(torch.stack(images), scale, bias) if images else None), errors
+            positions, images, errors, tags = _batch(items, chunk, current, spec, device, limits)
+            yield positions, (to_input(torch.stack(images), scale, bias) if images else None), errors, tags

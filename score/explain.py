@@ -15,7 +15,9 @@ import polars as pl
 from mri44.cam import class_activation_map, classifier_weights
 from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError
+from mri44.predictions import shown_path
 from mri44.preprocess import load_pixels, normalize
+from mri44.readers import row_item
 
 from .report import data_uri, gallery_rows
 
@@ -32,7 +34,7 @@ def overlay(pixels: np.ndarray, heat: np.ndarray) -> bytes:
 
 
 def gallery_overlays(predictions: pl.DataFrame, root: Path, model: Path, per_gallery: int) -> dict[str, str]:
-    """Data URIs of class activation map overlays, by relative path, for the first per_gallery images of each
+    """Data URIs of class activation map overlays, by shown path (mri44.predictions.shown_path), for the first per_gallery images of each
     gallery. model: the ONNX file, checkpoint or run folder that made the predictions (run on the CPU)."""
     from .backends import open_backend
 
@@ -51,10 +53,10 @@ def gallery_overlays(predictions: pl.DataFrame, root: Path, model: Path, per_gal
                     f"{model} does not know the predicted class {row['pred_class']!r}: wrong model?"
                 )
             try:
-                pixels = load_pixels(root / row["path"], spec)
+                pixels = load_pixels(row_item(root, row), spec)
             except ImageDecodeError:
                 continue
             _, features = backend.run_features(normalize(pixels, spec))
             heat = class_activation_map(features[0], weights, index[row["pred_class"]], spec.size)
-            out[row["path"]] = data_uri(overlay(pixels, heat))
+            out[shown_path(row)] = data_uri(overlay(pixels, heat))
     return out

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from mri44.limits import MAX_MEMBERS, MAX_PIXELS, Limits
+
 ENGINES = ("local", "ray")
 
 
@@ -27,7 +29,8 @@ class ScoreOptions:
     top_k: int = 3
     metrics_dir: Path | None = None
     overwrite: bool = False
-    max_pixels: int = 50_000_000
+    max_pixels: int = MAX_PIXELS
+    max_frames: int = MAX_MEMBERS  # frames of one DICOM file / slices of one volume scored
     precision: str = "auto"  # checkpoints only
     compile: bool = False  # checkpoints only
     decode: str = "cpu"
@@ -43,6 +46,10 @@ class ScoreOptions:
         "on"  # on: every row gets ood_score and ood (when the model carries a reference set); off: skipped
     )
     ood_threshold: float | None = None  # overrides the model's own threshold
+
+    def limits(self) -> Limits:
+        """What one input may cost (mri44.limits): --max-pixels and --max-frames."""
+        return Limits(max_pixels=self.max_pixels, max_members=self.max_frames)
 
     def local_only_given(self) -> list[str]:
         """The options that only the local engine honours and that differ from their defaults."""

@@ -23,6 +23,7 @@ from mri44.atomic import atomic_path, write_text_atomic
 from mri44.discover import OUTPUT_MARKER
 from mri44.errors import MRI44Error
 from mri44.metrics import write_tables
+from mri44.predictions import for_csv
 
 from .provenance import PROVENANCE_KEY, sidecar
 
@@ -208,7 +209,7 @@ def write_outputs(
             recorded = json.dumps(provenance or {}, sort_keys=True)
             with atomic_path(out, replace=overwrite) as tmp:
                 if out.suffix.lower() == ".csv":
-                    predictions.write_csv(tmp)
+                    for_csv(predictions).write_csv(tmp)
                     # before the table: never a table without its record
                     write_text_atomic(sidecar(out), recorded)
                 else:

@@ -20,12 +20,12 @@ import polars as pl
 from tqdm import tqdm
 
 from mri44.calibration import softmax
-from mri44.dicom import dicom_tags, is_dicom_path, split_frame
 from mri44.errors import SettingError
-from mri44.imageio import MAX_PIXELS, file_error
-from mri44.nifti import is_nifti_path, split_slice
+from mri44.imageio import file_error
+from mri44.limits import Limits
 from mri44.predictions import prediction_frame, printable_path, series_table
-from mri44.preprocess import PreprocessSpec, load_pixels, normalize
+from mri44.preprocess import PreprocessSpec, load_item, normalize
+from mri44.readers import Item, Tags, member_columns
 
 from .backends import Backend
 
@@ -36,69 +36,68 @@ class ScoreRun:
     seconds: float
     scored: int
     failed: int
-    series: pl.DataFrame | None = None  # one row per DICOM series (mri44.predictions.series_table)
+    series: pl.DataFrame | None = None  # one row per series (mri44.predictions.series_table)
 
 
 def decoded_batches(
-    paths: list[Path],
-    spec: PreprocessSpec,
-    batch_size: int,
-    workers: int,
-    prefetch: int,
-    max_pixels: int = MAX_PIXELS,
-):
-    """Yield (positions, pixels, errors) in file order; errors: list of (position, message)."""
+    items: list[Item], spec: PreprocessSpec, batch_size: int, workers: int, prefetch: int, limits: Limits
+) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]], list[Tags | None]]]:
+    """Yield (positions, pixels, errors, tags of the decoded) in item order; errors: list of (position, message)."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque[tuple[int, Future]] = collections.deque()
         next_i = 0
 
         def fill() -> None:
             nonlocal next_i
-            while next_i < len(paths) and len(pending) < prefetch:
-                pending.append((next_i, pool.submit(load_pixels, paths[next_i], spec, max_pixels)))
+            while next_i < len(items) and len(pending) < prefetch:
+                pending.append((next_i, pool.submit(load_item, items[next_i], spec, limits)))
                 next_i += 1
 
         fill()
         positions: list[int] = []
         pixels: list[np.ndarray] = []
+        tags: list[Tags | None] = []
         errors: list[tuple[int, str]] = []
         while pending:
             i, future = pending.popleft()
             fill()
             try:
-                pixels.append(future.result())
+                image, found = future.result()
+                pixels.append(image)
+                tags.append(found)
                 positions.append(i)
             except Exception as exc:  # about this one file: its error row
                 errors.append((i, file_error(exc)))
             if len(pixels) == batch_size or (not pending and (pixels or errors)):
-                yield positions, (np.stack(pixels) if pixels else None), errors
-                positions, pixels, errors = [], [], []
+                yield positions, (np.stack(pixels) if pixels else None), errors, tags
+                positions, pixels, errors, tags = [], [], [], []
 
 
 def input_batches(
     backend: Backend,
-    paths: list[Path],
+    items: list[Item],
     batch_size: int,
     workers: int,
     prefetch: int | None,
-    max_pixels: int,
+    limits: Limits,
     decode: str,
-) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
-    """(positions, normalised batch, errors) in file order: decoded by OpenCV threads on the CPU (decode="cpu"),
-    or JPEGs decoded where the model runs (decode="device": nvJPEG on CUDA; score/device_decode.py)."""
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str]], list[Tags | None]]]:
+    """(positions, normalised batch, errors, tags) in item order: decoded by OpenCV threads on the CPU
+    (decode="cpu"), or JPEGs decoded where the model runs (decode="device": nvJPEG on CUDA;
+    score/device_decode.py)."""
     spec = backend.meta.preprocess
     if decode == "device":
         import torch
 
         from .device_decode import device_batches
 
-        yield from device_batches(paths, spec, batch_size, workers, torch.device(backend.device), max_pixels)
+        yield from device_batches(items, spec, batch_size, workers, torch.device(backend.device), limits)
         return
     if decode != "cpu":
         raise SettingError(f"unknown --decode {decode!r}: choose cpu or device")
     window = prefetch or max(2 * batch_size, 8)
-    for positions, pixels, errors in decoded_batches(paths, spec, batch_size, workers, window, max_pixels):
-        yield positions, (None if pixels is None else normalize(pixels, spec)), errors
+    for positions, pixels, errors, tags in decoded_batches(items, spec, batch_size, workers, window, limits):
+        yield positions, (None if pixels is None else normalize(pixels, spec)), errors, tags
 
 
 def score_batch(
@@ -139,61 +138,47 @@ def flag_threshold(backend: Backend, override: float | None) -> float | None:
     return override if override is not None else spec.threshold if spec else None
 
 
-def input_tags(path: Path, root: Path, seen: dict[Path, dict | None] | None = None) -> dict | None:
-    """Where a row sits in a series: a DICOM file's own tags (mri44.dicom.dicom_tags), or for a NIfTI slice its
-    volume (as the series) and slice number; None for plain images. seen: tags already read, by file, so a
-    multi-frame file's header (megabytes of per-frame groups in an enhanced MR file) is parsed once, not per frame."""
-    volume, index = split_slice(path)
-    if is_nifti_path(volume):
-        rel = printable_path(volume.relative_to(root).as_posix())
-        return {"series_uid": rel, "instance_number": index or 1, "series_description": "NIfTI volume"}
-    file = split_frame(path)[0]
-    if not is_dicom_path(file) or not file.is_file():  # never open a FIFO
-        return None
-    seen = {} if seen is None else seen
-    if file not in seen:
-        seen[file] = dicom_tags(file)
-    return seen[file]
-
-
-def score_paths(
+def score_items(
     backend: Backend,
     root: Path,
-    paths: list[Path],
+    items: list[Item],
     batch_size: int = 32,
     workers: int = 2,
     top_k: int = 3,
     prefetch: int | None = None,
     progress: bool = True,
-    max_pixels: int = MAX_PIXELS,
+    limits: Limits = Limits(),
     decode: str = "cpu",
     ood: bool = True,
     ood_threshold: float | None = None,
 ) -> ScoreRun:
-    """Score files (found under root) in order; returns one prediction row per file. ood_threshold overrides the
+    """Score images (found under root) in order; returns one prediction row per item. ood_threshold overrides the
     model's own threshold."""
     meta = backend.meta
-    n = len(paths)
+    n = len(items)
     probs = np.zeros((n, len(meta.classes)), np.float32)
     ok = np.zeros(n, bool)
     errors: list[str | None] = [None] * n
+    tags: list[Tags | None] = [None] * n
     ood_scores = np.full(n, np.nan, np.float32) if ood_check(backend, ood) else None
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
-    for positions, x, batch_errors in input_batches(
-        backend, paths, batch_size, workers, prefetch, max_pixels, decode
+    for positions, x, batch_errors, batch_tags in input_batches(
+        backend, items, batch_size, workers, prefetch, limits, decode
     ):
         if x is not None:
             score_batch(backend, x, positions, probs, ok, errors, ood_scores)
+        for i, found in zip(positions, batch_tags, strict=True):
+            tags[i] = found
         for i, message in batch_errors:
             errors[i] = message
         bar.update(len(positions) + len(batch_errors))
     bar.close()
     seconds = time.perf_counter() - t0
-    rel = [printable_path(p.relative_to(root).as_posix()) for p in paths]
+    rel = [printable_path(i.path.relative_to(root).as_posix()) for i in items]
     threshold = flag_threshold(backend, ood_threshold)
-    seen: dict[Path, dict | None] = {}
-    tags = [input_tags(p, root, seen) if scored else None for p, scored in zip(paths, ok, strict=True)]
-    frame = prediction_frame(rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold, tags)
-    series = series_table(frame, probs, meta.classes)
-    return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()), series)
+    tags = [t if scored else None for t, scored in zip(tags, ok, strict=True)]
+    frame = prediction_frame(
+        rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold, tags, member_columns(items)
+    )
+    return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()), series_table(frame, meta.classes))

@@ -42,6 +42,7 @@ def model_identity(model: Path, meta: ModelMetadata) -> dict[str, Any]:
         "input_size": meta.preprocess.size,
         "precision": str(meta.export.get("precision", "fp32")),
         "classes": len(meta.classes),
+        "class_names": list(meta.classes),  # the order of the predictions' `probs` column
     }
 
 
@@ -58,6 +59,7 @@ def provenance(
         "options": {
             "top_k": options.top_k,
             "max_pixels": options.max_pixels,
+            "max_frames": options.max_frames,
             "ood": options.ood,
             "ood_threshold": options.ood_threshold,
             "device": options.device,

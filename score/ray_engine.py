@@ -32,19 +32,11 @@ from mri44.atomic import atomic_path, write_text_atomic
 from mri44.dicom import dicom_tags, is_dicom_bytes
 from mri44.discover import OUTPUT_MARKER, find_images
 from mri44.errors import SettingError
-from mri44.imageio import (
-    MAX_PIXELS,
-    ImageDecodeError,
-    byte_limit,
-    decode_bytes,
-    expand_inputs,
-    file_error,
-    is_image_path,
-    read_file,
-    read_image,
-)
-from mri44.predictions import printable_path, series_from_rows
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.imageio import ImageDecodeError, decode_bytes, file_error, is_image_path, read_file
+from mri44.limits import Limits, byte_limit
+from mri44.predictions import printable_path, series_table
+from mri44.preprocess import PreprocessSpec, load_item, normalize, to_model_pixels
+from mri44.readers import Item, list_items, member_columns, reader_for
 
 from .options import ScoreResult
 
@@ -63,15 +55,19 @@ PART_GLOB = f"{PART_PREFIX}*.parquet"
 LOCK_FILE = ".mri44-lock"
 
 
-def list_inputs(source: str, max_pixels: int = MAX_PIXELS) -> tuple[str, list[str]]:
-    """(root as pyarrow reads it, image paths relative to it, sorted). Local folders are listed as the local
-    scorer lists them: find_images, then a row per DICOM frame and NIfTI slice (imageio.expand_inputs)."""
+Listed = tuple[str, list[tuple[str, int | None, str]]]  # (root, (relative path, member, format) per image)
+
+
+def list_inputs(source: str, limits: Limits = Limits()) -> Listed:
+    """(root as pyarrow reads it, the images under it: relative path, member and format, sorted). Local folders
+    are listed as the local scorer lists them: find_images, then an item per DICOM frame and NIfTI slice
+    (mri44.readers.list_items). A file read from a URL is one image (a multi-image file is its error row)."""
     if "://" not in source:
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"input folder {source} does not exist or is not a folder")
-        rows = expand_inputs(find_images(root), max_pixels)
-        return str(root.resolve()), [p.relative_to(root).as_posix() for p in rows]
+        items = list_items(find_images(root), limits)
+        return str(root.resolve()), [(i.path.relative_to(root).as_posix(), i.member, i.format) for i in items]
     from pyarrow import fs
 
     filesystem, base = fs.FileSystem.from_uri(source)
@@ -84,17 +80,24 @@ def list_inputs(source: str, max_pixels: int = MAX_PIXELS) -> tuple[str, list[st
     rel = sorted(
         f for f in files if is_image_path(f) and "/." not in "/" + f and not f.startswith(marked or ("\0",))
     )
-    return source.rstrip("/"), rel
+    return source.rstrip("/"), [(f, None, reader_for(f).format) for f in rel]
 
 
-def prepare_resume(out_dir: Path) -> set[str]:
+RowKey = tuple[str, int | None]  # (printable path, frame or slice): one image's identity across runs
+
+
+def row_key(path: str, member: int | None) -> RowKey:
+    return printable_path(path), member
+
+
+def prepare_resume(out_dir: Path) -> set[RowKey]:
     """The files an earlier run into out_dir scored (rows with status ok), ready to be skipped. Its error rows are
     removed from their parts so that --resume tries those files again, and a part that cannot be read (cut off by
     a full disk, say) is set aside as NAME.unreadable, never deleted; its files are scored again."""
-    done: set[str] = set()
+    done: set[RowKey] = set()
     for part in sorted(out_dir.glob(PART_GLOB)):
         try:
-            status = pl.read_parquet(part, columns=["path", "status"])
+            status = pl.read_parquet(part, columns=["path", "frame", "slice", "status"])
         except (pl.exceptions.PolarsError, OSError) as exc:
             aside = part.with_name(part.name + ".unreadable")
             part.rename(aside)
@@ -111,7 +114,8 @@ def prepare_resume(out_dir: Path) -> set[str]:
             else:
                 part.unlink()
             log.info("%d error row(s) of %s are tried again", int(failed.sum()), part.name)
-        done.update(status.filter(~failed)["path"].to_list())
+        kept = status.filter(~failed).select("path", member=pl.coalesce("frame", "slice"))
+        done.update((path, member) for path, member in kept.iter_rows())
     return done
 
 
@@ -123,6 +127,7 @@ def run_identity(root: str, model_sha256: str, options: ScoreOptions) -> dict[st
         "input": root,
         "top_k": options.top_k,
         "max_pixels": options.max_pixels,
+        "max_frames": options.max_frames,
         "ood": options.ood,
         "ood_threshold": options.ood_threshold,
     }
@@ -214,27 +219,27 @@ def _read(root: str, name: str, max_pixels: int) -> np.ndarray:
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], root: str, spec: dict, max_pixels: int
+    batch: dict[str, np.ndarray], root: str, spec: dict, max_pixels: int, max_members: int
 ) -> dict[str, np.ndarray]:
-    """A Ray task: read and preprocess files; a file that fails keeps its row with the reason in `error`."""
-    from .pipeline import input_tags
-
+    """A Ray task: read and preprocess images; an image that fails keeps its row with the reason in `error`."""
     preprocess = PreprocessSpec.from_dict(spec)
+    limits = Limits(max_pixels=max_pixels, max_members=max_members)
     shape = (preprocess.size, preprocess.size, preprocess.cache_channels)
     pixels, errors, tags = [], [], []
-    seen: dict[Path, dict | None] = {}  # a multi-frame file's tags, read once for its frames in this batch
-    for rel, raw in zip(batch["path"], batch["name"], strict=True):
-        found = ""  # the DICOM tags as JSON (mri44.dicom.dicom_tags), "" for other files
+    for rel, raw, member, fmt in zip(
+        batch["path"], batch["name"], batch["member"], batch["format"], strict=True
+    ):
+        found = ""  # the series tags as JSON (mri44.readers.read_item), "" for plain images
         try:  # the file's own name (bytes: a name that is not UTF-8 travels through Arrow intact)
-            if "://" not in root:  # read as the local scorer reads it: frames and slices, tags included
-                path = Path(root) / os.fsdecode(raw)
-                image = read_image(path, max_pixels)
-                found = json.dumps(input_tags(path, Path(root), seen) or "")
+            if "://" not in root:  # read as the local scorer reads it: the same item, tags from the same read
+                item = Item(Path(root) / os.fsdecode(raw), int(member) or None, str(fmt))
+                image, read_tags = load_item(item, preprocess, limits)
+                found = json.dumps(read_tags or "")
             else:
                 data = _read(root, bytes(raw).decode(), max_pixels)
                 found = json.dumps(dicom_tags(data.tobytes()) or "") if is_dicom_bytes(data) else ""
-                image = decode_bytes(data, rel, max_pixels)
-            pixels.append(to_model_pixels(image, preprocess))
+                image = to_model_pixels(decode_bytes(data, rel, max_pixels), preprocess)
+            pixels.append(image)
             errors.append("")
         except Exception as exc:  # about this one file: its error row
             pixels.append(np.zeros(shape, np.uint8))
@@ -242,6 +247,8 @@ def decode_batch(
         tags.append(found)
     return {
         "path": batch["path"],
+        "member": batch["member"],
+        "format": batch["format"],
         "pixels": np.stack(pixels),
         "error": np.asarray(errors, dtype=object),
         "tags": np.asarray(tags, dtype=object),
@@ -278,10 +285,38 @@ class ScoreActor:
             score_batch(self.backend, x, decoded, probs, ok, errors, scores)
         paths = [str(p) for p in batch["path"]]
         tags = [(json.loads(t) or None) if t else None for t in batch["tags"]]
+        items = [
+            Item(Path(p), int(m) or None, str(f))
+            for p, m, f in zip(paths, batch["member"], batch["format"], strict=True)
+        ]
         frame = prediction_frame(
-            paths, probs, ok, errors, meta.classes, self.top_k, scores, self.threshold, tags
+            paths,
+            probs,
+            ok,
+            errors,
+            meta.classes,
+            self.top_k,
+            scores,
+            self.threshold,
+            tags,
+            member_columns(items),
         )
         return frame.to_arrow()
+
+
+def input_records(root: str, todo: list[tuple[str, int | None, str]]) -> list[dict[str, Any]]:
+    """The rows Ray's tasks receive: the printable path, the file's own name (bytes: a name that is not UTF-8
+    travels through Arrow intact), the member (0: the file is one image) and the format."""
+    local = "://" not in root
+    return [
+        {
+            "path": printable_path(p),
+            "name": os.fsencode(p) if local else p.encode(),
+            "member": m or 0,
+            "format": f,
+        }
+        for p, m, f in todo
+    ]
 
 
 def score_with_ray(
@@ -294,26 +329,26 @@ def score_with_ray(
     gpus_per_actor: float = 0.0,
     batch_size: int = 64,
     top_k: int = 3,
-    max_pixels: int,
+    limits: Limits,
     device: str = "auto",
-    done: set[str] | None = None,
+    done: set[RowKey] | None = None,
     ood: bool = True,
     ood_threshold: float | None = None,
-    listed: tuple[str, list[str]] | None = None,
+    listed: Listed | None = None,
 ) -> tuple[int, int, list[str]]:
-    """Score every image under source (or the `listed` (root, paths) of list_inputs) into part files in out_dir,
-    but those in `done` (printable paths); returns (rows written now, rows kept from an earlier run, the
+    """Score every image under source (or the `listed` images of list_inputs) into part files in out_dir, but
+    those in `done` (row keys: printable path and member); returns (rows written now, rows kept from an earlier run, the
     model's classes)."""
     import ray
 
     from mri44.onnx_meta import read_metadata
 
     meta = read_metadata(model)  # checks the model before any work, without a session on any device
-    root, paths = listed or list_inputs(source, max_pixels)
+    root, paths = listed or list_inputs(source, limits)
     if not paths:
         raise SettingError(f"no image files under {source} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     done = done or set()
-    todo = [p for p in paths if printable_path(p) not in done]
+    todo = [(p, m, f) for p, m, f in paths if row_key(p, m) not in done]
     log.info(
         "%d files under %s; %d already scored; %d to score",
         len(paths),
@@ -327,14 +362,17 @@ def score_with_ray(
         ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
     check_gpus(ray.cluster_resources(), gpus_per_actor, actors)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    local = "://" not in root
     ds: Any = ray.data.from_items(
-        [{"path": printable_path(p), "name": os.fsencode(p) if local else p.encode()} for p in todo],
-        override_num_blocks=max(1, min(len(todo) // batch_size, 10_000)),
+        input_records(root, todo), override_num_blocks=max(1, min(len(todo) // batch_size, 10_000))
     )
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={"root": root, "spec": meta.preprocess.to_dict(), "max_pixels": max_pixels},
+        fn_kwargs={
+            "root": root,
+            "spec": meta.preprocess.to_dict(),
+            "max_pixels": limits.max_pixels,
+            "max_members": limits.max_members,
+        },
         batch_size=batch_size,
     )
     ds = ds.map_batches(
@@ -438,13 +476,14 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
     if options.overwrite and options.resume:
         raise SettingError("--overwrite starts over and --resume continues: choose one")
     meta = read_metadata(model)  # a bad model is refused before the output folder is touched
-    listed = list_inputs(source, options.max_pixels)
+    limits = options.limits()
+    listed = list_inputs(source, limits)
     recorded = provenance(model, meta, listed[0], options, {})  # what mri-report shows; hashes the model once
     identity = run_identity(listed[0], recorded["model"]["sha256"], options)
     record = {**recorded, **identity}  # the identity keys are what a resume must match
     with holding(out):
         parts = sorted(out.glob(PART_GLOB))
-        done: set[str] = set()
+        done: set[RowKey] = set()
         if parts and options.resume:
             check_identity(out, identity)
             done = prepare_resume(out)
@@ -466,7 +505,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
             gpus_per_actor=options.gpus_per_actor,
             batch_size=options.batch_size,
             top_k=options.top_k,
-            max_pixels=options.max_pixels,
+            limits=limits,
             device=options.device,
             done=done,
             ood=options.ood == "on",
@@ -484,7 +523,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
         )
         pairs = labelled_pairs(out)
         tables = tables_with_counts(pairs, rows, errors, 0)
-        series = series_from_rows(series_rows(out))  # from the parts' top-k probabilities
+        series = series_table(series_rows(out), classes)  # exact: the parts hold every probability
         if series is not None:
             tables = {**(tables or {}), "series": series}
         target = out / "metrics"

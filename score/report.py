@@ -22,9 +22,10 @@ import polars as pl
 
 from mri44.atomic import atomic_path
 from mri44.errors import import_extra
-from mri44.imageio import ImageDecodeError, read_image
+from mri44.imageio import ImageDecodeError
 from mri44.metrics import ECE_BINS, expected_calibration_error, metric_tables
-from mri44.predictions import series_from_rows
+from mri44.predictions import series_table, shown_path
+from mri44.readers import Item, read_item, row_item
 
 log = logging.getLogger(__name__)
 GALLERY_SIZE = 12
@@ -97,12 +98,12 @@ def distribution_plot(predictions: pl.DataFrame) -> str:
         return _figure_png(fig)
 
 
-def card_images(path: Path) -> tuple[str | None, str | None]:
-    """(thumbnail, opened image) of one file, decoded once: a PNG at most THUMB_SIDE pixels on its longer edge for
+def card_images(item: Item) -> tuple[str | None, str | None]:
+    """(thumbnail, opened image) of one image, decoded once: a PNG at most THUMB_SIDE pixels on its longer edge for
     the card, a JPEG up to FULL_SIDE when opened (JPEG keeps a report small); (None, None) when it cannot be read
     (the card then shows text only)."""
     try:
-        image = read_image(path)
+        image = read_item(item)[0]
     except ImageDecodeError:
         return None, None
     return _encoded(image, THUMB_SIDE, ".png"), _encoded(image, FULL_SIDE, ".jpg")
@@ -127,13 +128,13 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
     out = []
     for row in rows.iter_rows(named=True):
         true = row.get("true_class")
-        thumb, full = card_images(root / row["path"]) if root is not None else (None, None)
+        thumb, full = card_images(row_item(root, row)) if root is not None else (None, None)
         out.append(
             {
-                "path": row["path"],
+                "path": shown_path(row),
                 "thumb": thumb,
                 "full": full,
-                "cam": overlays.get(row["path"]),
+                "cam": overlays.get(shown_path(row)),
                 "true": true,
                 "pred": row["pred_class"],
                 "verdict": "" if true is None else ("right" if true == row["pred_class"] else "wrong"),
@@ -294,7 +295,9 @@ def render_report(
         )
     elif ok.height:
         context["plots"]["distribution"] = distribution_plot(ok)
-    series = series_from_rows(predictions)
+    model = (provenance or {}).get("model")
+    names = model.get("class_names") if isinstance(model, dict) else None
+    series = series_table(predictions, names if isinstance(names, list) else None)
     shown = series.drop("study_uid", "series_uid").head(200) if series is not None else None
     context["tables"]["series"] = html_table(shown) if shown is not None else ""
     context["galleries"] = [

@@ -96,48 +96,49 @@ def check_local_run(folder: Path, out: Path | None, options: ScoreOptions) -> tu
 def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreResult:
     """The local engine: discover, decode in threads, infer in batches, write predictions and tables."""
     from mri44.discover import find_images
-    from mri44.imageio import expand_inputs
+    from mri44.readers import list_items
 
     from .backends import open_backend
-    from .pipeline import score_paths
+    from .pipeline import score_items
 
     # One file is scored from its grandparent folder, so that a class-named parent folder labels it.
     root, given = (folder.parent.parent, [folder]) if folder.is_file() else (folder, None)
     target, source = check_local_run(root, out, options)
     skipped: list[tuple[str, str]] = []
     listed = given if given is not None else find_images(root, skipped)
-    paths = expand_inputs(listed, options.max_pixels)  # frames and slices: a row each
-    if not paths:
+    limits = options.limits()
+    items = list_items(listed, limits, skipped)  # frames and slices: a row each
+    if not items:
         raise SettingError(f"no image files under {folder} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     backend = open_backend(source, options.device, options.precision, options.compile)
     meta = backend.meta
     log.info(
-        "model %s: %d classes, %dpx; %s; %d files",
+        "model %s: %d classes, %dpx; %s; %d images",
         source.name,
         len(meta.classes),
         meta.preprocess.size,
         backend.provider,
-        len(paths),
+        len(items),
     )
-    run = score_paths(
+    run = score_items(
         backend,
         root,
-        paths,
+        items,
         options.batch_size,
         options.workers,
         options.top_k,
         None,
         options.progress,
-        options.max_pixels,
+        limits,
         options.decode,
         ood=options.ood == "on",
         ood_threshold=options.ood_threshold,
     )
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
-    tables = tables_with_counts(labelled, len(paths), run.failed, len(skipped))
+    tables = tables_with_counts(labelled, len(items), run.failed, len(skipped))
     if run.series is not None:  # a series-level answer, labelled or not
         tables = {**(tables or {}), "series": run.series}
-    counts = {"files": len(paths), "errors": run.failed, "skipped": len(skipped)}
+    counts = {"files": len(items), "errors": run.failed, "skipped": len(skipped)}
     recorded = provenance(source, meta, str(root.resolve()), options, counts)
     if out is not None:
         write_outputs(run.predictions, tables, out, target, options.overwrite, meta.classes, recorded)

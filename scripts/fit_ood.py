@@ -21,9 +21,11 @@ import onnx
 import polars as pl
 
 from mri44.atomic import atomic_path
+from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata
 from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised, reference_rows
 from mri44.preprocess import normalize
+from mri44.readers import list_items
 from mri44.runtime import make_session
 from mri44.stages.export.onnx_export import add_feature_output
 from mri44.stages.score.pipeline import decoded_batches
@@ -32,7 +34,7 @@ from mri44.stages.score.pipeline import decoded_batches
 def pooled_features(session, paths: list[Path], meta: ModelMetadata, batch: int = 32) -> np.ndarray:
     """(N, C) pooled last-stage features of readable images (unreadable ones are left out)."""
     out = []
-    for _, pixels, _ in decoded_batches(paths, meta.preprocess, batch, 2, 2 * batch):
+    for _, pixels, _, _ in decoded_batches(list_items(paths), meta.preprocess, batch, 2, 2 * batch, Limits()):
         if pixels is not None:
             (features,) = session.run([FEATURES_NAME], {INPUT_NAME: normalize(pixels, meta.preprocess)})
             out.append(features.reshape(*features.shape[:2], -1).mean(-1))

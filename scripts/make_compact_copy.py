@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 
 from mri44.discover import find_images
-from mri44.imageio import ImageDecodeError, read_image
+from mri44.imageio import ImageDecodeError
+from mri44.readers import read_image
 
 
 def main() -> None:

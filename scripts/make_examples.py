@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import polars as pl
 
-from mri44.imageio import read_image
+from mri44.readers import read_image
 
 ATTRIBUTION = """# Example images
 

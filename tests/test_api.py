@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import mri44
 from mri44.errors import MRI44Error, SettingError
-from mri44.imageio import read_image
+from mri44.readers import read_image
 from mri44.stages.score.cli import app as score_app
 from mri44.stages.train.cli import app as train_app
 

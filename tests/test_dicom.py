@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from mri44.imageio import MAX_PIXELS, ImageDecodeError, read_image
+from mri44.imageio import ImageDecodeError
+from mri44.readers import Item, list_items, read_image, read_item
 from mri44.stages.score.cli import app
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM is an extra: pip install -e '.[dicom]'")
@@ -84,7 +85,8 @@ def test_dicom_variants_read_as_their_image(tmp_path: Path, synthetic_data: Path
     from mri44.dicom import decode_dicom, is_dicom_path
 
     assert is_dicom_path(tmp_path / "noext")
-    np.testing.assert_array_equal(decode_dicom(tmp_path / "noext", None, MAX_PIXELS), image)
+    raw = (tmp_path / "noext").read_bytes()
+    np.testing.assert_array_equal(decode_dicom(raw, None, 50_000_000), image)
 
 
 def test_dicom_folder_scores_like_the_images(
@@ -118,29 +120,31 @@ def test_dicom_folder_scores_like_the_images(
         )
         assert result.exit_code == 0, result.output
     png, dcm = (pl.read_parquet(tmp_path / f"{n}.parquet") for n in ("png", "dcm"))
-    by_path = dict(zip(dcm["path"], dcm.iter_rows(named=True), strict=True))
-    assert set(by_path) == {f"{cls}/0.dcm", f"{cls}/1", f"{cls}/jp2.dcm"} | {
-        f"{cls}/multi.dcm#frame={k}" for k in (1, 2, 3)
+    by_path = {(row["path"], row["frame"]): row for row in dcm.iter_rows(named=True)}
+    assert set(by_path) == {(f"{cls}/0.dcm", None), (f"{cls}/1", None), (f"{cls}/jp2.dcm", None)} | {
+        (f"{cls}/multi.dcm", k)
+        for k in (1, 2, 3)  # members are fields: the path stays the file's
     }
+    assert dcm["slice"].null_count() == dcm.height
     expected = dict(zip(png["path"], png["confidence"], strict=True))
     pairs = [
-        ("0.dcm", "0.png"),
-        ("1", "1.png"),
-        ("multi.dcm#frame=1", "0.png"),
-        ("multi.dcm#frame=3", "2.png"),
+        (("0.dcm", None), "0.png"),
+        (("1", None), "1.png"),
+        (("multi.dcm", 1), "0.png"),
+        (("multi.dcm", 3), "2.png"),
     ]
-    for dicom_name, png_name in pairs:
-        row = by_path[f"{cls}/{dicom_name}"]
+    for (dicom_name, frame), png_name in pairs:
+        row = by_path[(f"{cls}/{dicom_name}", frame)]
         assert row["status"] == "ok" and row["true_class"] == cls
         assert row["confidence"] == pytest.approx(expected[f"{cls}/{png_name}"], abs=1e-6)
-    assert by_path[f"{cls}/jp2.dcm"]["status"] == "error"
-    assert "codec" in by_path[f"{cls}/jp2.dcm"]["error"]
+    assert by_path[(f"{cls}/jp2.dcm", None)]["status"] == "error"
+    assert "codec" in by_path[(f"{cls}/jp2.dcm", None)]["error"]
     # The Python API given the multi-frame file itself: a row per frame too, named after the path given.
     import mri44
 
     given = str(dicom / "multi.dcm")
     frames = mri44.load_model(exported_model).predict([given])
-    assert frames["path"].to_list() == [f"{given}#frame={k}" for k in (1, 2, 3)]
+    assert frames["path"].to_list() == [given] * 3 and frames["frame"].to_list() == [1, 2, 3]
     assert frames["true_class"].to_list() == [cls] * 3
     assert frames["confidence"][2] == pytest.approx(expected[f"{cls}/2.png"], abs=1e-6)
 
@@ -175,13 +179,11 @@ def test_dicom_pixel_claims_are_bounded_by_max_pixels(tmp_path: Path) -> None:
 
 def test_dicom_frame_count_is_bounded_by_the_file_size(tmp_path: Path) -> None:
     """A small file claiming 5,000,000 frames lists one row, which is its error row; nothing is decoded."""
-    from mri44.dicom import expand_frames
-
     liar = tmp_path / "liar.dcm"
     write_dicom(liar, [np.zeros((8, 8), np.uint16)] * 2, "MONOCHROME2", None)
     _claiming(liar, NumberOfFrames=5_000_000)
     assert liar.stat().st_size < 2000
-    assert expand_frames([liar], MAX_PIXELS) == [liar]
+    assert list_items([liar]) == [Item(liar, None, "dicom")]
     with pytest.raises(ImageDecodeError, match="5,000,000 frames of 8 x 8, more than its"):
         read_image(liar)
 
@@ -191,15 +193,13 @@ def test_one_frame_of_a_multiframe_file_decodes_only_that_frame(tmp_path: Path) 
     frame allocates stays far below the file's pixel data (the old reader decoded every frame for each row)."""
     import tracemalloc
 
-    from mri44.dicom import expand_frames
-
     frames = [np.full((128, 128), k, np.uint16) for k in range(400)]  # 13 MB of pixel data
     multi = tmp_path / "multi.dcm"
     write_dicom(multi, frames, "MONOCHROME2", (200.5, 401.0))
-    rows = expand_frames([multi], MAX_PIXELS)
-    assert len(rows) == 400
+    rows = list_items([multi])
+    assert len(rows) == 400 and rows[-1] == Item(multi, 400, "dicom")
     tracemalloc.start()
-    last = read_image(rows[-1])
+    last = read_item(rows[-1])[0]
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < multi.stat().st_size / 8, (
@@ -304,24 +304,29 @@ def test_compressed_dicom_as_pacs_exports_it_decodes_like_the_uncompressed_file(
         np.testing.assert_array_equal(read_image(Path(get_testdata_file(name))), plain, err_msg=name)
 
 
-def test_a_multiframe_files_tags_are_read_once_for_all_its_frames(
+def test_a_frames_tags_come_from_the_header_its_pixels_were_decoded_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every frame row carries the file's tags, parsed from its header once (an enhanced MR file's header holds
-    megabytes of per-frame groups; parsing it per frame cost a header parse per row)."""
-    from mri44.dicom import expand_frames
-    from mri44.stages.score import pipeline
+    """Every frame row carries the file's tags, taken from the header read that decoding the frame needs anyway:
+    no second parse of the header for the tags (an enhanced MR file's header holds megabytes of per-frame groups,
+    and the old scorer parsed it again after scoring)."""
+    from mri44 import dicom
 
     frames = [np.full((8, 8), v, np.uint16) for v in (10, 20, 30)]
     write_dicom(tmp_path / "multi.dcm", frames, "MONOCHROME2", None, series="1.2.3.9", instance=7)
-    calls: list[Path] = []
-    read = pipeline.dicom_tags
-    monkeypatch.setattr(pipeline, "dicom_tags", lambda f: calls.append(f) or read(f))
-    rows = expand_frames([tmp_path / "multi.dcm"], MAX_PIXELS)
-    seen: dict = {}
-    tags = [pipeline.input_tags(row, tmp_path, seen) for row in rows]
-    assert len(rows) == 3 and calls == [tmp_path / "multi.dcm"]
-    assert [t["series_uid"] for t in tags] == ["1.2.3.9"] * 3
+    items = list_items([tmp_path / "multi.dcm"])
+    parses: list[bool] = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(
+        pydicom, "dcmread", lambda *a, **k: parses.append(bool(k.get("stop_before_pixels"))) or real(*a, **k)
+    )
+    read = [read_item(item) for item in items]
+    assert [item.member for item in items] == [1, 2, 3]
+    assert parses.count(True) == 3  # one bounded header read per frame, none extra for the tags
+    assert [tags["series_uid"] for _, tags in read] == ["1.2.3.9"] * 3
+    assert [int(pixels[0, 0]) for pixels, _ in read] != [None] * 3 and dicom.tags_of(
+        pydicom.dcmread(tmp_path / "multi.dcm")
+    )["instance_number"] == 7
 
 
 def test_without_pydicom_a_dicom_file_says_which_extra_reads_it(
@@ -331,3 +336,22 @@ def test_without_pydicom_a_dicom_file_says_which_extra_reads_it(
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
     with pytest.raises(ImageDecodeError, match=r"DICOM input needs pydicom: pip install 'mri44\[dicom\]'"):
         read_image(tmp_path / "x.dcm")
+
+
+def test_frames_beyond_max_frames_are_left_out_and_counted(tmp_path: Path, exported_model: Path) -> None:
+    """Row amplification is bounded (issue 30): a file of 5 frames under --max-frames 2 gives 2 rows, and the
+    summary counts what was left out and says why."""
+    import mri44
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_dicom(
+        folder / "multi.dcm", [np.full((8, 8), 9 * k, np.uint16) for k in range(5)], "MONOCHROME2", None
+    )
+    result = mri44.score(folder, out=None, model=str(exported_model), max_frames=2)
+    assert result.predictions is not None and result.predictions["frame"].to_list() == [1, 2]
+    assert [reason for _, reason in result.skipped] == ["frames 3-5 of 5 left out (--max-frames 2)"]
+    everything = mri44.score(folder, out=None, model=str(exported_model))
+    assert (
+        everything.predictions is not None and everything.predictions.height == 5 and not everything.skipped
+    )

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from mri44.imageio import ImageDecodeError, read_image
+from mri44.imageio import ImageDecodeError
+from mri44.readers import read_image
 
 
 def _write(path: Path, image: np.ndarray, ext: str | None = None) -> Path:
@@ -169,7 +170,8 @@ def test_fifos_and_oversized_files_are_refused_before_anything_is_read(
     import shutil
 
     import mri44
-    from mri44.imageio import ImageDecodeError, read_image
+    from mri44.imageio import ImageDecodeError
+    from mri44.readers import read_image
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""NIfTI volumes: reoriented to canonical, axial slices scored like images (`path#slice=K`), one volume row,
+"""NIfTI volumes: reoriented to canonical, axial slices scored like images (a `slice` column), one volume row,
 claims bounded before any voxel is read."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from mri44.imageio import ImageDecodeError, expand_inputs, read_image
+from mri44.imageio import ImageDecodeError
+from mri44.readers import Item, list_items, read_image, read_item
 from mri44.stages.score.cli import app
 
 nib = pytest.importorskip("nibabel", reason="NIfTI is an extra: pip install -e '.[nifti]'")
@@ -42,10 +43,10 @@ def _volume(path: Path, slices: list[np.ndarray], flip_x: bool) -> Path:
 def test_slices_read_back_as_the_images_they_were_made_from(tmp_path: Path, flip_x: bool) -> None:
     slices = _slices()
     volume = _volume(tmp_path / ("las.nii" if flip_x else "ras.nii.gz"), slices, flip_x)
-    rows = expand_inputs([volume])
-    assert [r.name for r in rows] == [f"{volume.name}#slice={k}" for k in range(1, 6)]
+    rows = list_items([volume])
+    assert rows == [Item(volume, k, "nifti") for k in range(1, 6)]
     for k, image in enumerate(slices):
-        np.testing.assert_array_equal(read_image(rows[k]), image)
+        np.testing.assert_array_equal(read_item(rows[k])[0], image)
 
 
 def test_a_volume_folder_gives_slice_rows_and_one_volume_row(
@@ -75,6 +76,28 @@ def test_volume_claims_are_bounded_before_reading(tmp_path: Path) -> None:
     raw.header.set_data_shape((4000, 4000, 4000))
     with open(tmp_path / "claims.nii", "wb") as handle:
         handle.write(raw.header.binaryblock + b"\0" * (352 - len(raw.header.binaryblock)) + b"\0" * 16)
-    assert expand_inputs([tmp_path / "claims.nii"]) == [tmp_path / "claims.nii"]
+    assert list_items([tmp_path / "claims.nii"]) == [Item(tmp_path / "claims.nii", None, "nifti")]
     with pytest.raises(ImageDecodeError, match="64,000,000,000 voxels, over 4 x the limit of 50,000,000"):
         read_image(tmp_path / "claims.nii")
+
+
+def test_a_file_named_like_a_member_is_just_a_file(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """Members are fields, not path strings (issue 30): a picture named `v.nii.gz#slice=2` beside the volume
+    v.nii.gz is that picture, scored as itself, never slice 2 of the volume."""
+    import shutil
+
+    import mri44
+
+    _volume(tmp_path / "v.nii.gz", _slices(), flip_x=False)
+    picture = sorted(synthetic_data.rglob("*.png"))[0]
+    spoof = tmp_path / "v.nii.gz#slice=2"
+    shutil.copy(picture, spoof)
+    model = mri44.load_model(exported_model)
+    rows = model.predict([spoof])
+    assert rows.height == 1 and rows["status"][0] == "ok" and rows["slice"][0] is None
+    assert rows["path"][0] == str(spoof)
+    as_itself = model.predict([picture])
+    assert rows["confidence"][0] == pytest.approx(as_itself["confidence"][0], abs=1e-6)
+    assert rows["pred_class"][0] == as_itself["pred_class"][0]

@@ -83,7 +83,8 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:
                     parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                     base = f"{parent}.{base}" if base else parent
-                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+                # `from pkg import module` imports the module; `from module import name`, the module
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -172,3 +173,19 @@ def test_python_m_train_loads_each_module_once_in_a_checkout_and_runs_anywhere(t
         [sys.executable, "-m", "train", "--help"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert elsewhere.returncode == 0 and "--folds" in elsewhere.stdout, elsewhere.stdout + elsewhere.stderr
+
+
+def test_readme_lists_the_prediction_columns_in_the_schemas_order() -> None:
+    """README's column list is PREDICTION_SCHEMA's (the top-k pairs shown as top1_class, top1_prob)."""
+    import re
+
+    from mri44.predictions import PREDICTION_SCHEMA, TOP_K
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("- One row per image found")
+    bullet = readme[start : readme.index("\n- ", start + 1)]
+    expected = [
+        c for name in PREDICTION_SCHEMA for c in (["top1_class", "top1_prob"] if name == TOP_K else [name])
+    ]
+    named = [n for n in re.findall(r"`([a-z0-9_]+)`", bullet) if n in expected]
+    assert list(dict.fromkeys(named)) == expected

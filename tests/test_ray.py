@@ -200,12 +200,17 @@ def test_ray_url_input_skips_our_own_outputs_inside_it(
     assert all(p.startswith(f"{cls.name}/") for p in paths) and f"{cls.name}/late.png" in paths
 
 
-def test_ray_scores_frames_and_slices_like_the_local_engine(
+def test_one_mixed_folder_scores_to_the_same_tables_three_ways(
     local_ray, synthetic_data: Path, exported_model: Path, tmp_path: Path
 ) -> None:
-    """A local folder with a multi-frame DICOM series file and a NIfTI volume: the Ray engine lists and reads
-    them as the local engine does (a row per frame and slice, the same tags), where it made error rows."""
+    """The one scoring core (issue 31): JPEG and PNG slices, a multi-frame DICOM series file, a NIfTI volume and a
+    bad file, scored by the local engine, the Ray engine and the Python API, give the same prediction rows (frames
+    and slices as fields, tags, errors, every probability) and the same series table."""
     import numpy as np
+    from polars.testing import assert_frame_equal
+
+    import mri44
+    from mri44.predictions import prediction_schema, series_table
 
     pytest.importorskip("pydicom")
     pytest.importorskip("nibabel")
@@ -215,9 +220,12 @@ def test_ray_scores_frames_and_slices_like_the_local_engine(
     cls = sorted(d.name for d in synthetic_data.iterdir() if d.is_dir())[0]
     folder = tmp_path / "in" / cls
     folder.mkdir(parents=True)
+    for source in sorted((synthetic_data / cls).iterdir())[:4]:  # .jpg, .jpeg, .JPG and .png slices
+        shutil.copy(source, folder / source.name)
     frames = [np.full((32, 32), 60 * k, np.uint16) for k in range(3)]
     write_dicom(folder / "multi.dcm", frames, "MONOCHROME2", None, series="9.8.7", instance=4)
     _volume(folder / "head.nii.gz", _slices(4), flip_x=True)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     local = runner.invoke(
         app, [str(tmp_path / "in"), "--out", str(tmp_path / "l.parquet"), "--model", str(exported_model)]
     )
@@ -227,12 +235,36 @@ def test_ray_scores_frames_and_slices_like_the_local_engine(
         app, [str(tmp_path / "in"), "--out", str(out), "--model", str(exported_model), "--engine", "ray"]
     )
     assert done.exit_code == 0, done.output
-    ray_rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))).sort("path")
-    reference = pl.read_parquet(tmp_path / "l.parquet").sort("path")
-    assert ray_rows.height == 7 and set(ray_rows["status"]) == {"ok"}
-    for column in ("path", "pred_class", "series_uid", "instance_number", "series_description", "true_class"):
-        assert ray_rows[column].to_list() == reference[column].to_list(), column
-    series = pl.read_csv(out / "metrics" / "series.csv").sort("series_uid")  # one row per series and volume
-    assert series["series_uid"].to_list() == ["9.8.7", f"{cls}/head.nii.gz"] and series[
-        "slices"
-    ].to_list() == [3, 4]
+    model = mri44.load_model(exported_model)
+    order = ["path", "frame", "slice"]
+    tables = {
+        "local": pl.read_parquet(tmp_path / "l.parquet"),
+        "ray": pl.read_parquet(sorted(out.glob("mri44-part-*.parquet"))),
+        "api": model.predict(tmp_path / "in"),
+    }
+    tables = {name: table.sort(order, nulls_last=False) for name, table in tables.items()}
+    reference = tables["local"]
+    assert reference.schema == prediction_schema(3, len(model.classes))
+    assert reference.height == 4 + 3 + 4 + 1 and reference.filter(status="error")["path"].to_list() == [
+        f"{cls}/broken.png"
+    ]
+    assert reference.filter(pl.col("frame").is_not_null())["frame"].to_list() == [1, 2, 3]
+    assert reference.filter(pl.col("slice").is_not_null())["path"].unique().to_list() == [
+        f"{cls}/head.nii.gz"
+    ]
+    for name in ("ray", "api"):
+        assert_frame_equal(tables[name], reference, check_exact=False, rel_tol=1e-5, abs_tol=1e-6)
+    series = {
+        "local": pl.read_csv(tmp_path / "l_metrics" / "series.csv"),
+        "ray": pl.read_csv(out / "metrics" / "series.csv"),
+        "api": series_table(tables["api"], model.classes),
+    }
+    assert series["local"].sort("series_uid")["series_uid"].to_list() == ["9.8.7", f"{cls}/head.nii.gz"]
+    for name in ("ray", "api"):
+        assert_frame_equal(
+            series[name].sort("series_uid"),
+            series["local"].sort("series_uid"),
+            check_dtypes=False,
+            check_exact=False,
+            rel_tol=1e-5,
+        )

@@ -12,13 +12,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from typer.testing import CliRunner
 
 from mri44.calibration import softmax
-from mri44.imageio import read_image
 from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.models import SHIPPED
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
+from mri44.readers import list_items, read_image
 from mri44.stages.score.backends import Backend, onnx_backend
 from mri44.stages.score.cli import app
-from mri44.stages.score.pipeline import score_paths
+from mri44.stages.score.pipeline import score_items
 from mri44.stages.train.dataset import scan_dataset
 from mri44.torch_input import to_input
 
@@ -148,8 +148,12 @@ def test_non_finite_model_output_is_an_error_row(synthetic_data: Path, exported_
         return logits
 
     paths = sorted(p for p in synthetic_data.rglob("*") if p.is_file())[:5]
-    run = score_paths(
-        Backend(onnx.meta, nan_on_first, "test"), synthetic_data, paths, batch_size=8, progress=False
+    run = score_items(
+        Backend(onnx.meta, nan_on_first, "test"),
+        synthetic_data,
+        list_items(paths),
+        batch_size=8,
+        progress=False,
     )
     assert run.predictions["status"].to_list() == ["error", "ok", "ok", "ok", "ok"]
     assert "non-finite" in run.predictions["error"][0]
@@ -478,3 +482,19 @@ def test_an_onnx_scoring_run_never_imports_pytorch(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "r.html").is_file() and pl.read_parquet(tmp_path / "p.parquet").height > 0
+
+
+def test_prediction_rows_follow_the_one_schema(synthetic_data: Path, exported_model: Path) -> None:
+    """PREDICTION_SCHEMA is the contract: the rows the core builds have exactly its columns, in its order, with
+    its dtypes (top-k pairs and the probs width as the run sets them)."""
+    import mri44
+    from mri44.predictions import PREDICTION_SCHEMA, prediction_schema
+
+    model = mri44.load_model(exported_model)
+    rows = model.predict(sorted(synthetic_data.rglob("*.png"))[:3], top_k=2)
+    assert rows.schema == prediction_schema(2, len(model.classes))
+    assert list(rows.columns[:5]) == ["path", "frame", "slice", "status", "error"]
+    assert rows.columns[-1] == "probs" and list(PREDICTION_SCHEMA)[-1] == "probs"
+    probs = np.stack(rows["probs"].to_list())
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert np.allclose(probs.max(1), rows["confidence"].to_numpy(), atol=1e-6)
