@@ -1,7 +1,12 @@
-"""Build examples/: at most one image per class, re-encoded at <= 256 px, taken from the test split of a run
-(so the shipped model never trained on them), with attribution.
+"""Build examples/: one image per class, re-encoded at <= 256 px, each one with no near-duplicate in the data (a
+group of its own under the split's rule), with attribution.
 
-    python scripts/make_examples.py ../shared/data/brain-mri-44c runs/h200-default-256/split.csv examples
+    python scripts/make_examples.py ../shared/data/brain-mri-44c examples
+
+Every all-data fit leaves the examples' near-duplicate groups out of training (`python -m train --all-data
+--holdout examples`, issue 29), so that `mri-score examples/` is an honest small check. An image from a group of
+its own costs training one image; an image from a chain of neighbouring slices would cost the whole chain (the
+examples picked from a test split cost 255 images, 6.7 % of the data).
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from pathlib import Path
 import cv2
 import polars as pl
 
+from mri44.preprocess import PreprocessSpec
 from mri44.readers import read_image
+from mri44.stages.train.dataset import scan_dataset
+from mri44.stages.train.split import SplitConfig, group_ids
 
 ATTRIBUTION = """# Example images
 
@@ -20,11 +28,30 @@ One brain MRI slice per class (44 classes), re-encoded as JPEG with the longer s
 `mri-score examples/ --out preds.parquet` runs on a fresh clone and prints metric tables (the folder names are
 the true labels).
 
+Each is an image with no near-duplicate in the data set (no other image of its tumour type within the split's
+perceptual-hash distance), and models fitted on all data from issue 29 on leave them out of training
+(`python -m train --all-data --holdout examples`): for those models `mri-score examples/` scores images they
+never saw. The model card says which shipped models these are.
+
 Source: the Kaggle data set "Brain Tumor MRI Images 44 Classes" (fernando2rad), as copied in the public GitHub
-repository SunilkumarAdapa/MRIBrainTumorClassification. Where a class has test images, its example comes from
-the test split of the shipped model's training run, so the model did not train on it ({split_note}).
-{others}For research and education only.
+repository SunilkumarAdapa/MRIBrainTumorClassification. For research and education only.
+Some of these images are screenshots of Radiopaedia.org cases, as their file names say; the copyright of each stays with its authors.
 """
+
+
+def singleton_picks(data: Path) -> pl.DataFrame:
+    """label, path: per class, the first (by path) image whose near-duplicate group holds only itself."""
+    manifest = scan_dataset(data, PreprocessSpec(size=16)).manifest  # hashes and labels; pixels unused
+    split = SplitConfig()
+    groups = manifest.with_columns(
+        group=pl.Series(group_ids(manifest, split.phash_distance, split.max_group_share))
+    )
+    alone = groups.filter(pl.len().over("group") == 1)
+    picks = alone.sort("label", "path").group_by("label", maintain_order=True).first()
+    missing = set(manifest["label"]) - set(picks["label"])
+    if missing:
+        raise SystemExit(f"no image without near-duplicates in: {', '.join(sorted(missing))}")
+    return picks.select("label", "path")
 
 
 def main() -> None:
@@ -32,14 +59,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("data", type=Path)
-    parser.add_argument("split", type=Path, help="split.csv of the shipped model's run")
     parser.add_argument("out", type=Path)
     parser.add_argument("--max-side", type=int, default=256)
     args = parser.parse_args()
-    split = pl.read_csv(args.split)
-    rank = pl.col("split").replace_strict({"test": 0, "val": 1, "train": 2}, return_dtype=pl.Int8)
-    picks = split.sort(rank, "path").group_by("label", maintain_order=True).first().sort("label")
-    for label, rel, which in picks.select("label", "path", "split").iter_rows():
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"error: {args.out} is not empty; remove it first (it is replaced, not merged)")
+    picks = singleton_picks(args.data)
+    for label, rel in picks.iter_rows():
         image = read_image(args.data / rel)
         h, w = image.shape[:2]
         scale = min(1.0, args.max_side / max(h, w))
@@ -52,16 +78,8 @@ def main() -> None:
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         assert ok
         target.write_bytes(data.tobytes())
-        if which != "test":
-            print(f"{label}: no test image in the split, took one from {which}")
-    note = ", ".join(f"{n} from {s}" for s, n in picks.group_by("split").len().sort("split").iter_rows())
-    elsewhere = picks.filter(pl.col("split") != "test")
-    others = "".join(
-        f"'{label}' has no test image: its example is from {which}.\n"
-        for label, which in elsewhere.select("label", "split").iter_rows()
-    )
-    (args.out / "README.md").write_text(ATTRIBUTION.format(split_note=note, others=others))
-    print(f"wrote {picks.height} images to {args.out} ({note})")
+    (args.out / "README.md").write_text(ATTRIBUTION)
+    print(f"wrote {picks.height} images to {args.out}")
 
 
 if __name__ == "__main__":
