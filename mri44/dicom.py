@@ -196,7 +196,8 @@ def _decode(
     source: Path | io.BytesIO, size: int, frame: int | None, max_pixels: int
 ) -> tuple[np.ndarray, Any]:
     """(uint8 pixels of one frame, the header dataset). Only that frame is decoded (pydicom's pixel_array with an
-    index seeks to its bytes or fragments), so a file of N frames scored row by row costs N frames, not N files."""
+    index seeks to its bytes or fragments), so a file of N frames scored row by row costs N frames, not N files.
+    Compressed frames go through a codec, in a worker process (decode_compressed)."""
     from pydicom.pixels import pixel_array
 
     ds = read_header(source, size, max_pixels)
@@ -212,26 +213,72 @@ def _decode(
         source.seek(0)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     index = None if frames == 1 else (frame or 1) - 1
-    try:
-        if syntax and not syntax.is_deflated:
-            pixels = pixel_array(source, index=index)
-        else:  # deflated, or without file meta (its syntax from the encoding it was found in): read whole
-            whole = _pydicom().dcmread(source, force=True)
-            if not syntax:
-                whole.file_meta = _pydicom().dataset.FileMetaDataset()
-                whole.file_meta.TransferSyntaxUID = _syntax_of(whole)
-            pixels = pixel_array(whole, index=index)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else exc.__class__.__name__
-        if syntax is not None and getattr(syntax, "is_compressed", False):
-            raise DicomError(
-                f"pixel data compressed as {syntax.name} could not be decoded ({reason}); the dicom extra's "
-                "codec is python-gdcm: pip install 'mri44[dicom]'"
-            ) from exc
-        raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {reason})") from exc
+    if syntax is not None and getattr(syntax, "is_compressed", False) and not syntax.is_deflated:
+        from mri44.isolation import DecoderCrashed, run_isolated
+
+        shape = (int(ds.Rows), int(ds.Columns))
+        given = source if isinstance(source, Path) else source.getvalue()
+        try:
+            pixels = run_isolated(decode_compressed, given, index, frames, shape, max_pixels)
+        except DecoderCrashed as exc:
+            raise DicomError(f"pixel data compressed as {syntax.name}: {exc}") from None
+    else:
+        try:
+            if syntax and not syntax.is_deflated:
+                pixels = pixel_array(source, index=index)
+            else:  # deflated, or without file meta (its syntax from the encoding it was found in): read whole
+                whole = _pydicom().dcmread(source, force=True)
+                if not syntax:
+                    whole.file_meta = _pydicom().dataset.FileMetaDataset()
+                    whole.file_meta.TransferSyntaxUID = _syntax_of(whole)
+                pixels = pixel_array(whole, index=index)
+        except Exception as exc:
+            raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {_reason(exc)})") from exc
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
         if pixels.dtype == np.uint8:
             return pixels, ds
         values = pixels.astype(np.float64)
         return _to_uint8(values, float(values.min()), float(values.max())), ds
     return viewer_pixels(pixels, ds), ds
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:200] if text else exc.__class__.__name__
+
+
+def decode_compressed(
+    source: Path | bytes, index: int | None, frames: int, shape: tuple[int, int], max_pixels: int
+) -> np.ndarray:
+    """In a worker process (mri44.isolation): one compressed frame's stored pixels, decoded by pydicom's codec
+    (python-gdcm for JPEG, JPEG-LS, JPEG 2000) once the size its codestream claims is the header's (rows, columns)
+    and within max_pixels: a codec allocates what the codestream claims, whatever the header says."""
+    from pydicom.encaps import get_frame
+    from pydicom.pixels import pixel_array
+
+    from mri44.codestreams import codestream_size
+
+    ds = _pydicom().dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True)
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        fragment = get_frame(ds.PixelData, index or 0, number_of_frames=frames)
+    except Exception as exc:
+        raise DicomError(
+            f"pixel data compressed as {syntax.name}: unreadable frame ({_reason(exc)})"
+        ) from None
+    claimed = codestream_size(fragment[: 1 << 16])
+    if claimed is None and syntax != _pydicom().uid.RLELossless:
+        raise DicomError(
+            f"pixel data compressed as {syntax.name} has no image size in its codestream: not decoded"
+        )
+    if claimed is not None and ((claimed[1], claimed[0]) != shape or claimed[0] * claimed[1] > max_pixels):
+        raise DicomError(
+            f"pixel data compressed as {syntax.name} claims {claimed[0]} x {claimed[1]} pixels, the header "
+            f"{shape[1]} x {shape[0]}: not decoded"
+        )
+    try:
+        return pixel_array(ds, index=index)
+    except Exception as exc:
+        raise DicomError(
+            f"pixel data compressed as {syntax.name} could not be decoded ({_reason(exc)})"
+        ) from None

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mri44.codestreams import jpeg_size
 from mri44.dicom import DICOM_EXTENSIONS, DicomError, decode_dicom, is_dicom_bytes
 from mri44.errors import MRI44Error
 from mri44.limits import MAX_PIXELS, byte_limit
@@ -64,42 +65,6 @@ def _jpeg_is_truncated(raw: bytes) -> bool:
         return False
     last_scan = raw.rfind(b"\xff\xda")
     return last_scan < 0 or raw.rfind(b"\xff\xd9") < last_scan  # no scan at all: cut off in the header
-
-
-# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): the frame header that holds the
-# image's height and width. 0xC4 (Huffman tables), 0xC8 (reserved) and 0xCC (arithmetic conditioning) are not frames.
-_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(raw: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's first frame header, walking the marker segments as libjpeg does (bytes
-    between segments skipped, fill bytes allowed); None when no frame header comes before the first scan.
-
-    Our own reader, because Pillow gives up on headers libjpeg accepts (a short Adobe APP14 segment): the
-    --max-pixels bound must hold whatever Pillow makes of the file."""
-    if not raw.startswith(b"\xff\xd8"):
-        return None
-    i = 2
-    while i + 1 < len(raw):
-        if raw[i] != 0xFF:  # libjpeg skips stray bytes to the next marker
-            i += 1
-            continue
-        marker = raw[i + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, TEM, RSTn, SOI: no length
-            i += 1 if marker == 0xFF else 2
-            continue
-        if marker in (0xD9, 0xDA) or i + 4 > len(raw):  # end of image or scan before any frame header
-            return None
-        if marker in _JPEG_FRAMES:
-            if i + 9 > len(raw):
-                return None
-            height, width = (
-                int.from_bytes(raw[i + 5 : i + 7], "big"),
-                int.from_bytes(raw[i + 7 : i + 9], "big"),
-            )
-            return (width, height) if width and height else None  # height 0 (set later by DNL): unknown
-        i += 2 + int.from_bytes(raw[i + 2 : i + 4], "big")
-    return None
 
 
 def header_size(raw: bytes) -> tuple[int, str] | None:

@@ -53,6 +53,7 @@ PART_PREFIX = "mri44-part-"
 PART_GLOB = f"{PART_PREFIX}*.parquet"
 # Held while a run writes into its folder (created atomically): a second run into the same folder is refused.
 LOCK_FILE = ".mri44-lock"
+DECODE_TASK_RETRIES = 2
 
 
 Listed = tuple[str, list[tuple[str, int | None, str]]]  # (root, (relative path, member, format) per image)
@@ -374,6 +375,10 @@ def score_with_ray(
             "max_members": limits.max_members,
         },
         batch_size=batch_size,
+        # Ray Data retries a task whose worker died without end (max_retries -1): a file that killed it would hang
+        # the run. Codecs run isolated (mri44.isolation), so a task dies only of what kills any process (memory);
+        # after two retries the run stops with its finished parts kept for --resume.
+        max_retries=DECODE_TASK_RETRIES,
     )
     ds = ds.map_batches(
         ScoreActor,

@@ -138,7 +138,9 @@ def test_dicom_folder_scores_like_the_images(
         assert row["status"] == "ok" and row["true_class"] == cls
         assert row["confidence"] == pytest.approx(expected[f"{cls}/{png_name}"], abs=1e-6)
     assert by_path[(f"{cls}/jp2.dcm", None)]["status"] == "error"
-    assert "codec" in by_path[(f"{cls}/jp2.dcm", None)]["error"]
+    # stand-in bytes, not a codestream: refused before any codec runs, saying what failed
+    assert "JPEG 2000" in by_path[(f"{cls}/jp2.dcm", None)]["error"]
+    assert "not decoded" in by_path[(f"{cls}/jp2.dcm", None)]["error"]
     # The Python API given the multi-frame file itself: a row per frame too, named after the path given.
     import mri44
 
@@ -355,3 +357,36 @@ def test_frames_beyond_max_frames_are_left_out_and_counted(tmp_path: Path, expor
     assert (
         everything.predictions is not None and everything.predictions.height == 5 and not everything.skipped
     )
+
+
+def _lying_codestream(path: Path) -> Path:
+    """pydicom's JPEG-LS test file with its codestream's frame header claiming 36000 x 36000 (the header: 64 x 64):
+    GDCM aborted the process allocating that (issue 30)."""
+    from pydicom.data import get_testdata_file
+
+    raw = bytearray(Path(get_testdata_file("MR_small_jpeg_ls_lossless.dcm")).read_bytes())
+    sof = raw.find(b"\xff\xf7")  # JPEG-LS's start of frame: length, precision, height, width
+    raw[sof + 5 : sof + 9] = (36000).to_bytes(2, "big") * 2
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_codestream_claiming_more_than_its_header_is_one_error_row(
+    tmp_path: Path, exported_model: Path
+) -> None:
+    """Among good files, the lying JPEG-LS file becomes exactly one error row; nothing aborts."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    import mri44
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _lying_codestream(folder / "liar.dcm")
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), folder / name)
+    rows = mri44.load_model(exported_model).predict(folder)
+    errors = rows.filter(status="error")
+    assert rows.height == 4 and errors["path"].to_list() == ["liar.dcm"]
+    assert "claims 36000 x 36000 pixels, the header 64 x 64" in errors["error"][0]

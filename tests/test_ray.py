@@ -268,3 +268,24 @@ def test_one_mixed_folder_scores_to_the_same_tables_three_ways(
             check_exact=False,
             rel_tol=1e-5,
         )
+
+
+def test_a_file_that_aborted_the_decoder_is_one_error_row_under_ray(
+    local_ray, synthetic_data: Path, exported_model: Path, tmp_path: Path
+) -> None:
+    """The lying JPEG-LS file that aborted GDCM made Ray retry its task without end (issue 30): now the run
+    finishes, with that file's error row beside the good ones."""
+    pytest.importorskip("pydicom")
+    from test_dicom import _lying_codestream
+
+    data = tmp_path / "in"
+    shutil.copytree(synthetic_data / sorted(p.name for p in synthetic_data.iterdir())[0], data / "c")
+    _lying_codestream(data / "c" / "liar.dcm")
+    out = tmp_path / "ray"
+    done = runner.invoke(
+        app, [str(data), "--out", str(out), "--model", str(exported_model), "--engine", "ray"]
+    )
+    assert done.exit_code == 0, done.output
+    rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))
+    assert rows.filter(status="error")["path"].to_list() == ["c/liar.dcm"]
+    assert rows.filter(status="ok").height == rows.height - 1 > 0
