@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mri44.errors import import_extra
+from mri44.limits import MAX_PIXELS, byte_limit
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
@@ -52,12 +53,63 @@ def _pydicom():
     return import_extra("pydicom", "dicom", "DICOM input", DicomError)
 
 
+DEFLATED_UID = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _deflated_start(head: bytes) -> int | None:
+    """Where a deflated data set starts (after the preamble and the file meta group, whose length its first
+    element gives), or None when the file is not deflated. A file that names the deflated syntax where no meta
+    group length says where its data set starts is refused: nothing can bound what pydicom would inflate."""
+    if DEFLATED_UID not in head:
+        return None
+    if head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        start = 144 + int.from_bytes(head[140:144], "little")
+        if DEFLATED_UID in head[144:start]:
+            return start
+        if start <= len(head):
+            return None  # the UID is elsewhere (in the data set, say): the data set is not deflated
+    raise DicomError("deflated DICOM without a readable file meta group: not read")
+
+
+def check_inflated_size(source: Path | io.BytesIO, limit: int) -> None:
+    """Refuse a deflated data set that inflates to more than `limit` bytes (an uncompressed file's limit),
+    counted while streaming, a megabyte at a time, before pydicom inflates all of it in one piece: a 195 KB file
+    inflated to 2.5 GB in memory, for its header alone."""
+    import zlib
+
+    with source.open("rb") if isinstance(source, Path) else io.BytesIO(source.getvalue()) as fp:
+        head = fp.read(1 << 16)
+        start = _deflated_start(head)
+        if start is None:
+            return
+        fp.seek(start)
+        inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while (chunk := fp.read(1 << 20)) and not inflate.eof:
+            while chunk and not inflate.eof:
+                try:
+                    out = inflate.decompress(chunk, 1 << 20)
+                except zlib.error as exc:
+                    raise DicomError(f"deflated data set is corrupt ({exc})") from None
+                total += len(out)
+                if total > limit:
+                    raise DicomError(
+                        f"deflated data set inflates to more than {limit:,} bytes, the most an image within "
+                        "--max-pixels can take: not read"
+                    )
+                if not out and inflate.unconsumed_tail == chunk:
+                    break  # no progress: the rest is not deflate data; pydicom will say what it makes of it
+                chunk = inflate.unconsumed_tail
+
+
 def read_header(source: Path | io.BytesIO, file_size: int, max_pixels: int):
     """The dataset without its pixel data, once its claims are bounded: rows x columns within max_pixels, and
     NumberOfFrames no more than the file can hold (a frame of native pixels takes at least rows x columns x
     bytes per sample; a compressed frame at least one 8-byte item header). A 648-byte file claiming 5,000,000
     frames is refused here, before a row per frame is listed or a byte of pixels decoded."""
     pydicom = _pydicom()
+    check_inflated_size(source, byte_limit(max_pixels))
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
         rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
@@ -101,7 +153,7 @@ def tags_of(ds: Any) -> dict[str, str | int | None]:
 def dicom_tags(source: bytes) -> dict[str, str | int | None] | None:
     """tags_of a DICOM file's bytes (a file read from a URL); None when its header cannot be read."""
     try:
-        return tags_of(_pydicom().dcmread(io.BytesIO(source), stop_before_pixels=True, force=True))
+        return tags_of(read_header(io.BytesIO(source), len(source), MAX_PIXELS))
     except Exception:  # a header pydicom cannot read: the row keeps null tags (its pixels say why, if at all)
         return None
 
@@ -225,13 +277,13 @@ def _decode(
     else:
         try:
             if syntax and not syntax.is_deflated:
-                pixels = pixel_array(source, index=index)
+                pixels = pixel_array(source, index=index, allow_excess_frames=False)
             else:  # deflated, or without file meta (its syntax from the encoding it was found in): read whole
                 whole = _pydicom().dcmread(source, force=True)
                 if not syntax:
                     whole.file_meta = _pydicom().dataset.FileMetaDataset()
                     whole.file_meta.TransferSyntaxUID = _syntax_of(whole)
-                pixels = pixel_array(whole, index=index)
+                pixels = pixel_array(whole, index=index, allow_excess_frames=False)
         except Exception as exc:
             raise DicomError(f"no readable pixel data ({exc.__class__.__name__}: {_reason(exc)})") from exc
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
@@ -277,7 +329,7 @@ def decode_compressed(
             f"{shape[1]} x {shape[0]}: not decoded"
         )
     try:
-        return pixel_array(ds, index=index)
+        return pixel_array(ds, index=index, allow_excess_frames=False)
     except Exception as exc:
         raise DicomError(
             f"pixel data compressed as {syntax.name} could not be decoded ({_reason(exc)})"

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mri44.imageio import ImageDecodeError
+from mri44.limits import Limits
 from mri44.readers import Item, list_items, read_image, read_item
 from mri44.stages.score.cli import app
 
@@ -390,3 +391,30 @@ def test_a_codestream_claiming_more_than_its_header_is_one_error_row(
     errors = rows.filter(status="error")
     assert rows.height == 4 and errors["path"].to_list() == ["liar.dcm"]
     assert "claims 36000 x 36000 pixels, the header 64 x 64" in errors["error"][0]
+
+
+def test_a_deflate_bomb_is_refused_while_streaming(tmp_path: Path) -> None:
+    """A Deflated Explicit VR file is inflated, for its header alone, in one piece by pydicom: a 195 KB file took
+    2.5 GB (issue 30). Its inflated size is now counted a megabyte at a time first, against the limit of an
+    uncompressed file (8 bytes per --max-pixels pixel), and what the header does not declare is never decoded."""
+    import tracemalloc
+
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))  # 64 x 64, one frame
+    ds.PixelData = np.zeros((2000, 4000), np.uint16).tobytes()  # 16 MB of zeros: a few KB deflated
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    assert bomb.stat().st_size < 100_000
+    tracemalloc.start()
+    with pytest.raises(ImageDecodeError, match="inflates to more than 1,120,576 bytes"):
+        read_image(bomb, max_pixels=9_000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 8_000_000, f"{peak:,} bytes to refuse it"
+    assert list_items([bomb], Limits(max_pixels=9_000)) == [
+        Item(bomb, None, "dicom")
+    ]  # one row: its error row
+    assert read_image(bomb).shape == (64, 64)  # within the default limit: the one frame its header declares
