@@ -66,6 +66,19 @@ def volume_shape(path: Path, max_pixels: int) -> tuple[int, int, int]:
         raise NiftiError(
             f"NIfTI volume of {x * y * z:,} voxels, over {VOLUME_FACTOR} x the limit of {max_pixels:,} (--max-pixels)"
         )
+    if not np.isfinite(axes[:3]).all():
+        raise NiftiError(
+            "NIfTI whose affine does not say which way its axes run (a rank-deficient sform or qform): its axial "
+            "slices cannot be found"
+        )
+    stored_bytes = x * y * z * image.header.get_data_dtype().itemsize
+    if (
+        stored_bytes > 4 * VOLUME_FACTOR * max_pixels
+    ):  # as many bytes as float32 voxels within the voxel limit
+        raise NiftiError(
+            f"NIfTI volume of {stored_bytes:,} bytes of voxels, over {4 * VOLUME_FACTOR * max_pixels:,} "
+            "(4 bytes per voxel within --max-pixels)"
+        )
     canonical = [0, 0, 0]
     for stored, out in enumerate(axes[:3]):
         canonical[int(out)] = shape[stored]
@@ -81,16 +94,22 @@ def slice_count(path: Path, max_pixels: int) -> int:
         return 1
 
 
-_cache = threading.local()  # per decoding thread: (path, mtime, volume as uint8 in display order)
+# One volume in memory per process, whichever thread asked for it (the cap holds per file, not per thread: with a
+# cache per thread, every decoding thread held its own copy): (path, mtime) and the volume as uint8 in display
+# order. A thread reading a slice holds the lock while its volume is loaded or copied from.
+_lock = threading.Lock()
+_cached: tuple[tuple[str, int], np.ndarray] | None = None
+WINDOW_SAMPLE = 10_000_000  # voxels the intensity window is estimated from (all of them in smaller volumes)
 
 
 def _volume(path: Path, max_pixels: int) -> np.ndarray:
-    """The canonical volume as uint8 (z, rows, columns), windowed once; kept for the thread's next slice."""
+    """The canonical volume as uint8 (z, rows, columns), windowed once and kept for the next slices. Memory: the
+    stored voxels while they are read, one float32 copy, the uint8 result; never two volumes."""
+    global _cached
     key = (str(path), path.stat().st_mtime_ns)
-    cached = getattr(_cache, "volume", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    _cache.volume = None  # never two volumes at once
+    if _cached is not None and _cached[0] == key:
+        return _cached[1]
+    _cached = None  # never two volumes at once
     volume_shape(path, max_pixels)
     try:
         nib = _nibabel()
@@ -99,22 +118,27 @@ def _volume(path: Path, max_pixels: int) -> np.ndarray:
         raise
     except Exception as exc:
         raise NiftiError(f"unreadable NIfTI voxels ({exc.__class__.__name__}: {exc})") from exc
-    data = np.nan_to_num(data.reshape(data.shape[:3]), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
-    scaled = (
-        np.zeros(data.shape, np.uint8)
-        if hi <= lo
-        else np.clip((data - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255)
-    )
+    data = np.nan_to_num(data.reshape(data.shape[:3]), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    step = max(1, data.size // WINDOW_SAMPLE)
+    lo, hi = (float(v) for v in np.percentile(data.reshape(-1)[::step], [0.5, 99.5]))
+    if hi <= lo:
+        scaled = np.zeros(data.shape, np.uint8)
+    else:  # in place: no second float copy of the volume
+        data -= lo
+        data *= 255.0 / (hi - lo)
+        data += 0.5
+        scaled = np.clip(data, 0, 255, out=data).astype(np.uint8)
+    del data
     # (x, y, z) in RAS+ -> (z, rows, columns): anterior at the top, the patient's right on the image's left.
-    display = np.ascontiguousarray(np.transpose(scaled.astype(np.uint8), (2, 1, 0))[:, ::-1, ::-1])
-    _cache.volume = (key, display)
+    display = np.ascontiguousarray(np.transpose(scaled, (2, 1, 0))[:, ::-1, ::-1])
+    _cached = (key, display)
     return display
 
 
 def read_slice(path: Path, index: int | None, max_pixels: int) -> np.ndarray:
     """Axial slice `index` (from 1) of a volume as uint8 H x W; a volume of one slice needs no index."""
-    volume = _volume(path, max_pixels)
+    with _lock:
+        volume = _volume(path, max_pixels)
     if index is None:
         if volume.shape[0] != 1:
             raise NiftiError(
@@ -124,7 +148,7 @@ def read_slice(path: Path, index: int | None, max_pixels: int) -> np.ndarray:
         index = 1
     if index > volume.shape[0]:
         raise NiftiError(f"slice {index} asked, the volume has {volume.shape[0]}")
-    return volume[index - 1]
+    return volume[index - 1].copy()  # the volume may be replaced by the next thread's
 
 
 def read_nifti_slice(

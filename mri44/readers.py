@@ -84,7 +84,7 @@ def list_items(
     out: list[Item] = []
     for path in paths:
         reader = reader_for(path)
-        n = reader.count(path, limits.max_pixels) if reader.member_column and path.is_file() else 1
+        n = _count(reader, path, limits) if reader.member_column else 1
         if n == 1:
             out.append(Item(path, None, reader.format))
             continue
@@ -95,6 +95,15 @@ def list_items(
                 (str(path), f"{reader.member_column}s {kept + 1}-{n} of {n} left out (--max-frames {kept})")
             )
     return out
+
+
+def _count(reader: Reader, path: Path, limits: Limits) -> int:
+    """Images in a file, from its header; 1 for what is not a regular file or cannot be counted: that one row is
+    read later and says why. Listing never stops a run, whatever a header holds."""
+    try:
+        return reader.count(path, limits.max_pixels) if path.is_file() else 1
+    except Exception:  # a reader's own refusals return 1; anything else a hostile header provokes, too
+        return 1
 
 
 def item_for(path: str | os.PathLike[str]) -> Item:
