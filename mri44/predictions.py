@@ -176,27 +176,42 @@ def series_table(predictions: pl.DataFrame, class_names: list[str] | None = None
         names, probs = _top_k_probabilities(predictions)
     rows = np.flatnonzero(scored.to_numpy())
     keys = predictions["series_uid"].to_numpy()[rows]
-    out = []
-    for uid in sorted(set(keys)):
-        members = rows[keys == uid]
-        mean = probs[members].mean(0)
-        k = int(mean.argmax())
-        best = int(members[int(probs[members, k].argmax())])
-        labels = predictions["true_class"].gather(members).unique().to_list()
-        first = predictions.row(int(members[0]), named=True)
-        out.append(
-            {
-                "study_uid": first["study_uid"],
-                "series_uid": uid,
-                "series_description": first["series_description"],
-                "slices": len(members),
-                "pred_class": names[k],
-                "confidence": float(mean[k]),
-                "most_confident_slice": shown_path(predictions.row(best, named=True)),
-                "true_class": labels[0] if len(labels) == 1 else None,
-            }
-        )
-    return pl.DataFrame(out, schema_overrides={"true_class": pl.String, "series_description": pl.String})
+    # Rows grouped by series in one sort (the table grows linearly: a loop over series, each scanning every row,
+    # took 39 s for 40,000 one-slice series).
+    order = np.argsort(keys, kind="stable")
+    members, keys = rows[order], keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    counts = np.diff(np.r_[starts, len(members)])
+    mean = np.add.reduceat(probs[members], starts, axis=0) / counts[:, None]
+    best_class = mean.argmax(1)
+    series_of = np.repeat(np.arange(len(starts)), counts)
+    strength = probs[members, best_class[series_of]]
+    # The most confident member of each series: the first row of its series after sorting by -strength.
+    by_strength = np.lexsort((-strength, series_of))
+    best = members[by_strength[starts]]
+    first = predictions[members[starts]]
+    shown = [
+        shown_path(row) for row in predictions[best].select("path", "frame", "slice").iter_rows(named=True)
+    ]
+    labels = (
+        pl.DataFrame({"series": series_of, "label": predictions["true_class"].gather(members)})
+        .group_by("series")
+        .agg(single=pl.col("label").n_unique() == 1, label=pl.col("label").first())
+        .sort("series")
+    )
+    return pl.DataFrame(
+        {
+            "study_uid": first["study_uid"],
+            "series_uid": pl.Series(keys[starts], dtype=pl.String),
+            "series_description": first["series_description"],
+            "slices": counts.astype(np.int64),
+            "pred_class": np.asarray(names)[best_class],
+            "confidence": mean[np.arange(len(starts)), best_class].astype(np.float64),
+            "most_confident_slice": shown,
+            "true_class": labels.select(pl.when("single").then("label"))["label"],
+        },
+        schema_overrides={"true_class": pl.String, "series_description": pl.String},
+    )
 
 
 def shown_path(row: dict) -> str:

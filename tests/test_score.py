@@ -498,3 +498,49 @@ def test_prediction_rows_follow_the_one_schema(synthetic_data: Path, exported_mo
     probs = np.stack(rows["probs"].to_list())
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert np.allclose(probs.max(1), rows["confidence"].to_numpy(), atol=1e-6)
+
+
+def test_series_table_matches_the_series_by_series_definition() -> None:
+    """series_table (one sort, grouped sums) against its definition written out one series at a time: the class of
+    the mean probabilities, that mean, the slice count, the most confident slice, the shared label."""
+    from mri44.predictions import series_table
+
+    rng = np.random.default_rng(1)
+    n, classes = 300, ["A T1", "A T2", "B T1"]
+    probs = rng.dirichlet(np.ones(3), n)
+    series = rng.choice([f"1.2.{k}" for k in range(40)], n).astype(object)
+    series[::17] = None  # plain images among them
+    labels = pl.Series(list(rng.choice(["A T1", "B T1", None], n, p=[0.6, 0.3, 0.1])), dtype=pl.String)
+    frame = pl.DataFrame(
+        {
+            "path": [f"s/{i}.dcm" for i in range(n)],
+            "frame": pl.Series([None] * n, dtype=pl.Int64),
+            "slice": pl.Series([None] * n, dtype=pl.Int64),
+            "status": ["ok" if i % 23 else "error" for i in range(n)],
+            "true_class": labels,
+            "study_uid": "9",
+            "series_uid": pl.Series(list(series), dtype=pl.String),
+            "series_description": "AX",
+            "probs": probs.astype(np.float32),
+        }
+    )
+    table = series_table(frame, classes)
+    assert table is not None
+    ok = frame.with_row_index("row").filter(pl.col("status") == "ok", pl.col("series_uid").is_not_null())
+    expected = []
+    for uid in sorted(set(ok["series_uid"])):
+        rows = ok.filter(series_uid=uid)["row"].to_numpy()
+        mean = probs[rows].astype(np.float32).mean(0)
+        k = int(mean.argmax())
+        found = frame["true_class"].gather(rows).unique().to_list()
+        expected.append(
+            (
+                uid,
+                len(rows),
+                classes[k],
+                f"s/{rows[probs[rows, k].astype(np.float32).argmax()]}.dcm",
+                found[0] if len(found) == 1 else None,
+            )
+        )
+    got = table.select("series_uid", "slices", "pred_class", "most_confident_slice", "true_class").rows()
+    assert got == expected
