@@ -67,8 +67,24 @@ class Model:
         range), or a list of images. Paths keep their folder labels (true_class) as mri-score finds them; a file
         that cannot be read is an error row, as in the CLI. ood / ood_threshold: as mri-score's --ood and
         --ood-threshold."""
+        from mri44.stages.score.options import ScoreOptions
         from mri44.stages.score.pipeline import score_items
 
+        # mri-score's checks, the same one-line errors
+        ScoreOptions(
+            top_k=top_k,
+            batch_size=batch_size,
+            workers=workers,
+            max_pixels=max_pixels,
+            ood_threshold=ood_threshold,
+        )
+        if not isinstance(images, str | os.PathLike | np.ndarray | list | tuple):
+            raise SettingError(
+                f"predict() takes a folder, a path, a list of paths, an image array or a list of arrays, not a "
+                f"{type(images).__name__} (a PIL image: numpy.asarray(image))"
+            )
+        if isinstance(images, tuple):
+            images = list(images)
         if isinstance(images, np.ndarray) or (
             isinstance(images, list) and images and all(isinstance(i, np.ndarray) for i in images)
         ):

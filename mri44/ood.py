@@ -62,6 +62,12 @@ class OodSpec:
 
     def scores(self, feature_map: np.ndarray) -> np.ndarray:
         """ood_score per image (higher = less like the training images) from the (N, C, h, w) feature map."""
+        if feature_map.ndim != 4 or feature_map.shape[1] != self.reference.shape[1]:
+            raise OodSpecError(
+                f"the model's feature map has {feature_map.shape[1] if feature_map.ndim > 1 else '?'} channels, its "
+                f"out-of-distribution reference {self.reference.shape[1]}: re-fit it (scripts/fit_ood.py) or score "
+                "with --ood off"
+            )
         return knn_distance(normalised(pooled(feature_map)), self.reference, self.k)
 
     def to_json(self) -> str:
@@ -89,7 +95,15 @@ class OodSpec:
         if data.get("method") != METHOD:
             raise OodSpecError(f"{source}: unknown out-of-distribution method {data.get('method')!r}")
         if len(shape) != 2 or shape[0] < 1 or not 1 <= k <= shape[0] or not np.isfinite(threshold):
-            raise OodSpecError(f"{source}: out-of-distribution settings out of range (k={k}, shape {shape})")
+            raise OodSpecError(
+                f"{source}: out-of-distribution settings out of range (k={k}, reference {shape}, threshold "
+                f"{threshold}): re-fit them (scripts/fit_ood.py) or score with --ood off"
+            )
+        if not np.isfinite(reference).all():
+            raise OodSpecError(
+                f"{source}: its out-of-distribution reference holds NaN or infinite values: re-fit it "
+                "(scripts/fit_ood.py) or score with --ood off"
+            )
         return cls(reference=reference, k=k, threshold=threshold, source=str(data.get("source", "")))
 
 

@@ -5,6 +5,7 @@ all name them without importing the module that runs them (score/run.py)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,28 @@ class ScoreOptions:
         "on"  # on: every row gets ood_score and ood (when the model carries a reference set); off: skipped
     )
     ood_threshold: float | None = None  # overrides the model's own threshold
+
+    def __post_init__(self) -> None:
+        """The same one-line refusals for every caller, the CLI (whose own bounds say the same) and the Python
+        API alike: a top_k of 0 was an IndexError, -1 gave 43 columns, a NaN threshold turned every flag off."""
+        from mri44.errors import SettingError
+
+        counts = {"--top-k": self.top_k, "--batch-size": self.batch_size, "--workers": self.workers}
+        counts |= {"--max-pixels": self.max_pixels, "--max-frames": self.max_frames, "--actors": self.actors}
+        for name, value in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if not (math.isfinite(self.gpus_per_actor) and self.gpus_per_actor >= 0):
+            raise SettingError(f"--gpus-per-actor must be 0 or more, got {self.gpus_per_actor!r}")
+        if isinstance(self.explain, bool) or not isinstance(self.explain, int) or self.explain < 0:
+            raise SettingError(f"--explain must be a whole number of 0 or more, got {self.explain!r}")
+        if self.ood_threshold is not None and not math.isfinite(self.ood_threshold):
+            raise SettingError(f"--ood-threshold must be a finite number, got {self.ood_threshold!r}")
+        choices = {"--engine": (self.engine, ENGINES), "--ood": (self.ood, ("on", "off"))}
+        choices["--decode"] = (self.decode, ("cpu", "device"))
+        for name, (choice, allowed) in choices.items():
+            if choice not in allowed:
+                raise SettingError(f"unknown {name} {choice!r}: choose {' or '.join(allowed)}")
 
     def limits(self) -> Limits:
         """What one input may cost (mri44.limits): --max-pixels and --max-frames."""

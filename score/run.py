@@ -12,7 +12,7 @@ from pathlib import Path
 from mri44.errors import SettingError, import_extra
 from mri44.metrics import tables_with_counts
 
-from .options import ENGINES, ScoreOptions, ScoreResult
+from .options import ScoreOptions, ScoreResult
 from .outputs import check_outputs, check_report_path, refuse_clashes, write_outputs
 from .provenance import provenance, sidecar
 
@@ -50,10 +50,6 @@ def check_report(options: ScoreOptions, model: Path) -> None:
 def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = ScoreOptions()) -> ScoreResult:
     """Score every image under input_dir with options.model; write predictions to out (and tables beside it)
     unless out is None, in which case nothing is written and the result holds them."""
-    if options.engine not in ENGINES:
-        raise SettingError(f"unknown --engine {options.engine!r}: choose local or ray")
-    if options.ood not in ("on", "off"):
-        raise SettingError(f"unknown --ood {options.ood!r}: choose on or off")
     if options.engine == "ray":
         if out is None:
             raise SettingError("--engine ray writes its rows as part files: give an --out folder")

@@ -128,3 +128,42 @@ def test_train_api_and_config_rerun(synthetic_data: Path, tmp_path: Path) -> Non
         mri44.train(base, epoch=3)
     with pytest.raises(SettingError, match="not a readable run config"):
         mri44.train(tmp_path / "missing.json", out=tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"top_k": 0}, "--top-k must be a whole number of at least 1, got 0"),
+        ({"top_k": -1}, "--top-k must be a whole number of at least 1, got -1"),
+        ({"batch_size": 0}, "--batch-size must be a whole number of at least 1, got 0"),
+        ({"max_pixels": 0}, "--max-pixels must be a whole number of at least 1, got 0"),
+        ({"ood_threshold": float("nan")}, "--ood-threshold must be a finite number, got nan"),
+    ],
+)
+def test_predict_refuses_what_mri_score_refuses(exported_model: Path, options: dict, message: str) -> None:
+    """The API had none of the CLI's checks (issue 30): top_k=0 raised IndexError, -1 gave 43 columns, a NaN
+    threshold turned every flag off silently."""
+    import mri44
+    from mri44.errors import SettingError
+
+    model = mri44.load_model(exported_model)
+    with pytest.raises(SettingError, match=re.escape(message)):
+        model.predict(np.zeros((8, 8), np.uint8), **options)
+
+
+def test_predict_names_what_it_takes_when_given_a_pil_image(exported_model: Path) -> None:
+    from PIL import Image
+
+    import mri44
+    from mri44.errors import SettingError
+
+    with pytest.raises(SettingError, match=r"not a Image \(a PIL image: numpy.asarray\(image\)\)"):
+        mri44.load_model(exported_model).predict(Image.new("L", (8, 8)))
+
+
+def test_mri_score_refuses_a_nan_threshold(tmp_path: Path, exported_model: Path) -> None:
+    import mri44
+    from mri44.errors import SettingError
+
+    with pytest.raises(SettingError, match="--ood-threshold must be a finite number"):
+        mri44.score(tmp_path, out=None, model=str(exported_model), ood_threshold=float("nan"))

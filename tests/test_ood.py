@@ -135,3 +135,25 @@ def test_ood_off_and_threshold_override(exported_model: Path, synthetic_data: Pa
     strict = mri44.score(synthetic_data, model=exported_model, ood_threshold=-1.0)
     summary = strict.tables["summary"]  # type: ignore[index]
     assert summary["ood_flagged"][0] == summary["n"][0] and summary["accuracy_without_ood"][0] is None
+
+
+def test_a_reference_of_the_wrong_width_or_with_nan_is_a_one_line_error() -> None:
+    """Both gave a traceback or a silently null ood column (issue 30)."""
+    import json
+
+    from mri44.ood import OodSpec, OodSpecError
+
+    spec = OodSpec(reference=np.eye(4, 8, dtype=np.float16), k=1, threshold=0.2)
+    with pytest.raises(
+        OodSpecError, match="feature map has 16 channels, its out-of-distribution reference 8"
+    ):
+        spec.scores(np.ones((2, 16, 3, 3), np.float32))
+    broken = json.loads(spec.to_json())
+    broken["reference_fp16_b64"] = (
+        OodSpec(reference=np.full((4, 8), np.nan, np.float16), k=1, threshold=0.2)
+        .to_json()
+        .split('"reference_fp16_b64": "')[1]
+        .split('"')[0]
+    )
+    with pytest.raises(OodSpecError, match="NaN or infinite"):
+        OodSpec.from_json(json.dumps(broken))
