@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mri44.errors import MRI44Error
+
 if TYPE_CHECKING:
     from mri44.onnx_meta import ModelMetadata
 
@@ -76,17 +78,74 @@ def provenance(
     }
 
 
+class ProvenanceError(MRI44Error):
+    """A provenance or run record that exists but does not hold what mri-score writes."""
+
+
+# What each recorded field must be (mri-score writes exactly these; any of them may be absent in older files).
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "input": str,
+    "options": dict,
+    "versions": dict,
+    "time": str,
+    "counts": dict,
+}
+MODEL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "path": str,
+    "sha256": str,
+    "arch": str,
+    "input_size": int,
+    "precision": str,
+    "classes": int,
+    "class_names": list,
+}
+
+
+def checked_record(record: Any, source: Path) -> dict[str, Any]:
+    """record if it has the shape mri-score writes, else a ProvenanceError naming the first field that does not
+    (a list, a nested value or a number where a name belongs crashed the commands that read them)."""
+
+    def wrong(where: str, value: Any, kind: type | tuple[type, ...]) -> bool:
+        expected = kind if isinstance(kind, tuple) else (kind,)
+        return value is not None and (
+            not isinstance(value, expected) or isinstance(value, bool) and bool not in expected
+        )
+
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"a {type(record).__name__}, not an object"
+    else:
+        fields = [(name, record.get(name), kind) for name, kind in RECORD_FIELDS.items()]
+        model = record.get("model")
+        if isinstance(model, dict):
+            fields += [(f"model.{name}", model.get(name), kind) for name, kind in MODEL_FIELDS.items()]
+        problem = next(
+            (f"{name} is {type(value).__name__}" for name, value, kind in fields if wrong(name, value, kind)),
+            None,
+        )
+    if problem is not None:
+        raise ProvenanceError(
+            f"{source}: its provenance record is malformed ({problem}): it was not written by mri-score, or was "
+            "changed since; score the images again to write a new one"
+        )
+    return record
+
+
 def read_provenance(predictions: Path) -> dict[str, Any] | None:
     """The provenance stored with a predictions file or parts folder; None when there is none (older files, or
-    files that mri-score did not write). Never raises for a file that merely lacks it."""
+    files that mri-score did not write). A record that is there but malformed is a ProvenanceError."""
     try:
         if predictions.is_dir():
             record = predictions / RUN_FILE
-            return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
-        if predictions.suffix.lower() == ".parquet":
+            text = record.read_text(encoding="utf-8") if record.is_file() else None
+        elif predictions.suffix.lower() == ".parquet":
             text = pl.read_parquet_metadata(predictions).get(PROVENANCE_KEY)
-            return json.loads(text) if text else None
-        side = sidecar(predictions)
-        return json.loads(side.read_text(encoding="utf-8")) if side.is_file() else None
+        else:
+            side = sidecar(predictions)
+            text = side.read_text(encoding="utf-8") if side.is_file() else None
+        loaded = json.loads(text) if text else None
     except (OSError, ValueError, pl.exceptions.PolarsError):
         return None
+    return None if loaded is None else checked_record(loaded, predictions)

@@ -146,6 +146,11 @@ def check_identity(out: Path, identity: dict[str, Any]) -> None:
             f"{out} holds parts but no readable run record ({RUN_FILE}: {exc.__class__.__name__}), so a resume "
             "cannot be checked to be the same run: pass --overwrite to start over"
         ) from None
+    if not isinstance(saved, dict):
+        raise OutputError(
+            f"{out} holds parts but its run record ({RUN_FILE}) is a {type(saved).__name__}, not a record, so a "
+            "resume cannot be checked to be the same run: pass --overwrite to start over"
+        )
     differences = [
         f"{key} {saved.get(key)!r} then, {value!r} now"
         for key, value in identity.items()

@@ -123,7 +123,7 @@ def report(
                 "its files again"
             ) from exc
         raise fail(f"cannot read {predictions} as a predictions table: {exc}") from exc
-    missing = {"path", "status", "pred_class", "confidence", "true_class"} - set(frame.columns)
+    missing = {"path", "status", "error", "pred_class", "confidence", "true_class"} - set(frame.columns)
     if missing:
         raise fail(f"{predictions} is not mri-score output (missing {', '.join(sorted(missing))})")
     wrong = [

@@ -289,3 +289,25 @@ def test_a_file_that_aborted_the_decoder_is_one_error_row_under_ray(
     rows = pl.read_parquet(sorted(out.glob("mri44-part-*.parquet")))
     assert rows.filter(status="error")["path"].to_list() == ["c/liar.dcm"]
     assert rows.filter(status="ok").height == rows.height - 1 > 0
+
+
+def test_a_run_record_that_is_not_a_record_refuses_the_resume_in_one_line(
+    synthetic_data: Path, exported_model: Path, tmp_path: Path
+) -> None:
+    """A run record of `[1]` crashed --resume with a traceback (issue 30)."""
+    out = tmp_path / "ray"
+    out.mkdir()
+    (out / "mri44-run.json").write_text("[1]")
+    (out / "mri44-part-x-000000.parquet").write_bytes(b"")
+    args = [
+        str(synthetic_data),
+        "--out",
+        str(out),
+        "--model",
+        str(exported_model),
+        "--engine",
+        "ray",
+        "--resume",
+    ]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 2 and "run record (mri44-run.json) is a list, not a record" in done.output

@@ -383,3 +383,42 @@ def test_a_report_of_ten_thousand_rows_stays_small(
     small_rest, big_rest = (len(card.sub("", page).encode()) for page in pages)
     assert big_rest < 1.02 * small_rest, (small_rest, big_rest)  # tables, plots, counts: the same page
     assert len(pages[1].encode()) < 3_000_000
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ([1, 2], "a list, not an object"),
+        ({"model": [1]}, "model is list"),
+        ({"input": 3}, "input is int"),
+        ({"model": {"sha256": 7}}, "model.sha256 is int"),
+    ],
+)
+def test_a_malformed_provenance_record_is_a_one_line_error(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path, record: object, problem: str
+) -> None:
+    """A list, a nested value or a number where a name belongs crashed mri-report with a traceback (issue 30)."""
+    import json
+
+    scored = tmp_path / "p.parquet"
+    done = runner.invoke(
+        score_app, [str(synthetic_data), "--out", str(scored), "--model", str(exported_model)]
+    )
+    assert done.exit_code == 0, done.output
+    pl.read_parquet(scored).write_parquet(scored, metadata={"mri44.provenance": json.dumps(record)})
+    result = runner.invoke(report_app, [str(scored), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and f"malformed ({problem})" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r.html").exists()
+
+
+def test_predictions_without_an_error_column_are_refused_in_one_line(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    scored = tmp_path / "p.parquet"
+    done = runner.invoke(
+        score_app, [str(synthetic_data), "--out", str(scored), "--model", str(exported_model)]
+    )
+    assert done.exit_code == 0, done.output
+    pl.read_parquet(scored).drop("error").write_parquet(tmp_path / "q.parquet")
+    result = runner.invoke(report_app, [str(tmp_path / "q.parquet")])
+    assert result.exit_code == 2 and "is not mri-score output (missing error)" in result.output
