@@ -19,9 +19,19 @@ OUTPUT_MARKER = ".mri44-outputs"
 UNLISTABLE = "folder cannot be listed"
 
 
+def our_outputs(folder: Path) -> set[str]:
+    """The files an mri44 output folder's marker lists: what we wrote there (metric tables, the confusion
+    heat map), never inputs. Only those are passed over: a stray or empty marker hides no image (it hid whole
+    folders, silently)."""
+    try:
+        return set((folder / OUTPUT_MARKER).read_text(encoding="utf-8", errors="replace").split())
+    except (FileNotFoundError, IsADirectoryError):  # no marker, the usual case
+        return set()  # (a folder that cannot be searched raises here, and is reported as such)
+
+
 def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """All image-named files below root, sorted by their path relative to root; our own output folders (marked
-    with OUTPUT_MARKER) are skipped. When `skipped` is given, every other file, every folder that could not be
+    """All image-named files below root, sorted by their path relative to root; the files our own output folders'
+    OUTPUT_MARKER lists are skipped. When `skipped` is given, every other file, every folder that could not be
     listed and every link to something already listed is appended to it as (path relative to root, reason), so
     callers can say what they left out."""
     root = Path(root)
@@ -63,8 +73,7 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
             st = folder.stat()
             if already((st.st_dev, st.st_ino), seen_dirs, folder):
                 return
-            if folder != root and (folder / OUTPUT_MARKER).exists():
-                return
+            ours = our_outputs(folder) if folder != root else set()
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:  # the marker check fails alike when the folder cannot be searched
             note(folder, f"{UNLISTABLE} ({exc.strerror or exc})")
@@ -73,6 +82,9 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
             if entry.name.startswith("."):
                 continue
             path = Path(entry.path)
+            if entry.name in ours:
+                note(path, f"written by mri44 (listed in {OUTPUT_MARKER}): not an input")
+                continue
             try:
                 if entry.is_symlink():
                     links.append(path)

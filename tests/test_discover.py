@@ -21,7 +21,7 @@ def test_skipped_files_and_unlistable_folders_are_reported(
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / "y.png").write_bytes(b"")
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / OUTPUT_MARKER).touch()
+    (tmp_path / "out" / OUTPUT_MARKER).write_text("confusion.png\n")  # as metrics.write_tables lists it
     (tmp_path / "out" / "confusion.png").write_bytes(b"")
     real_scandir = os.scandir
 
@@ -37,6 +37,7 @@ def test_skipped_files_and_unlistable_folders_are_reported(
     assert sorted(skipped) == [
         ("a/notes.txt", "not an image type (.txt)"),
         ("locked", "folder cannot be listed (Permission denied)"),
+        ("out/confusion.png", f"written by mri44 (listed in {OUTPUT_MARKER}): not an input"),
     ]
 
 
@@ -137,3 +138,20 @@ def test_an_extension_less_fifo_is_never_opened(tmp_path: Path) -> None:
     worker.join(timeout=20)
     assert not worker.is_alive(), "find_images blocked on a FIFO"
     assert [p.name for p in found[0]] == ["x.png"]
+
+
+def test_a_stray_marker_file_hides_no_image(tmp_path: Path) -> None:
+    """A `.mri44-outputs` file left in an input folder made every image there vanish silently (issue 30). Only
+    the files a marker lists (what mri44 wrote there) are passed over, each noted."""
+    from mri44.discover import OUTPUT_MARKER, find_images
+
+    folder = tmp_path / "A T1"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "confusion.png"):
+        cv2.imwrite(str(folder / name), np.full((16, 16), 100, np.uint8))
+    (folder / OUTPUT_MARKER).write_text("")  # stray, empty
+    assert [p.name for p in find_images(tmp_path)] == ["a.png", "b.png", "confusion.png"]
+    (folder / OUTPUT_MARKER).write_text("summary.csv\nconfusion.png\n")  # a metrics folder's own list
+    skipped: list[tuple[str, str]] = []
+    assert [p.name for p in find_images(tmp_path, skipped)] == ["a.png", "b.png"]
+    assert skipped == [("A T1/confusion.png", f"written by mri44 (listed in {OUTPUT_MARKER}): not an input")]

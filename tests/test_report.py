@@ -212,6 +212,7 @@ def test_report_of_a_table_with_a_wrongly_typed_column_is_one_line(tmp_path: Pat
         {
             "path": ["a.png"],
             "status": ["ok"],
+            "error": pl.Series([None], dtype=pl.String),
             "pred_class": ["A T1"],
             "confidence": ["high"],
             "true_class": [None],
