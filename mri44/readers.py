@@ -132,6 +132,14 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     return read_item(item_for(path), Limits(max_pixels=max_pixels))[0]
 
 
+def inside(root: Path, path: Path) -> bool:
+    """Whether path, symlinks resolved, lies under root: what a report may show of a folder it was given."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop, say
+        return False
+
+
 def row_item(root: Path, row: dict) -> Item:
     """The Item a predictions row was scored from (its path under root, and its frame or slice)."""
     path = root / row["path"]

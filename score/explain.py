@@ -17,7 +17,7 @@ from mri44.errors import SettingError
 from mri44.imageio import ImageDecodeError
 from mri44.predictions import shown_path
 from mri44.preprocess import load_pixels, normalize
-from mri44.readers import row_item
+from mri44.readers import inside, row_item
 
 from .report import data_uri, gallery_rows
 
@@ -52,8 +52,11 @@ def gallery_overlays(predictions: pl.DataFrame, root: Path, model: Path, per_gal
                 raise SettingError(
                     f"{model} does not know the predicted class {row['pred_class']!r}: wrong model?"
                 )
+            item = row_item(root, row)
+            if not inside(root, item.path):  # never a map of a file outside the folder the report shows
+                continue
             try:
-                pixels = load_pixels(row_item(root, row), spec)
+                pixels = load_pixels(item, spec)
             except ImageDecodeError:
                 continue
             _, features = backend.run_features(normalize(pixels, spec))

@@ -25,7 +25,7 @@ from mri44.errors import import_extra
 from mri44.imageio import ImageDecodeError
 from mri44.metrics import ECE_BINS, expected_calibration_error, metric_tables
 from mri44.predictions import series_table, shown_path
-from mri44.readers import Item, read_item, row_item
+from mri44.readers import Item, inside, read_item, row_item
 
 log = logging.getLogger(__name__)
 GALLERY_SIZE = 12
@@ -121,6 +121,14 @@ def _encoded(image: np.ndarray, side: int, ext: str) -> str | None:
     return data_uri(encoded.tobytes(), "jpeg" if ext == ".jpg" else "png")
 
 
+def outside_count(predictions: pl.DataFrame, root: Path | None) -> int:
+    """Rows whose file lies outside the folder the report was given (`../`, an absolute path, a link out of it):
+    their images are never embedded, so a report shared with others shows nothing from elsewhere."""
+    if root is None:
+        return 0
+    return sum(not inside(root, root / path) for path in predictions["path"].unique().to_list())
+
+
 def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> list[dict[str, Any]]:
     """One card per gallery row: the path relative to the input root (folder and file: the folder is the case or
     the class), green when the prediction is right, red when wrong, neutral without a label."""
@@ -128,7 +136,9 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
     out = []
     for row in rows.iter_rows(named=True):
         true = row.get("true_class")
-        thumb, full = card_images(row_item(root, row)) if root is not None else (None, None)
+        item = row_item(root, row) if root is not None else None
+        shown = root is not None and item is not None and inside(root, item.path)  # nothing from elsewhere
+        thumb, full = card_images(item) if shown and item is not None else (None, None)
         out.append(
             {
                 "path": shown_path(row),
@@ -277,6 +287,7 @@ def render_report(
         "ok": ok.height,
         "errors": predictions.height - ok.height,
         "labelled": labelled_rows.height,
+        "outside": outside_count(predictions, root),
     }
     errors = predictions.filter(pl.col("status") == "error").select("path", "error").head(20)
     context["errors"], context["errors_table"] = errors.height, html_table(errors)

@@ -423,3 +423,32 @@ def test_predictions_without_an_error_column_are_refused_in_one_line(
     pl.read_parquet(scored).drop("error").write_parquet(tmp_path / "q.parquet")
     result = runner.invoke(report_app, [str(tmp_path / "q.parquet")])
     assert result.exit_code == 2 and "is not mri-score output (missing error)" in result.output
+
+
+def test_the_report_shows_no_image_from_outside_its_folder(tmp_path: Path, synthetic_data: Path) -> None:
+    """Predictions whose paths point outside the folder given (`../`, absolute, a link out of it) embedded those
+    files in the report: a privacy leak once the report is shared (issue 30). They are counted, never shown."""
+    from mri44.stages.score.report import render_report
+
+    inside_dir = tmp_path / "shown"
+    secret_dir = tmp_path / "secret"
+    for folder in (inside_dir, secret_dir):
+        folder.mkdir()
+    source = sorted(synthetic_data.rglob("*.png"))[0]
+    (inside_dir / "mine.png").write_bytes(source.read_bytes())
+    (secret_dir / "private.png").write_bytes(source.read_bytes())
+    (inside_dir / "link.png").symlink_to(secret_dir / "private.png")
+    paths = ["mine.png", "../secret/private.png", str(secret_dir / "private.png"), "link.png"]
+    frame = pl.DataFrame(
+        {
+            "path": paths,
+            "status": ["ok"] * 4,
+            "error": pl.Series([None] * 4, dtype=pl.String),
+            "pred_class": ["A T1"] * 4,
+            "confidence": [0.4, 0.3, 0.2, 0.1],
+            "true_class": pl.Series([None] * 4, dtype=pl.String),
+        }
+    )
+    html = render_report(frame, inside_dir, None, "t")
+    assert html.count('class="thumb"') == 1 and 'alt="mine.png"' in html
+    assert "3 file(s) lie outside the images folder" in html
