@@ -32,6 +32,28 @@ def _publish(tmp: Path, target: Path, replace: bool) -> None:
     tmp.unlink()
 
 
+NAME_MAX = (
+    255  # bytes in one file name on Linux, macOS and Windows file systems (os.pathconf says, where it can)
+)
+STAGING_EXTRA = 16  # the random part and suffix mkstemp / mkdtemp add to a staging prefix
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system holding folder allows."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # a folder not made yet, or a platform without pathconf
+        return NAME_MAX
+
+
+def staging_prefix(name: str, limit: int = NAME_MAX) -> str:
+    """'.NAME.' for a staging file beside NAME, cut so the staging name stays within the file-name limit: a valid
+    248-byte --out name lost a whole run when its staging name, 18 bytes longer, could not be created."""
+    room = limit - STAGING_EXTRA - 2
+    raw = name.encode("utf-8", "surrogateescape")
+    return f".{raw[:room].decode('utf-8', 'ignore') if len(raw) > room else name}."
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it becomes the target, on error it vanishes.
@@ -40,7 +62,8 @@ def atomic_path(target: str | os.PathLike[str], replace: bool = True) -> Iterato
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    prefix = staging_prefix(target.name, name_max(target.parent))
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mri44.atomic import atomic_path, write_text_atomic
+from mri44.atomic import atomic_path, name_max, staging_prefix, write_text_atomic
 from mri44.discover import OUTPUT_MARKER
 from mri44.errors import MRI44Error
 from mri44.metrics import write_tables
@@ -94,13 +94,14 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
     folder."""
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise OutputError(f"--out must end in .parquet or .csv, got {out.name}")
+    target = metrics_dir or out.with_name(f"{out.stem}_metrics")
+    refuse_long_names([out, target, *([sidecar(out)] if out.suffix.lower() == ".csv" else [])])
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite to replace it")
     if out.suffix.lower() == ".csv" and sidecar(out).exists() and not overwrite:
         raise OutputError(
             f"{sidecar(out)} (the CSV's provenance file) exists; pass --overwrite to replace it"
         )
-    target = metrics_dir or out.with_name(f"{out.stem}_metrics")
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise OutputError(
@@ -114,6 +115,19 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
         if problem:  # found now, not after every image was scored
             raise OutputError(f"{what}: cannot write into {place}: {problem}")
     return target
+
+
+def refuse_long_names(paths: list[Path]) -> None:
+    """Every output name within the file system's limit, checked before any scoring (found after it, the whole
+    run's work was lost)."""
+    for path in paths:
+        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+        size, limit = len(path.name.encode("utf-8", "surrogateescape")), name_max(folder)
+        if size > limit:
+            raise OutputError(
+                f"output name {path.name[:40]}... is {size} bytes, over the {limit} a file name may have here: "
+                "choose a shorter --out (its metrics folder and provenance file add to its name)"
+            )
 
 
 def refuse_clashes(
@@ -202,7 +216,7 @@ def write_outputs(
         try:
             if tables is not None:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+                staged = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), dir=target.parent))
                 # mkdtemp's 0700 would hide the tables from colleagues on a shared server
                 staged.chmod(0o777 & ~_umask())
                 write_tables(tables, staged, classes)

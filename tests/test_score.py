@@ -544,3 +544,18 @@ def test_series_table_matches_the_series_by_series_definition() -> None:
         )
     got = table.select("series_uid", "slices", "pred_class", "most_confident_slice", "true_class").rows()
     assert got == expected
+
+
+def test_a_long_out_name_is_written_or_refused_before_any_work(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """A valid 248-byte --out name was scored, then lost: its staging name was 18 bytes over the file system's
+    limit (issue 30). Staging names now fit; a name whose metrics folder cannot exist is refused up front."""
+    fits = tmp_path / ("p" * 240 + ".parquet")  # 248 bytes; its metrics folder 248 too
+    done = _score([synthetic_data, "--out", fits, "--model", exported_model])
+    assert done.exit_code == 0, done.output
+    assert fits.is_file() and pl.read_parquet(fits).height > 0
+    too_long = tmp_path / ("q" * 250 + ".csv")  # 254 bytes; its metrics folder would take 258
+    refused = _score([synthetic_data, "--out", too_long, "--model", exported_model])
+    assert refused.exit_code == 2 and "is 258 bytes, over the 255 a file name may have here" in refused.output
+    assert not too_long.exists() and list(tmp_path.glob("q*")) == []
