@@ -201,6 +201,13 @@ def viewer_pixels(pixels: np.ndarray, ds) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     values = np.asarray(apply_modality_lut(pixels, ds), np.float64)
+    if not np.isfinite(
+        values
+    ).all():  # a NaN or infinite RescaleSlope / Intercept: a blank frame scored as ok
+        raise DicomError(
+            f"its modality LUT gives non-finite values (RescaleSlope {ds.get('RescaleSlope')!r}, "
+            f"RescaleIntercept {ds.get('RescaleIntercept')!r}): no image to score"
+        )
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if ds.get("VOILUTSequence") or has_window:
         try:

@@ -186,18 +186,32 @@ def holding(out: Path) -> Iterator[None]:
                 f"another run (pid and host: {held}) is writing to {out}; wait for it to end, or remove {lock} "
                 "if no run is"
             ) from None
-    os.write(fd, owner.encode())
-    os.close(fd)
+    try:
+        os.write(fd, owner.encode())
+    except OSError:  # a full disk, say: an empty lock would refuse every later run until removed by hand
+        lock.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
 
 
+EMPTY_LOCK_AGE_S = 60  # a lock is written in the instant after it is made: one empty for longer never will be
+
+
 def _stale(lock: Path) -> bool:
-    """A lock written by a process of this host that no longer exists."""
+    """A lock written by a process of this host that no longer exists, or one left empty (its run could not write
+    its owner into it) for longer than a run takes to write it."""
+    import time
+
     try:
-        pid, host = lock.read_text().split()
+        text = lock.read_text()
+        if not text.strip():
+            return time.time() - lock.stat().st_mtime > EMPTY_LOCK_AGE_S
+        pid, host = text.split()
         if host != socket.gethostname():
             return False
         os.kill(int(pid), 0)

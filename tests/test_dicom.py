@@ -418,3 +418,12 @@ def test_a_deflate_bomb_is_refused_while_streaming(tmp_path: Path) -> None:
         Item(bomb, None, "dicom")
     ]  # one row: its error row
     assert read_image(bomb).shape == (64, 64)  # within the default limit: the one frame its header declares
+
+
+def test_a_nan_rescale_slope_is_an_error_not_a_blank_frame(tmp_path: Path) -> None:
+    """RescaleSlope NaN turned every pixel into NaN, which became a blank frame scored as ok (issue 30)."""
+    write_dicom(
+        tmp_path / "nan.dcm", [np.full((8, 8), 7, np.uint16)], "MONOCHROME2", None, slope=float("nan")
+    )
+    with pytest.raises(ImageDecodeError, match="modality LUT gives non-finite values"):
+        read_image(tmp_path / "nan.dcm")

@@ -311,3 +311,30 @@ def test_a_run_record_that_is_not_a_record_refuses_the_resume_in_one_line(
     ]
     done = runner.invoke(app, args)
     assert done.exit_code == 2 and "run record (mri44-run.json) is a list, not a record" in done.output
+
+
+def test_a_lock_that_could_not_be_written_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while a run took its folder left an empty lock that refused every later run (issue 30)."""
+    import errno
+    import os
+    import time
+
+    from mri44.stages.score import ray_engine
+
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left"), ray_engine.holding(tmp_path):
+        pass
+    monkeypatch.setattr(os, "write", real_write)
+    assert not (tmp_path / ray_engine.LOCK_FILE).exists()
+    (tmp_path / ray_engine.LOCK_FILE).write_text("")  # an empty lock from an older run that died so
+    old = time.time() - 2 * ray_engine.EMPTY_LOCK_AGE_S
+    os.utime(tmp_path / ray_engine.LOCK_FILE, (old, old))
+    with ray_engine.holding(tmp_path):  # taken over, not refused
+        assert (tmp_path / ray_engine.LOCK_FILE).read_text().startswith(str(os.getpid()))
