@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,16 @@ def tags_of(ds: Any) -> dict[str, str | int | None]:
         instance = int(number) if number not in (None, "") else None
     except (TypeError, ValueError):
         instance = None
+    image_type = ds.get("ImageType")
+    multi = isinstance(image_type, Sequence) and not isinstance(image_type, str)  # pydicom's MultiValue
     return {
         "study_uid": str(ds.get("StudyInstanceUID") or "") or None,
         "series_uid": str(ds.get("SeriesInstanceUID") or "") or None,
         "instance_number": instance,
         "series_description": str(ds.get("SeriesDescription") or "") or None,
+        "modality": str(ds.get("Modality") or "").strip().upper() or None,
+        "image_type": "\\".join(map(str, image_type)) if multi else (str(image_type) if image_type else None),
+        "body_part": str(ds.get("BodyPartExamined") or "").strip().upper() or None,
     }
 
 

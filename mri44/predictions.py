@@ -24,7 +24,13 @@ TAG_SCHEMA = {
     "series_uid": pl.String,
     "instance_number": pl.Int64,
     "series_description": pl.String,
+    "modality": pl.String,  # DICOM Modality: MR for the images this tool is for
+    "image_type": pl.String,  # DICOM ImageType, its values joined by backslashes
+    "body_part": pl.String,  # DICOM BodyPartExamined
 }
+SCORED_MODALITY = (
+    "MR"  # a DICOM object of any other modality (CT, CR, US, ...) is flagged, whatever its features
+)
 
 # The predictions' columns in order. Two entries stand for columns whose number or width comes from the run:
 # TOP_K (top{j}_class: String and top{j}_prob: Float64 for j = 1..--top-k) and `probs` (every class's
@@ -44,7 +50,8 @@ PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
     "pred_contrast_prob": pl.Float64(),
     TOP_K: "per --top-k",
     "ood_score": pl.Float64(),  # 1 - cosine similarity to the nearest training image's features (mri44.ood)
-    "ood": pl.Boolean(),  # ood_score above the model's threshold
+    "ood": pl.Boolean(),  # flagged: ood_score above the model's threshold, or a DICOM modality other than MR
+    "ood_reason": pl.String(),  # why: "modality CT", "feature distance", or both joined by "; "; null if not flagged
     "true_class": pl.String(),  # the nearest enclosing folder named like a class
     **{name: dtype() for name, dtype in TAG_SCHEMA.items()},
     "probs": "per class",
@@ -120,12 +127,12 @@ def prediction_frame(
     }
     frame = pl.DataFrame(
         {"path": rel_paths, **numbered, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
-    ).with_columns(ood=pl.when(pl.col("ood_score").is_not_null()).then(flagged))
+    ).with_columns(by_features=pl.when(pl.col("ood_score").is_not_null()).then(flagged))
     # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
     # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
     folders = pl.col("path").str.split("/").list.head(pl.col("path").str.count_matches("/"))
     label = folders.list.eval(pl.element().filter(pl.element().is_in(list(class_names)))).list.last()
-    return (
+    rows_out = (
         frame.select(
             "path",
             "frame",
@@ -133,11 +140,29 @@ def prediction_frame(
             status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
             error="error",
             # Predictions of files that failed are meaningless zeros: null them.
-            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "ood"]},
+            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "by_features"]},
             true_class=label,
         )
         .hstack(tag_columns(tags, rel_paths))
         .with_columns(probs=pl.when(pl.col("status") == "ok").then(pl.Series(probs.astype(np.float32))))
+    )
+    return with_flags(rows_out).select(prediction_schema(k, len(class_names)).names())
+
+
+def with_flags(frame: pl.DataFrame) -> pl.DataFrame:
+    """ood and ood_reason from the two checks: the feature distance (by_features: null when it did not run) and
+    the DICOM modality (null for other files). A row is flagged when either says so; its flag is null only when
+    neither check could speak, and always for error rows."""
+    other = pl.col("modality").is_not_null() & (pl.col("modality") != SCORED_MODALITY)
+    reasons = pl.concat_list(
+        pl.when(other).then(pl.lit("modality ") + pl.col("modality")),
+        pl.when(pl.col("by_features").fill_null(False)).then(pl.lit("feature distance")),
+    ).list.drop_nulls()
+    spoken = pl.col("by_features").is_not_null() | pl.col("modality").is_not_null()
+    ok = pl.col("status") == "ok"
+    return frame.with_columns(
+        ood=pl.when(ok & other).then(True).when(ok & spoken).then(pl.col("by_features").fill_null(False)),
+        ood_reason=pl.when(ok & (reasons.list.len() > 0)).then(reasons.list.join("; ")),
     )
 
 
@@ -155,7 +180,8 @@ def tag_columns(tags: list[dict | None] | None, rel_paths: list[str]) -> pl.Data
 def series_table(predictions: pl.DataFrame, class_names: list[str] | None = None) -> pl.DataFrame | None:
     """One row per series (rows with a series_uid and status ok: a DICOM series, a NIfTI volume): the class whose
     probability, averaged over the series' images, is highest, that mean probability, the image count, the image
-    most confident in that class, and the folder label when all its images share one. None when no row has a
+    most confident in that class, the folder label when all its images share one, the share of its images flagged
+    out of distribution (ood_fraction) and the series' own flag (ood: most of them are). None when no row has a
     series.
 
     The one series function of both engines and the report: it reads the table alone. With class_names (the
@@ -193,10 +219,19 @@ def series_table(predictions: pl.DataFrame, class_names: list[str] | None = None
     shown = [
         shown_path(row) for row in predictions[best].select("path", "frame", "slice").iter_rows(named=True)
     ]
+    flags = (
+        predictions["ood"].gather(members)
+        if "ood" in predictions.columns
+        else pl.repeat(None, len(members), dtype=pl.Boolean, eager=True)
+    )
     labels = (
-        pl.DataFrame({"series": series_of, "label": predictions["true_class"].gather(members)})
+        pl.DataFrame({"series": series_of, "label": predictions["true_class"].gather(members), "ood": flags})
         .group_by("series")
-        .agg(single=pl.col("label").n_unique() == 1, label=pl.col("label").first())
+        .agg(
+            single=pl.col("label").n_unique() == 1,
+            label=pl.col("label").first(),
+            ood_fraction=pl.col("ood").cast(pl.Float64).mean(),  # of the images the checks spoke for
+        )
         .sort("series")
     )
     return pl.DataFrame(
@@ -209,8 +244,15 @@ def series_table(predictions: pl.DataFrame, class_names: list[str] | None = None
             "confidence": mean[np.arange(len(starts)), best_class].astype(np.float64),
             "most_confident_slice": shown,
             "true_class": labels.select(pl.when("single").then("label"))["label"],
+            "ood_fraction": labels["ood_fraction"],
+            # flagged when most of its images are: a volume of noise, a CT series
+            "ood": labels.select(pl.col("ood_fraction") > 0.5)["ood_fraction"],
         },
-        schema_overrides={"true_class": pl.String, "series_description": pl.String},
+        schema_overrides={
+            "true_class": pl.String,
+            "series_description": pl.String,
+            "ood_fraction": pl.Float64,
+        },
     )
 
 

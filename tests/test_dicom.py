@@ -427,3 +427,44 @@ def test_a_nan_rescale_slope_is_an_error_not_a_blank_frame(tmp_path: Path) -> No
     )
     with pytest.raises(ImageDecodeError, match="modality LUT gives non-finite values"):
         read_image(tmp_path / "nan.dcm")
+
+
+def test_a_ct_object_is_flagged_by_its_modality_and_so_is_its_series(
+    tmp_path: Path, exported_model: Path
+) -> None:
+    """CT, CR and ultrasound files were scored as brain MRI: Modality was never read (issue 32). Now a non-MR
+    object is flagged with its reason, whatever its features, and a series flagged in most of its images is too."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    import mri44
+    from mri44.predictions import series_table
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    write_dicom(
+        folder / "us.dcm",
+        [np.full((16, 16), 9 * k, np.uint16) for k in range(3)],
+        "MONOCHROME2",
+        None,
+        series="7.7",
+    )
+    us = pydicom.dcmread(folder / "us.dcm")
+    us.Modality = "US"
+    us.save_as(folder / "us.dcm")
+    model = mri44.load_model(exported_model)
+    rows = model.predict(folder)
+    by = {(r["path"], r["frame"]): r for r in rows.iter_rows(named=True)}
+    ct = by[("ct.dcm", None)]
+    assert ct["modality"] == "CT" and ct["ood"] is True and ct["ood_reason"].startswith("modality CT")
+    assert by[("mr.dcm", None)]["modality"] == "MR" and "modality" not in (
+        by[("mr.dcm", None)]["ood_reason"] or ""
+    )
+    assert [by[("us.dcm", k)]["ood_reason"].split(";")[0] for k in (1, 2, 3)] == ["modality US"] * 3
+    series = series_table(rows, model.classes)
+    assert series is not None
+    flagged = series.filter(pl.col("series_uid") == "7.7")
+    assert flagged["ood_fraction"].to_list() == [1.0] and flagged["ood"].to_list() == [True]
