@@ -111,7 +111,10 @@ class Model:
     def _predict_arrays(
         self, arrays: list[np.ndarray], top_k: int, batch_size: int, ood: bool, ood_threshold: float | None
     ) -> pl.DataFrame:
+        from mri44.fingerprint import fingerprint_tags, training_flags
         from mri44.predictions import prediction_frame
+
+        fingerprints: list[dict | None] = []
         from mri44.stages.score.pipeline import flag_threshold, ood_check, score_batch
 
         n = len(arrays)
@@ -121,14 +124,19 @@ class Model:
         scores = np.full(n, np.nan, np.float32) if ood_check(self.backend, ood) else None
         for start in range(0, n, batch_size):
             chunk = arrays[start : start + batch_size]
-            pixels = np.stack(
-                [to_model_pixels(_as_image(a, start + i), self.spec) for i, a in enumerate(chunk)]
-            )
+            images = [_as_image(a, start + i) for i, a in enumerate(chunk)]
+            fingerprints += [fingerprint_tags(image, None) for image in images]
+            pixels = np.stack([to_model_pixels(image, self.spec) for image in images])
             rows = np.arange(start, start + len(chunk))
             score_batch(self.backend, normalize(pixels, self.spec), rows, probs, ok, errors, scores)
         threshold = flag_threshold(self.backend, ood_threshold)
         paths = [f"array[{i}]" for i in range(n)]
-        return prediction_frame(paths, probs, ok, errors, self.classes, top_k, scores, threshold)
+        training = training_flags(
+            self.meta.training, [f if good else None for f, good in zip(fingerprints, ok, strict=True)]
+        )
+        return prediction_frame(
+            paths, probs, ok, errors, self.classes, top_k, scores, threshold, training=training
+        )
 
 
 def _as_image(array: np.ndarray, i: int) -> np.ndarray:

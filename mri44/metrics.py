@@ -236,21 +236,53 @@ def write_tables(
 def tables_with_counts(
     labelled: pl.DataFrame, files: int, errors: int, skipped: int
 ) -> dict[str, pl.DataFrame] | None:
-    """Metric tables of the labelled, scored rows (true_class, pred_class, ood); None without any. The summary
-    also counts what was not scored, the rows flagged out of distribution, and gives accuracy and macro-F1
-    without them (null when the check did not run)."""
+    """Metric tables of the labelled, scored rows (true_class, pred_class, ood, near_training); None without any.
+    The summary also counts what was not scored and the rows flagged out of distribution, with accuracy and
+    macro-F1 without them (null when the check did not run), and the rows whose image the model trained on
+    (in_training: the same file or a re-encoded copy), with accuracy and macro-F1 on the others (null without a
+    training manifest): figures on images a model saw flatter it."""
     if not labelled.height:
         return None
     tables = metric_tables(labelled["true_class"], labelled["pred_class"])
     checked = labelled.drop_nulls("ood") if "ood" in labelled.columns else labelled.clear()
-    kept = checked.filter(~pl.col("ood"))
-    without = metric_tables(kept["true_class"], kept["pred_class"])["summary"] if kept.height else None
+    without = _figures(checked.filter(~pl.col("ood")))
+    known = labelled.drop_nulls("near_training") if "near_training" in labelled.columns else labelled.clear()
+    unseen = _figures(known.filter(~pl.col("near_training")))
     tables["summary"] = tables["summary"].with_columns(
         files=pl.lit(files),
         errors=pl.lit(errors),
         skipped=pl.lit(skipped),
         ood_flagged=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
-        accuracy_without_ood=pl.lit(without["accuracy"][0] if without is not None else None, pl.Float64),
-        macro_f1_without_ood=pl.lit(without["macro_f1"][0] if without is not None else None, pl.Float64),
+        accuracy_without_ood=pl.lit(without[0], pl.Float64),
+        macro_f1_without_ood=pl.lit(without[1], pl.Float64),
+        in_training=pl.lit(int(known["near_training"].sum()) if known.height else None, pl.Int64),
+        accuracy_unseen=pl.lit(unseen[0], pl.Float64),
+        macro_f1_unseen=pl.lit(unseen[1], pl.Float64),
     )
     return tables
+
+
+def _figures(rows: pl.DataFrame) -> tuple[float | None, float | None]:
+    """(accuracy, macro-F1) of labelled rows; (None, None) without any."""
+    if not rows.height:
+        return None, None
+    summary = metric_tables(rows["true_class"], rows["pred_class"])["summary"]
+    return summary["accuracy"][0], summary["macro_f1"][0]
+
+
+def training_overlap(summary: pl.DataFrame) -> str | None:
+    """The warning a run prints when labelled images were in the model's training data; None when none were."""
+    row = summary.row(0, named=True)
+    seen = row.get("in_training")
+    if not seen:
+        return None
+    others = row["n"] - seen
+    tail = (
+        f"on the {others} others: accuracy {row['accuracy_unseen']:.3f}, macro-F1 {row['macro_f1_unseen']:.3f}"
+        if others
+        else "no image here is new to it"
+    )
+    return (
+        f"{seen} of {row['n']} labelled images were in the model's training data (the same file or a re-encoded "
+        f"copy): the figures above flatter it; {tail} (summary: in_training, accuracy_unseen, macro_f1_unseen)"
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mri44.errors import MRI44Error
+from mri44.fingerprint import TrainingManifest
 from mri44.ood import OodSpec
 from mri44.preprocess import PreprocessSpec
 
@@ -20,6 +21,7 @@ INPUT_NAME = "image"  # float32 (batch, 3, size, size), normalised by the prepro
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
 FEATURES_NAME = "features"  # float32 (batch, C, h, w): the last stage's feature map (mri44.ood, explanations)
 FORMAT_VERSION = "1"
+TRAINING_KEY = "mri44.training_manifest"  # optional, as mri44.ood is
 KEYS = (
     "mri44.format",
     "mri44.classes",
@@ -43,6 +45,9 @@ class ModelMetadata:
     export: dict
     temperature: float = 1.0  # the scorer's softmax(logits / temperature); fitted on validation at training
     ood: OodSpec | None = None  # out-of-distribution reference, k and threshold (mri44.ood); None: not fitted
+    training: TrainingManifest | None = (
+        None  # the images it trained on (mri44.fingerprint); None: not recorded
+    )
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -54,6 +59,7 @@ class ModelMetadata:
             "mri44.export": json.dumps(self.export, sort_keys=True),
             "mri44.temperature": repr(float(self.temperature)),
             **({"mri44.ood": self.ood.to_json()} if self.ood is not None else {}),
+            **({TRAINING_KEY: self.training.to_json()} if self.training is not None else {}),
         }
 
     @classmethod
@@ -88,6 +94,7 @@ class ModelMetadata:
         if not 0.01 <= temperature < 100.0:
             raise ModelMetadataError(f"{source}: metadata temperature {temperature} is not a positive number")
         ood = OodSpec.from_json(props["mri44.ood"], source) if "mri44.ood" in props else None
+        training = TrainingManifest.from_json(props[TRAINING_KEY], source) if TRAINING_KEY in props else None
         return cls(
             classes=classes,
             preprocess=spec,
@@ -96,6 +103,7 @@ class ModelMetadata:
             export=export,
             temperature=temperature,
             ood=ood,
+            training=training,
         )
 
 
@@ -109,7 +117,7 @@ def checkpoint_metadata(ckpt: dict[str, Any], sha256: str, export: dict) -> Mode
     carry and what the PyTorch scorer reads."""
     from mri44.model import ARCH
 
-    ood = ckpt.get("ood")
+    ood, training = ckpt.get("ood"), ckpt.get("training_manifest")
     return ModelMetadata(
         classes=list(ckpt["classes"]),
         preprocess=PreprocessSpec.from_dict(ckpt["preprocess"]),
@@ -118,6 +126,7 @@ def checkpoint_metadata(ckpt: dict[str, Any], sha256: str, export: dict) -> Mode
         export=export,
         temperature=float(ckpt.get("temperature", 1.0)),
         ood=OodSpec.from_json(ood, "checkpoint") if isinstance(ood, str) else None,
+        training=TrainingManifest.from_json(training, "checkpoint") if isinstance(training, str) else None,
     )
 
 

@@ -52,6 +52,8 @@ PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
     "ood_score": pl.Float64(),  # 1 - cosine similarity to the nearest training image's features (mri44.ood)
     "ood": pl.Boolean(),  # flagged: ood_score above the model's threshold, or a DICOM modality other than MR
     "ood_reason": pl.String(),  # why: "modality CT", "feature distance", or both joined by "; "; null if not flagged
+    "seen_in_training": pl.Boolean(),  # the model trained on this very file (its bytes); null: no manifest
+    "near_training": pl.Boolean(),  # ... or on the same picture re-encoded, resized or turned grey (mri44.fingerprint)
     "true_class": pl.String(),  # the nearest enclosing folder named like a class
     **{name: dtype() for name, dtype in TAG_SCHEMA.items()},
     "probs": "per class",
@@ -90,11 +92,13 @@ def prediction_frame(
     ood_threshold: float | None = None,
     tags: list[dict | None] | None = None,
     members: dict[str, list[int | None]] | None = None,
+    training: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> pl.DataFrame:
     """One row per image: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
     flag (mri44.ood; null when the model has no reference set or the check is off), the folder's label if known,
     the series tags and every class's probability. members: the frame and slice columns (mri44.readers
-    .member_columns), null when not given."""
+    .member_columns), null when not given; training: (seen_in_training, near_training) per row
+    (mri44.fingerprint.training_flags), null when the model has no manifest."""
     classes = np.asarray(class_names)
     parsed = [parse_label(c) for c in class_names]
     tumors = sorted({p.tumor_type for p in parsed})
@@ -121,6 +125,12 @@ def prediction_frame(
     scores = np.full(len(rel_paths), np.nan) if ood_scores is None else np.asarray(ood_scores, np.float64)
     predicted["ood_score"] = pl.Series(scores, dtype=pl.Float64).fill_nan(None)
     flagged = pl.col("ood_score") > ood_threshold if ood_threshold is not None else pl.lit(None, pl.Boolean)
+    seen, near = (
+        pl.Series(v, dtype=pl.Boolean)
+        if v is not None
+        else pl.repeat(None, len(rel_paths), dtype=pl.Boolean, eager=True)
+        for v in training
+    )
     numbered = {
         name: pl.Series(name, (members or {}).get(name) or [None] * len(rel_paths), pl.Int64)
         for name in ("frame", "slice")
@@ -141,6 +151,8 @@ def prediction_frame(
             error="error",
             # Predictions of files that failed are meaningless zeros: null them.
             **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "by_features"]},
+            seen_in_training=pl.when("ok").then(seen),
+            near_training=pl.when("ok").then(near),
             true_class=label,
         )
         .hstack(tag_columns(tags, rel_paths))
@@ -168,11 +180,13 @@ def with_flags(frame: pl.DataFrame) -> pl.DataFrame:
 
 def tag_columns(tags: list[dict | None] | None, rel_paths: list[str]) -> pl.DataFrame:
     """The series columns (mri44.dicom.tags_of, or a NIfTI slice's number): null for plain images. A file of
-    several images without a series UID of its own (a NIfTI volume) is its own series, keyed by its path."""
+    several images without a series UID of its own (a NIfTI volume, whose tags number its slices) is its own
+    series, keyed by its path."""
     rows = tags if tags is not None else [None] * len(rel_paths)
     values = {name: [t.get(name) if t else None for t in rows] for name in TAG_SCHEMA}
-    values["series_uid"] = [
-        (t.get("series_uid", path) if t else None) for t, path in zip(rows, rel_paths, strict=True)
+    values["series_uid"] = [  # a member of a file of several images without its own series UID: the file
+        (t.get("series_uid", path) if "instance_number" in t else t.get("series_uid")) if t else None
+        for t, path in zip(rows, rel_paths, strict=True)
     ]
     return pl.DataFrame(values, schema=TAG_SCHEMA)
 

@@ -157,12 +157,15 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def load_item(item: Item, spec: PreprocessSpec, limits: Limits = Limits()) -> tuple[np.ndarray, Tags | None]:
-    """One image at the model's input size and its series tags, from one read of its file: what every engine
-    computes per image (raises ImageDecodeError)."""
+    """One image at the model's input size, its series tags and its fingerprint (for seen_in_training), from one
+    decode of its file: what every engine computes per image (raises ImageDecodeError)."""
+    from mri44.fingerprint import fingerprint_tags
     from mri44.readers import read_item
 
     pixels, tags = read_item(item, limits)
-    return to_model_pixels(pixels, spec), tags
+    # What matches it against a model's training images (mri44.fingerprint); the file's bytes when it is one image.
+    raw = item.path.read_bytes() if item.member is None else None
+    return to_model_pixels(pixels, spec), {**(tags or {}), **fingerprint_tags(pixels, raw)}
 
 
 def load_pixels(

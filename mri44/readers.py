@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from mri44 import dicom, imageio, nifti
 from mri44.imageio import ImageDecodeError
 from mri44.limits import MAX_PIXELS, Limits
 
-Tags = dict[str, str | int | None]
+Tags = dict[str, Any]  # series tags (mri44.predictions.TAG_SCHEMA) and a fingerprint (mri44.fingerprint)
 
 
 @dataclass(frozen=True)

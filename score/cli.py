@@ -146,6 +146,11 @@ def summarise(result: ScoreResult, files: int) -> None:
             if result.predictions is not None:
                 typer.echo(tables["per_contrast"])
         log.info("metric tables (%d labelled images) -> %s", tables["summary"]["n"][0], result.metrics_dir)
+        from mri44.metrics import training_overlap
+
+        overlap = training_overlap(tables["summary"])
+        if overlap:
+            log.warning(overlap)
     if "series" in tables:
         log.info("%d DICOM series, one row each -> %s", tables["series"].height, result.metrics_dir)
 

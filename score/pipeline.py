@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mri44.calibration import softmax
 from mri44.errors import SettingError
+from mri44.fingerprint import training_flags
 from mri44.imageio import file_error
 from mri44.limits import Limits
 from mri44.predictions import prediction_frame, printable_path, series_table
@@ -179,6 +180,16 @@ def score_items(
     threshold = flag_threshold(backend, ood_threshold)
     tags = [t if scored else None for t, scored in zip(tags, ok, strict=True)]
     frame = prediction_frame(
-        rel, probs, ok, errors, meta.classes, top_k, ood_scores, threshold, tags, member_columns(items)
+        rel,
+        probs,
+        ok,
+        errors,
+        meta.classes,
+        top_k,
+        ood_scores,
+        threshold,
+        tags,
+        member_columns(items),
+        training_flags(meta.training, tags),
     )
     return ScoreRun(frame, seconds, int(ok.sum()), int(n - ok.sum()), series_table(frame, meta.classes))

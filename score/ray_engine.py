@@ -32,6 +32,7 @@ from mri44.atomic import atomic_path, write_text_atomic
 from mri44.dicom import dicom_tags, is_dicom_bytes
 from mri44.discover import OUTPUT_MARKER, find_images
 from mri44.errors import SettingError
+from mri44.fingerprint import fingerprint_tags, training_flags
 from mri44.imageio import ImageDecodeError, decode_bytes, file_error, is_image_path, read_file
 from mri44.limits import Limits, byte_limit
 from mri44.predictions import printable_path, series_table
@@ -257,8 +258,10 @@ def decode_batch(
                 found = json.dumps(read_tags or "")
             else:
                 data = _read(root, bytes(raw).decode(), max_pixels)
-                found = json.dumps(dicom_tags(data.tobytes()) or "") if is_dicom_bytes(data) else ""
-                image = to_model_pixels(decode_bytes(data, rel, max_pixels), preprocess)
+                decoded = decode_bytes(data, rel, max_pixels)
+                series = (dicom_tags(data.tobytes()) or {}) if is_dicom_bytes(data) else {}
+                found = json.dumps({**series, **fingerprint_tags(decoded, data.tobytes())})
+                image = to_model_pixels(decoded, preprocess)
             pixels.append(image)
             errors.append("")
         except Exception as exc:  # about this one file: its error row
@@ -320,6 +323,7 @@ class ScoreActor:
             self.threshold,
             tags,
             member_columns(items),
+            training_flags(meta.training, [t if good else None for t, good in zip(tags, ok, strict=True)]),
         )
         return frame.to_arrow()
 
@@ -461,12 +465,20 @@ def scan_parts(out_dir: Path) -> pl.LazyFrame | None:
 
 
 def labelled_pairs(out_dir: Path) -> pl.DataFrame:
-    """true_class, pred_class and ood of the scored, labelled rows of every part: what the metric tables need."""
+    """true_class, pred_class, ood and near_training of the scored, labelled rows of every part: what the metric
+    tables need."""
     scan = scan_parts(out_dir)
     if scan is None:
-        return pl.DataFrame(schema={"true_class": pl.String, "pred_class": pl.String, "ood": pl.Boolean})
+        return pl.DataFrame(
+            schema={
+                "true_class": pl.String,
+                "pred_class": pl.String,
+                "ood": pl.Boolean,
+                "near_training": pl.Boolean,
+            }
+        )
     labelled = scan.filter((pl.col("status") == "ok") & pl.col("true_class").is_not_null())
-    return labelled.select("true_class", "pred_class", "ood").collect()
+    return labelled.select("true_class", "pred_class", "ood", "near_training").collect()
 
 
 def series_rows(out_dir: Path) -> pl.DataFrame:

@@ -559,3 +559,51 @@ def test_a_long_out_name_is_written_or_refused_before_any_work(
     refused = _score([synthetic_data, "--out", too_long, "--model", exported_model])
     assert refused.exit_code == 2 and "is 258 bytes, over the 255 a file name may have here" in refused.output
     assert not too_long.exists() and list(tmp_path.glob("q*")) == []
+
+
+def test_rows_say_when_the_model_trained_on_the_image_or_a_copy_of_it(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path, trained_run: Path
+) -> None:
+    """Every model carries its training images' fingerprints (issue 32): a training file is seen_in_training, a
+    re-encoded, resized copy of it near_training only, an image it never trained on neither; the summary gives
+    the figures on unseen images apart and the run warns."""
+    import cv2
+
+    import mri44
+    from mri44.metrics import training_overlap
+
+    split = pl.read_parquet(trained_run / "split.parquet")
+    train = split.filter(split="train")["path"].to_list()
+    folder = tmp_path / "in"
+    (folder / Path(train[0]).parent).mkdir(parents=True)
+    (folder / train[0]).write_bytes((synthetic_data / train[0]).read_bytes())
+    # Never trained on: a real slice (the synthetic ones are near-copies of each other under the measured rule).
+    unseen = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.jpg"))[0]
+    held = [f"{Path(train[0]).parent}/unseen.jpg"]
+    (folder / held[0]).write_bytes(unseen.read_bytes())
+    copy = folder / Path(train[0]).parent / "copy.jpg"
+    image = read_image(synthetic_data / train[0])
+    small = cv2.resize(
+        image, (image.shape[1] * 3 // 4, image.shape[0] * 3 // 4), interpolation=cv2.INTER_AREA
+    )
+    cv2.imwrite(
+        str(copy),
+        small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, 80],
+    )
+    result = mri44.score(folder, out=None, model=str(exported_model))
+    assert result.predictions is not None and result.tables is not None
+    rows = {Path(r["path"]).name: r for r in result.predictions.iter_rows(named=True)}
+    assert (rows[Path(train[0]).name]["seen_in_training"], rows[Path(train[0]).name]["near_training"]) == (
+        True,
+        True,
+    )
+    assert (rows["copy.jpg"]["seen_in_training"], rows["copy.jpg"]["near_training"]) == (False, True)
+    assert (rows[Path(held[0]).name]["seen_in_training"], rows[Path(held[0]).name]["near_training"]) == (
+        False,
+        False,
+    )
+    summary = result.tables["summary"]
+    assert summary["in_training"][0] == 2 and summary["n"][0] == 3
+    assert summary["accuracy_unseen"][0] in (0.0, 1.0)  # one unseen image
+    assert "2 of 3 labelled images were in the model's training data" in (training_overlap(summary) or "")

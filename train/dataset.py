@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import polars as pl
 from tqdm import tqdm
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from mri44.atomic import atomic_path
 from mri44.discover import UNLISTABLE, find_images
 from mri44.errors import SettingError
+from mri44.fingerprint import perceptual_hash, thumbnail
 from mri44.imageio import ImageDecodeError, decode_bytes
 from mri44.labels import parse_label
 from mri44.preprocess import PreprocessSpec, to_model_pixels
@@ -35,6 +35,7 @@ MANIFEST_SCHEMA = {
     "contrast": pl.String,
     "sha256": pl.String,
     "phash": pl.UInt64,
+    "thumb": pl.Binary,  # 16 x 16 grey thumbnail (mri44.fingerprint), for the model's training manifest
     "width": pl.Int64,
     "height": pl.Int64,
     "bytes": pl.Int64,
@@ -46,15 +47,6 @@ class ScannedData:
     manifest: pl.DataFrame  # one row per readable image, row i <-> pixels[i]
     pixels: np.ndarray  # uint8 (N, S, S, C)
     failures: pl.DataFrame  # path, error
-
-
-def perceptual_hash(image: np.ndarray) -> int:
-    """64-bit DCT hash of the greyscale image: near-identical slices differ in few bits."""
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-    low = cv2.dct(small)[:8, :8].flatten()
-    bits = low > np.median(low[1:])
-    return int(np.packbits(bits).view(">u8")[0])
 
 
 def class_folders(data_dir: Path) -> list[str]:
@@ -97,6 +89,7 @@ def _scan_one(
         "contrast": parsed.contrast,
         "sha256": hashlib.sha256(data).hexdigest(),
         "phash": perceptual_hash(image),
+        "thumb": thumbnail(image).tobytes(),  # the training manifest's thumbnail (mri44.fingerprint)
         "width": int(image.shape[1]),
         "height": int(image.shape[0]),
         "bytes": len(data),
@@ -156,7 +149,9 @@ def load_or_scan(
     if manifest_path.exists() and pixels_path.exists() and failures_path.exists():
         manifest = pl.read_parquet(manifest_path)
         pixels = np.load(pixels_path, mmap_mode=None)
-        if pixels.shape[0] == manifest.height:
+        if (
+            pixels.shape[0] == manifest.height and "thumb" in manifest.columns
+        ):  # scans before thumbnails: redo
             return ScannedData(manifest, pixels, pl.read_parquet(failures_path))
     scanned = scan_dataset(data_dir, spec, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
 from mri44.errors import SettingError
+from mri44.fingerprint import THUMB, TrainingManifest
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
 from mri44.model import (
     build_model,
@@ -676,6 +677,16 @@ def write_split_results(
     return tables["summary"].row(0, named=True)
 
 
+def training_manifest(rows: pl.DataFrame) -> TrainingManifest:
+    """The model's training images (their bytes' SHA-256, perceptual hash and thumbnail, from the scan), carried
+    in the checkpoint and its exports so predictions can say seen_in_training / near_training."""
+    return TrainingManifest(
+        sha256=frozenset(rows["sha256"].to_list()),
+        hashes=rows["phash"].cast(pl.UInt64).to_numpy(),
+        thumbs=np.frombuffer(b"".join(rows["thumb"].to_list()), np.uint8).reshape(rows.height, THUMB, THUMB),
+    )
+
+
 def evaluate_best(
     best_path: Path, data: RunData, cfg: TrainConfig, device: torch.device, bf16: bool
 ) -> dict[str, Any]:
@@ -696,8 +707,15 @@ def evaluate_best(
     val = outputs.get("val")
     temperature, source = choose_temperature(cfg, val[0] if val else None, data.labels[data.val_idx])
     ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K, loo_pass_rate=_loo_pass_rate(cfg))
+    training = training_manifest(data.split[data.train_idx])
     save(
-        {**best, "temperature": temperature, "temperature_source": source, "ood": ood.to_json()},
+        {
+            **best,
+            "temperature": temperature,
+            "temperature_source": source,
+            "ood": ood.to_json(),
+            "training_manifest": training.to_json(),
+        },
         best_path,
     )
     result: dict[str, Any] = {"best_epoch": best["epoch"] + 1, "temperature": temperature}
