@@ -67,7 +67,7 @@ AllowUnfinishedOpt = Annotated[
     "SHA-256 and the export settings, so the .onnx file alone is enough for `mri-score`. Unless --no-check, "
     "the export is compared with PyTorch on random batches (sizes 1, 3, 8) and, with --images, on real images; "
     "the file is written only when parity holds, and the command exits 1 when it does not.\n\n"
-    "Example: onnx-export runs/r18-256 --out models/mri44-resnet18.onnx --images ../shared/data/brain-mri-44c"
+    "Example: onnx-export runs/r18-256 --out my-model.onnx --fp16 --images ../shared/data/brain-mri-44c"
 )
 @user_errors
 def export(

@@ -4,6 +4,8 @@ scorer divides the logits by it."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 T_RANGE = (0.05, 20.0)  # an untrained model's best T runs off to infinity (uniform output): keep it finite
@@ -25,7 +27,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
         return loss
 
     optimizer.step(closure)
-    return float(np.clip(float(log_t.detach().exp()), *T_RANGE))
+    fitted = float(np.clip(float(log_t.detach().exp()), *T_RANGE))
+    if not T_RANGE[0] * 1.01 < fitted < T_RANGE[1] / 1.01:
+        logging.getLogger(__name__).warning(
+            "the fitted temperature %.3g sits on the bound of its range %s: the logits carry no usable "
+            "calibration signal here (too few or too easy images, or a model that has not learnt); its "
+            "probabilities are not calibrated",
+            fitted,
+            T_RANGE,
+        )
+    return fitted
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

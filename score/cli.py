@@ -84,7 +84,7 @@ DecodeOpt = Annotated[
 EngineOpt = Annotated[
     str,
     typer.Option(
-        help="local: this process. ray: a Ray cluster (pip install -e '.[ray]'; docs/scale-out.md)."
+        help="local: this process. ray: a Ray cluster (pip install -e '.\\[ray]'; docs/scale-out.md)."
     ),
 ]
 AddressOpt = Annotated[

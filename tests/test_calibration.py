@@ -29,3 +29,17 @@ def test_temperature_keeps_predictions_and_fixes_overconfidence() -> None:
 def test_softmax_is_stable_and_normalised() -> None:
     p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_a_temperature_on_the_bound_of_its_range_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """A tiny run ended with temperature 20.0, the cap, and nothing said so (issue 33)."""
+    import logging
+
+    from mri44.calibration import T_RANGE, fit_temperature
+
+    uninformative = np.zeros((50, 4), np.float32)
+    uninformative[:, 0] = 5.0  # always sure of class 0, right a quarter of the time
+    labels = np.arange(50) % 4
+    with caplog.at_level(logging.WARNING, logger="mri44.calibration"):
+        assert fit_temperature(uninformative, labels) == pytest.approx(T_RANGE[1])
+    assert "sits on the bound of its range" in caplog.text

@@ -42,3 +42,13 @@ def test_subcommands_run_the_stages_with_one_line_errors(
     )
     assert precision.exit_code == 2 and "unknown --precision 'fp16'" in precision.output
     assert not (tmp_path / "run").exists()
+
+
+def test_help_keeps_the_extras_names_in_brackets() -> None:
+    """Rich markup ate '[ray]' from `mri-score --help`, leaving `pip install -e '.'` (issue 33)."""
+    from typer.testing import CliRunner
+
+    from mri44.stages.score.cli import app
+
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "pip install -e '.[ray]'" in shown

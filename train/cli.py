@@ -152,7 +152,8 @@ WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default:
 
 
 @app.command(
-    help="Fine-tune torchvision's ResNet-18 on DATA (one sub-folder per class; folder name = class name).\n\n"
+    help="Train torchvision's ResNet-18 (or a ResNet-50 teacher) on DATA (one sub-folder per class; folder name = "
+    "class name): from random initialisation by default, or fine-tuned from --weights imagenet or a checkpoint.\n\n"
     "Decodes every image once, splits train/val/test by groups of duplicate and near-duplicate slices, trains "
     "with validation after each epoch, keeps the best checkpoint by validation macro-F1 and writes test-split "
     "metric tables.\n\n"
