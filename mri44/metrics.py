@@ -234,11 +234,12 @@ def write_tables(
 
 
 def tables_with_counts(
-    labelled: pl.DataFrame, files: int, errors: int, skipped: int
+    labelled: pl.DataFrame, files: int, errors: int, skipped: int, flagged: int | None = None
 ) -> dict[str, pl.DataFrame] | None:
     """Metric tables of the labelled, scored rows (true_class, pred_class, ood, near_training); None without any.
-    The summary also counts what was not scored and the rows flagged out of distribution, with accuracy and
-    macro-F1 without them (null when the check did not run), and the rows whose image the model trained on
+    The summary also counts what was not scored, the rows flagged out of distribution (flagged: every scored
+    row, labelled or not; ood_flagged_labelled: the labelled ones), with accuracy and macro-F1 without them (null
+    when the check did not run), and the rows whose image the model trained on
     (in_training: the same file or a re-encoded copy), with accuracy and macro-F1 on the others (null without a
     training manifest): figures on images a model saw flatter it."""
     if not labelled.height:
@@ -252,7 +253,8 @@ def tables_with_counts(
         files=pl.lit(files),
         errors=pl.lit(errors),
         skipped=pl.lit(skipped),
-        ood_flagged=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
+        ood_flagged=pl.lit(flagged, pl.Int64),  # every scored row flagged, labelled or not
+        ood_flagged_labelled=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
         accuracy_without_ood=pl.lit(without[0], pl.Float64),
         macro_f1_without_ood=pl.lit(without[1], pl.Float64),
         in_training=pl.lit(int(known["near_training"].sum()) if known.height else None, pl.Int64),

@@ -49,7 +49,8 @@ def knn_distance(queries: np.ndarray, reference: np.ndarray, k: int, skip_self: 
         np.fill_diagonal(sims, -np.inf)
     k = min(k, sims.shape[1] - (1 if skip_self else 0))
     kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-    return (1.0 - kth).astype(np.float32)
+    # 1 - cosine similarity lies in [0, 2]; float16 references round a near-identical match a hair past 1
+    return np.clip(1.0 - kth, 0.0, 2.0).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -487,13 +487,22 @@ def series_rows(out_dir: Path) -> pl.DataFrame:
     return pl.DataFrame() if scan is None else scan.filter(pl.col("series_uid").is_not_null()).collect()
 
 
-def counts(out_dir: Path) -> tuple[int, int]:
-    """(rows, error rows) over every part."""
+def counts(out_dir: Path) -> tuple[int, int, int | None]:
+    """(rows, error rows, rows flagged out of distribution: None when the check spoke for none) over every part."""
     scan = scan_parts(out_dir)
     if scan is None:
-        return 0, 0
-    row = scan.select(pl.len(), (pl.col("status") == "error").sum()).collect().row(0)
-    return int(row[0]), int(row[1])
+        return 0, 0, None
+    row = (
+        scan.select(
+            pl.len(),
+            (pl.col("status") == "error").sum(),
+            pl.col("ood").sum(),
+            pl.col("ood").is_not_null().sum(),
+        )
+        .collect()
+        .row(0)
+    )
+    return int(row[0]), int(row[1]), (int(row[2]) if row[3] else None)
 
 
 def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> ScoreResult:
@@ -548,7 +557,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
             ood_threshold=options.ood_threshold,
             listed=listed,
         )
-        rows, errors = counts(out)
+        rows, errors, flagged = counts(out)
         log.info(
             "scored %d file(s) now, %d kept from before; %d rows, %d error(s) -> %s",
             written,
@@ -558,7 +567,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
             out,
         )
         pairs = labelled_pairs(out)
-        tables = tables_with_counts(pairs, rows, errors, 0)
+        tables = tables_with_counts(pairs, rows, errors, 0, flagged)
         series = series_table(series_rows(out), classes)  # exact: the parts hold every probability
         if series is not None:
             tables = {**(tables or {}), "series": series}

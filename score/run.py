@@ -131,7 +131,10 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
         ood_threshold=options.ood_threshold,
     )
     labelled = run.predictions.filter(status="ok").drop_nulls("true_class")
-    tables = tables_with_counts(labelled, len(items), run.failed, len(skipped))
+    flagged = run.predictions["ood"].drop_nulls()
+    tables = tables_with_counts(
+        labelled, len(items), run.failed, len(skipped), int(flagged.sum()) if flagged.len() else None
+    )
     if run.series is not None:  # a series-level answer, labelled or not
         tables = {**(tables or {}), "series": run.series}
     counts = {"files": len(items), "errors": run.failed, "skipped": len(skipped)}

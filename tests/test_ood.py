@@ -157,3 +157,25 @@ def test_a_reference_of_the_wrong_width_or_with_nan_is_a_one_line_error() -> Non
     )
     with pytest.raises(OodSpecError, match="NaN or infinite"):
         OodSpec.from_json(json.dumps(broken))
+
+
+def test_every_flagged_row_is_counted_labelled_or_not(
+    tmp_path: Path, synthetic_data: Path, exported_model: Path
+) -> None:
+    """ood_flagged counted the labelled rows only (issue 33): it counts every scored row now, the labelled ones
+    apart; and ood_score stays in [0, 2] (1 - a cosine similarity)."""
+    import shutil
+
+    folder = tmp_path / "in"
+    shutil.copytree(synthetic_data, folder / "labelled")
+    unlabelled = folder / "unlabelled"
+    unlabelled.mkdir()
+    for source in sorted(synthetic_data.rglob("*.png"))[:3]:
+        shutil.copy(source, unlabelled / f"{source.parent.name.replace(' ', '_')}-{source.name}")
+    result = mri44.score(folder, model=exported_model, ood_threshold=-1.0)  # every row flagged
+    assert result.predictions is not None and result.tables is not None
+    summary = result.tables["summary"]
+    assert summary["ood_flagged"][0] == result.predictions.height == summary["n"][0] + 3
+    assert summary["ood_flagged_labelled"][0] == summary["n"][0]
+    scores = result.predictions["ood_score"]
+    assert scores.min() >= 0.0 and scores.max() <= 2.0
