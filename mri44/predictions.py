@@ -56,6 +56,7 @@ PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
     "near_training": pl.Boolean(),  # ... or on the same picture re-encoded, resized or turned grey (mri44.fingerprint)
     "true_class": pl.String(),  # the nearest enclosing folder named like a class
     **{name: dtype() for name, dtype in TAG_SCHEMA.items()},
+    "note": pl.String(),  # what else a reader should know: frames of this file left out (--max-frames), say
     "probs": "per class",
 }
 
@@ -131,6 +132,7 @@ def prediction_frame(
         else pl.repeat(None, len(rel_paths), dtype=pl.Boolean, eager=True)
         for v in training
     )
+    notes = pl.Series("note", (members or {}).get("note") or [None] * len(rel_paths), pl.String)
     numbered = {
         name: pl.Series(name, (members or {}).get(name) or [None] * len(rel_paths), pl.Int64)
         for name in ("frame", "slice")
@@ -153,6 +155,7 @@ def prediction_frame(
             **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "by_features"]},
             seen_in_training=pl.when("ok").then(seen),
             near_training=pl.when("ok").then(near),
+            note=notes,
             true_class=label,
         )
         .hstack(tag_columns(tags, rel_paths))

@@ -32,6 +32,7 @@ class Item:
     path: Path  # the file
     member: int | None = None  # DICOM frame or NIfTI slice, from 1; None: the file is one image
     format: str = "raster"
+    note: str | None = None  # what a reader of the row should know (frames of its file left out, say)
 
     def __str__(self) -> str:
         column = READERS[self.format].member_column
@@ -90,11 +91,14 @@ def list_items(
             out.append(Item(path, None, reader.format))
             continue
         kept = min(n, limits.max_members)
-        out.extend(Item(path, k, reader.format) for k in range(1, kept + 1))
-        if kept < n and skipped is not None:
-            skipped.append(
-                (str(path), f"{reader.member_column}s {kept + 1}-{n} of {n} left out (--max-frames {kept})")
-            )
+        dropped = (
+            f"{reader.member_column}s {kept + 1}-{n} of {n} left out (--max-frames {kept})"
+            if kept < n
+            else None
+        )
+        out.extend(Item(path, k, reader.format, dropped) for k in range(1, kept + 1))
+        if dropped and skipped is not None:
+            skipped.append((str(path), dropped))
     return out
 
 
@@ -148,9 +152,13 @@ def row_item(root: Path, row: dict) -> Item:
     return Item(path, member, reader_for(path).format)
 
 
-def member_columns(items: list[Item]) -> dict[str, list[int | None]]:
-    """The predictions' member columns of these items: {"frame": [...], "slice": [...]}, null where not theirs."""
+def member_columns(items: list[Item]) -> dict[str, list]:
+    """The predictions' columns that come from the items: {"frame": [...], "slice": [...]} (null where not theirs)
+    and "note"."""
     return {
-        column: [i.member if READERS[i.format].member_column == column else None for i in items]
-        for column in MEMBER_COLUMNS
+        **{
+            column: [i.member if READERS[i.format].member_column == column else None for i in items]
+            for column in MEMBER_COLUMNS
+        },
+        "note": [i.note for i in items],
     }

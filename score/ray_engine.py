@@ -21,6 +21,7 @@ import os
 import posixpath
 import socket
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,9 @@ LOCK_FILE = ".mri44-lock"
 DECODE_TASK_RETRIES = 2
 
 
-Listed = tuple[str, list[tuple[str, int | None, str]]]  # (root, (relative path, member, format) per image)
+Listed = tuple[
+    str, list[tuple[str, int | None, str, str | None]]
+]  # (root, (path, member, format, note) each)
 
 
 def list_inputs(source: str, limits: Limits = Limits()) -> Listed:
@@ -69,7 +72,9 @@ def list_inputs(source: str, limits: Limits = Limits()) -> Listed:
         if not root.is_dir():
             raise FileNotFoundError(f"input folder {source} does not exist or is not a folder")
         items = list_items(find_images(root), limits)
-        return str(root.resolve()), [(i.path.relative_to(root).as_posix(), i.member, i.format) for i in items]
+        return str(root.resolve()), [
+            (i.path.relative_to(root).as_posix(), i.member, i.format, i.note) for i in items
+        ]
     from pyarrow import fs
 
     filesystem, base = fs.FileSystem.from_uri(source)
@@ -82,7 +87,7 @@ def list_inputs(source: str, limits: Limits = Limits()) -> Listed:
     rel = sorted(
         f for f in files if is_image_path(f) and "/." not in "/" + f and not f.startswith(marked or ("\0",))
     )
-    return source.rstrip("/"), [(f, None, reader_for(f).format) for f in rel]
+    return source.rstrip("/"), [(f, None, reader_for(f).format, None) for f in rel]
 
 
 RowKey = tuple[str, int | None]  # (printable path, frame or slice): one image's identity across runs
@@ -272,6 +277,7 @@ def decode_batch(
         "path": batch["path"],
         "member": batch["member"],
         "format": batch["format"],
+        "note": batch["note"],
         "pixels": np.stack(pixels),
         "error": np.asarray(errors, dtype=object),
         "tags": np.asarray(tags, dtype=object),
@@ -309,8 +315,8 @@ class ScoreActor:
         paths = [str(p) for p in batch["path"]]
         tags = [(json.loads(t) or None) if t else None for t in batch["tags"]]
         items = [
-            Item(Path(p), int(m) or None, str(f))
-            for p, m, f in zip(paths, batch["member"], batch["format"], strict=True)
+            Item(Path(p), int(m) or None, str(f), str(n) or None)
+            for p, m, f, n in zip(paths, batch["member"], batch["format"], batch["note"], strict=True)
         ]
         frame = prediction_frame(
             paths,
@@ -328,9 +334,9 @@ class ScoreActor:
         return frame.to_arrow()
 
 
-def input_records(root: str, todo: list[tuple[str, int | None, str]]) -> list[dict[str, Any]]:
+def input_records(root: str, todo: list[tuple[str, int | None, str, str | None]]) -> list[dict[str, Any]]:
     """The rows Ray's tasks receive: the printable path, the file's own name (bytes: a name that is not UTF-8
-    travels through Arrow intact), the member (0: the file is one image) and the format."""
+    travels through Arrow intact), the member (0: the file is one image), the format and the note ("": none)."""
     local = "://" not in root
     return [
         {
@@ -338,8 +344,9 @@ def input_records(root: str, todo: list[tuple[str, int | None, str]]) -> list[di
             "name": os.fsencode(p) if local else p.encode(),
             "member": m or 0,
             "format": f,
+            "note": note or "",
         }
-        for p, m, f in todo
+        for p, m, f, note in todo
     ]
 
 
@@ -372,7 +379,7 @@ def score_with_ray(
     if not paths:
         raise SettingError(f"no image files under {source} (looked for .jpg .jpeg .png .webp .bmp .tif ...)")
     done = done or set()
-    todo = [(p, m, f) for p, m, f in paths if row_key(p, m) not in done]
+    todo = [entry for entry in paths if row_key(entry[0], entry[1]) not in done]
     log.info(
         "%d files under %s; %d already scored; %d to score",
         len(paths),
@@ -389,20 +396,23 @@ def score_with_ray(
     ds: Any = ray.data.from_items(
         input_records(root, todo), override_num_blocks=max(1, min(len(todo) // batch_size, 10_000))
     )
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={
-            "root": root,
-            "spec": meta.preprocess.to_dict(),
-            "max_pixels": limits.max_pixels,
-            "max_members": limits.max_members,
-        },
-        batch_size=batch_size,
-        # Ray Data retries a task whose worker died without end (max_retries -1): a file that killed it would hang
-        # the run. Codecs run isolated (mri44.isolation), so a task dies only of what kills any process (memory);
-        # after two retries the run stops with its finished parts kept for --resume.
-        max_retries=DECODE_TASK_RETRIES,
-    )
+    with warnings.catch_warnings():
+        # Task retries have no named parameter in Ray 2.5x: the keyword form, deprecated for Ray 2.64, is the way.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={
+                "root": root,
+                "spec": meta.preprocess.to_dict(),
+                "max_pixels": limits.max_pixels,
+                "max_members": limits.max_members,
+            },
+            batch_size=batch_size,
+            # Ray Data retries a task whose worker died without end (max_retries -1): a file that killed it would hang
+            # the run. Codecs run isolated (mri44.isolation), so a task dies only of what kills any process (memory);
+            # after two retries the run stops with its finished parts kept for --resume.
+            max_retries=DECODE_TASK_RETRIES,
+        )
     ds = ds.map_batches(
         ScoreActor,
         fn_constructor_kwargs={

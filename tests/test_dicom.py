@@ -353,6 +353,9 @@ def test_frames_beyond_max_frames_are_left_out_and_counted(tmp_path: Path, expor
     )
     result = mri44.score(folder, out=None, model=str(exported_model), max_frames=2)
     assert result.predictions is not None and result.predictions["frame"].to_list() == [1, 2]
+    assert (
+        result.predictions["note"].to_list() == ["frames 3-5 of 5 left out (--max-frames 2)"] * 2
+    )  # the rows say
     assert [reason for _, reason in result.skipped] == ["frames 3-5 of 5 left out (--max-frames 2)"]
     everything = mri44.score(folder, out=None, model=str(exported_model))
     assert (
