@@ -24,6 +24,9 @@ from mri44.errors import MRI44Error
 
 METHOD = "knn-cosine"
 PASS_RATE = 0.95  # the share of in-distribution validation images the threshold lets through
+HELD_OUT_PASS = (
+    0.97  # with cross-validation: the share of out-of-fold (unseen, in-distribution) images let through
+)
 MAX_REFERENCE = 2048  # reference images kept in the model (evenly spread over the training set)
 
 
@@ -118,6 +121,17 @@ def leave_one_out_pass_rate(spec: OodSpec) -> float:
     reference = spec.reference.astype(np.float32)
     loo = knn_distance(reference, reference, spec.k, skip_self=True)
     return float((loo <= spec.threshold).mean())
+
+
+def pass_rate_for(spec: OodSpec, unseen_scores: np.ndarray, passing: float = HELD_OUT_PASS) -> float:
+    """The leave-one-out pass rate of spec's own reference at the threshold that lets `passing` of unseen
+    in-distribution images through (their scores against spec's reference). Cross-validation measures it fold by
+    fold; an all-data fit, which has no unseen images left, takes its threshold at this quantile of its own
+    leave-one-out scores (fit_ood's loo_pass_rate)."""
+    threshold = float(np.quantile(unseen_scores, passing))
+    reference = spec.reference.astype(np.float32)
+    loo = knn_distance(reference, reference, spec.k, skip_self=True)
+    return float((loo <= threshold).mean())
 
 
 def reference_rows(n: int, max_reference: int = MAX_REFERENCE) -> np.ndarray:

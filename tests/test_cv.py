@@ -127,6 +127,21 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
     assert again["pooled"] == result["pooled"]
     with pytest.raises(SettingError, match="image_size"):
         run_training(replace(cfg, resume=True, image_size=40))
+    # The threshold rule measured on unseen images, and an all-data fit that takes it with the temperature.
+    ood = result["ood"]
+    assert (
+        ood["passing"] == 0.97
+        and 0 < ood["loo_pass_rate"] <= 1
+        and len(ood["flagged_at_fold_thresholds"]) == 3
+    )
+    final = run_training(
+        tiny_run_config(data, tmp_path / "all", epochs=1, all_data=True, temperature_from=tmp_path / "cv")
+    )
+    assert final["temperature"] == pytest.approx(result["temperature"])
+    from mri44.model import load_checkpoint
+
+    best = load_checkpoint(tmp_path / "all" / "best.pt")
+    assert "out-of-fold" in best["temperature_source"] and f"{ood['loo_pass_rate']:.1%}" in best["ood"]
 
 
 def test_holdout_keeps_whole_groups_out_of_an_all_data_fit(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from mri44.calibration import fit_temperature, softmax
 from mri44.errors import SettingError
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
 from mri44.model import load_checkpoint
+from mri44.ood import HELD_OUT_PASS, OodSpec, pass_rate_for
 
 from .config import TrainConfig
 from .split import SplitConfig, deal_groups, group_ids
@@ -214,6 +215,7 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
         .filter(pl.col("support") > 0, pl.col("recall") == 0)["class"]
         .to_list(),
     }
+    result["ood"] = held_out_ood(out, folds)
     write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))
     log.info(
         "out-of-fold (%d images, %d folds): accuracy %.4f +- %.4f, macro-F1 %.4f +- %.4f; temperature %.3f",
@@ -224,6 +226,39 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
         temperature,
     )
     return result
+
+
+def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
+    """The out-of-distribution threshold rule measured on unseen images (issue 32): per fold, the leave-one-out
+    pass rate of its reference at the threshold that lets HELD_OUT_PASS of its test images through
+    (mri44.ood.pass_rate_for), their mean for an all-data fit (--temperature-from this folder), and the share of
+    out-of-fold images each fold's own threshold flagged. None when the folds carry no reference set."""
+    rates, flagged = [], []
+    for fold in sorted(folds["fold"].unique().to_list()):
+        spec = load_checkpoint(fold_dir(out, fold) / "best.pt").get("ood")
+        if not isinstance(spec, str):
+            return None
+        ood = OodSpec.from_json(spec)
+        scores = (
+            pl.read_parquet(fold_dir(out, fold) / "test_predictions.parquet")["ood_score"]
+            .drop_nulls()
+            .to_numpy()
+        )
+        rates.append(pass_rate_for(ood, scores))
+        flagged.append(float((scores > ood.threshold).mean()))
+    return {
+        "passing": HELD_OUT_PASS,
+        "loo_pass_rate": float(np.mean(rates)),
+        "loo_pass_rate_per_fold": rates,
+        "flagged_at_fold_thresholds": flagged,
+    }
+
+
+def cv_calibration(folder: Path) -> tuple[float, float | None]:
+    """(temperature, leave-one-out pass rate or None) that a CV folder measured, for an all-data fit."""
+    result = json.loads((folder / RESULT_FILE).read_text())
+    ood = result.get("ood") or {}
+    return float(result["temperature"]), ood.get("loo_pass_rate")
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

@@ -52,6 +52,7 @@ from mri44.torch_input import to_input
 from .augment import apply_params, random_affine_intensity
 from .checkpoint import RunState, save
 from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
+from .cv import cv_calibration, is_cv_folder
 from .data import RunData, prepare_data
 from .dataset import class_folders, load_or_scan
 from .distill import Teacher, distillation_loss, load_teacher
@@ -598,6 +599,10 @@ def choose_temperature(
     """(temperature, where it came from): given, another run's, fitted on val, or 1 when there is no val."""
     if cfg.temperature is not None:
         return cfg.temperature, "given with --temperature"
+    if cfg.temperature_from is not None and is_cv_folder(cfg.temperature_from):
+        return cv_calibration(cfg.temperature_from)[
+            0
+        ], f"fitted on the out-of-fold logits of {cfg.temperature_from}"
     if cfg.temperature_from is not None:
         temperature = float(load_checkpoint(cfg.temperature_from).get("temperature", 0.0))
         if temperature <= 0:
@@ -612,9 +617,13 @@ def choose_temperature(
 
 def _loo_pass_rate(cfg: TrainConfig) -> float:
     """For a run without validation images: the selection run's (--temperature-from) leave-one-out pass rate,
-    so the all-data fit's out-of-distribution threshold is calibrated like its selection run's (mri44.ood)."""
+    so the all-data fit's out-of-distribution threshold is calibrated like its selection run's (mri44.ood); from
+    a cross-validation folder, the rate that let 97 % of its out-of-fold images through."""
     if cfg.temperature_from is None:
         return PASS_RATE
+    if is_cv_folder(cfg.temperature_from):  # measured on unseen images, fold by fold
+        rate = cv_calibration(cfg.temperature_from)[1]
+        return PASS_RATE if rate is None else rate
     spec = load_checkpoint(cfg.temperature_from).get("ood")
     return leave_one_out_pass_rate(OodSpec.from_json(spec)) if isinstance(spec, str) else PASS_RATE
 
