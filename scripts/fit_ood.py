@@ -55,6 +55,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--k", type=int, default=1)  # best on every family in benchmarks/ood.py (docs/ood.md)
     parser.add_argument(
+        "--pass-rate",
+        type=float,
+        help="for a split without val: the leave-one-out pass rate itself (a CV's cv_result.json: ood.loo_pass_rate)",
+    )
+    parser.add_argument(
         "--pass-rate-from",
         type=Path,
         help="for a split without val (an all-data model): the selection model whose leave-one-out pass rate "
@@ -73,7 +78,7 @@ def main() -> None:
     train = paths["train"]
     reference = pooled_features(session, [train[i] for i in reference_rows(len(train))], meta)
     val = pooled_features(session, paths["val"], meta) if paths["val"] else None
-    rate = PASS_RATE
+    rate = PASS_RATE if args.pass_rate is None else args.pass_rate
     if args.pass_rate_from is not None:
         selection = read_metadata(args.pass_rate_from).ood
         if selection is None:

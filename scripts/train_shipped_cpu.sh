@@ -29,17 +29,16 @@ stage() {  # stage NAME ARGS...: python -m train ARGS --out RUNS/NAME (resumed i
   python -m train --data "$DATA" --out "$RUNS/$name" "$@" "${resume[@]}" >> "$RUNS/$name/train.log" 2>&1
   echo "$name: $(( SECONDS - t0 ))s" | tee -a "$RUNS/stage_times.txt"
 }
-oof_temperature() { python -c "import json,sys; print(json.load(open(sys.argv[1]))['temperature'])" "$1"; }
 
 stage cv5-t50 "${TEACHER[@]}" --folds 5
 # The all-data teacher computes the same layer3 features of the same images: it shares the CV's cache.
 mkdir -p "$RUNS/t50-all" && [ -e "$RUNS/t50-all/cache" ] || ln -s ../cv5-t50/cache "$RUNS/t50-all/cache"
-stage t50-all "${TEACHER[@]}" --all-data --holdout "$EXAMPLES" \
-  --temperature "$(oof_temperature "$RUNS/cv5-t50/cv_result.json")"
-# The student's temperature: from its own CV once cv5-s18 has run, else the selection run's (s18-256-fkd, 0.726).
-T_STUDENT=0.726
-finished cv5-s18 && T_STUDENT=$(oof_temperature "$RUNS/cv5-s18/cv_result.json")
-stage s18-all "${STUDENT[@]}" --soft-labels "$RUNS/t50-all" --all-data --holdout "$EXAMPLES" --temperature "$T_STUDENT"
+# --temperature-from a CV folder: its out-of-fold temperature, and the OOD threshold rule measured on unseen images.
+stage t50-all "${TEACHER[@]}" --all-data --holdout "$EXAMPLES" --temperature-from "$RUNS/cv5-t50"
+# The student's calibration: from its own CV once cv5-s18 has run, else the selection run's temperature (0.726).
+CALIBRATION=(--temperature 0.726)
+finished cv5-s18 && CALIBRATION=(--temperature-from "$RUNS/cv5-s18")
+stage s18-all "${STUDENT[@]}" --soft-labels "$RUNS/t50-all" --all-data --holdout "$EXAMPLES" "${CALIBRATION[@]}"
 if [ ! -f "$RUNS/s18-all-fp16.onnx" ]; then
   t0=$SECONDS
   onnx-export "$RUNS/s18-all" --out "$RUNS/s18-all-fp16.onnx" --fp16 --images "$DATA" --max-images 256
