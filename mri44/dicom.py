@@ -164,14 +164,22 @@ def dicom_tags(source: bytes) -> dict[str, str | int | None] | None:
         return None
 
 
+PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+NO_IMAGE = "no pixel data (a DICOM object that holds no image: a DICOMDIR, a report, a presentation state)"
+
+
 def frame_count(path: Path, max_pixels: int) -> int:
-    """NumberOfFrames from the bounded header (no pixel data read); 1 when it cannot be trusted, and that one row
-    then carries the file's error."""
+    """NumberOfFrames from the bounded header (no pixel data read); 0 for an object that holds no pixel data at
+    all (listed as skipped, not as an error row); 1 when the header cannot be trusted, and that one row then
+    carries the file's error."""
     try:
-        return max(
-            1, int(getattr(read_header(path, path.stat().st_size, max_pixels), "NumberOfFrames", 1) or 1)
-        )
-    except (DicomError, OSError, ValueError, TypeError):
+        header = read_header(path, path.stat().st_size, max_pixels)
+        # Whether a pixel data element follows the header: its value is deferred, never read.
+        whole = _pydicom().dcmread(path, force=True, defer_size=256)
+        if not any(name in whole for name in PIXEL_ELEMENTS):
+            return 0
+        return max(1, int(getattr(header, "NumberOfFrames", 1) or 1))
+    except (DicomError, OSError, ValueError, TypeError, AttributeError, KeyError):
         return 1
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mri44 import dicom, imageio, nifti
+from mri44.dicom import NO_IMAGE
 from mri44.imageio import ImageDecodeError
 from mri44.limits import MAX_PIXELS, Limits
 
@@ -44,7 +45,9 @@ class Reader:
     format: str
     member_column: str | None  # the predictions column that numbers this format's members ("frame", "slice")
     claims: Callable[[Path], bool]  # by name (and for extension-less DICOM, its preamble)
-    count: Callable[[Path, int], int]  # images in the file, from its header, given max_pixels; 1 on doubt
+    count: Callable[
+        [Path, int], int
+    ]  # images in the file, from its header, given max_pixels; 1 on doubt, 0: none
     read: Callable[[Path, int | None, int], tuple[np.ndarray, Tags | None]]  # (path, member, max_pixels)
     file_factor: int = 1  # the file may hold this many max_pixels images' bytes (a volume: VOLUME_FACTOR)
 
@@ -87,6 +90,10 @@ def list_items(
     for path in paths:
         reader = reader_for(path)
         n = _count(reader, path, limits) if reader.member_column else 1
+        if n == 0:  # a file of its format that holds no image at all (a DICOMDIR, say): not a row
+            if skipped is not None:
+                skipped.append((str(path), NO_IMAGE))
+            continue
         if n == 1:
             out.append(Item(path, None, reader.format))
             continue
