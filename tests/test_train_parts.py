@@ -147,3 +147,31 @@ def test_precision_auto_uses_bf16_only_where_the_hardware_computes_it(
     assert not config.use_bf16(cpu, "fp32")
     with pytest.raises(ValueError, match="unknown --precision"):
         config.use_bf16(cpu, "fp16")
+
+
+def test_resume_takes_a_run_folder_by_any_name_of_its_own(tmp_path: Path) -> None:
+    """A fold's settings hold its split file's path: the folder reached through a symlink is the same run."""
+    from mri44.stages.train.config import TrainConfig, check_resume_settings
+    from mri44.stages.train.split import SplitConfig
+
+    real = tmp_path / "cv5-t50-l3-v4"
+    (real / "fold-5").mkdir(parents=True)
+    for name in ("fold-5-split.parquet", "fold-5/split.parquet"):
+        (real / name).write_bytes(b"")
+    recipe = get_recipe("default")
+
+    def fold_config(root: Path) -> TrainConfig:
+        return TrainConfig(
+            data=tmp_path,
+            out=root / "fold-5",
+            recipe=recipe,
+            split=SplitConfig(),
+            split_file=root / "fold-5-split.parquet",
+        )
+
+    (real / "fold-5" / "config.json").write_text(fold_config(real).to_json())
+    (tmp_path / "cv5-t50").symlink_to(real)
+    check_resume_settings(tmp_path / "cv5-t50" / "fold-5", fold_config(tmp_path / "cv5-t50"))  # no error
+    other = tmp_path / "elsewhere"
+    with pytest.raises(ValueError, match="split_file"):  # a different file is still a different setting
+        check_resume_settings(real / "fold-5", fold_config(other))

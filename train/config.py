@@ -35,6 +35,7 @@ RESUME_FIXED = (
     "folds",
     "holdout",
 )
+PATH_SETTINGS = frozenset({"data", "split_file", "teacher", "soft_labels", "holdout"})
 
 
 @dataclass
@@ -215,6 +216,16 @@ def use_bf16(device: torch.device, precision: str) -> bool:
     return precision == "bf16"
 
 
+def same_setting(saved: object, now: object, *, is_path: bool) -> bool:
+    """Equal values; for paths, the same file: a run folder reached through a symlink (or moved under another name
+    that still points at it) resumes rather than failing on a spelling of its own path."""
+    if saved == now:
+        return True
+    if is_path and isinstance(saved, str) and isinstance(now, str):
+        return Path(saved).resolve() == Path(now).resolve()
+    return False
+
+
 def check_resume_settings(out: Path, cfg: TrainConfig) -> None:
     """Refuse to resume with settings that differ from the run's config.json, naming each difference."""
     try:
@@ -224,7 +235,11 @@ def check_resume_settings(out: Path, cfg: TrainConfig) -> None:
     if not cfg.folds and not (out / "split.parquet").is_file():
         raise SettingError(f"cannot resume {out}: it has no split.parquet")
     now = json.loads(cfg.to_json())
-    differ = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_FIXED if saved.get(k) != now.get(k)]
+    differ = [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in RESUME_FIXED
+        if not same_setting(saved.get(k), now.get(k), is_path=k in PATH_SETTINGS)
+    ]
     if differ:
         raise SettingError(
             f"cannot resume {out} with other settings ({'; '.join(differ)}); rerun with the original ones "
