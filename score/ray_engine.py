@@ -504,10 +504,10 @@ def counts(out_dir: Path) -> tuple[int, int, int | None]:
         return 0, 0, None
     row = (
         scan.select(
-            pl.len(),
-            (pl.col("status") == "error").sum(),
-            pl.col("ood").sum(),
-            pl.col("ood").is_not_null().sum(),
+            pl.len().alias("rows"),
+            (pl.col("status") == "error").sum().alias("errors"),
+            pl.col("ood").sum().alias("flagged"),
+            pl.col("ood").is_not_null().sum().alias("checked"),
         )
         .collect()
         .row(0)
