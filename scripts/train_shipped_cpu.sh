@@ -13,7 +13,9 @@
 set -euo pipefail
 DATA=${1:-../shared/data/brain-mri-44c}
 RUNS=${2:-$HOME/mri44-runs}
-EXAMPLES=$(cd "$(dirname "$0")/.." && pwd)/examples
+# EXAMPLES: the images held out of the all-data fits (the checkout's examples/ unless set, e.g. for a copy of this
+# script run from elsewhere).
+EXAMPLES=${EXAMPLES:-$(cd "$(dirname "$0")/.." && pwd)/examples}
 mkdir -p "$RUNS"
 TEACHER=(--arch resnet50 --weights imagenet --recipe cached --freeze-through layer3 --feature-views 4
   --image-size 224 --epochs 12)
