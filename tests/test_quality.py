@@ -175,6 +175,20 @@ def test_python_m_train_loads_each_module_once_in_a_checkout_and_runs_anywhere(t
     assert elsewhere.returncode == 0 and "--folds" in elsewhere.stdout, elsewhere.stdout + elsewhere.stderr
 
 
+def test_the_commands_help_loads_no_deep_learning_library() -> None:
+    """`mri44 --help` and every subcommand's help answer at once (issue 33: 5.4 s when the weights command
+    imported torch at module level): torch, torchvision and ONNX load only inside the commands that need them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nimport mri44.cli\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'onnx', 'onnxruntime'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 def test_readme_lists_the_prediction_columns_in_the_schemas_order() -> None:
     """README's column list is PREDICTION_SCHEMA's (the top-k pairs shown as top1_class, top1_prob)."""
     import re

