@@ -40,6 +40,13 @@ def test_a_temperature_on_the_bound_of_its_range_is_warned_about(caplog: pytest.
     uninformative = np.zeros((50, 4), np.float32)
     uninformative[:, 0] = 5.0  # always sure of class 0, right a quarter of the time
     labels = np.arange(50) % 4
-    with caplog.at_level(logging.WARNING, logger="mri44.calibration"):
-        assert fit_temperature(uninformative, labels) == pytest.approx(T_RANGE[1])
+    # The handler on the logger itself: once a command has run in this process, mri44's loggers no longer
+    # propagate to the root logger where caplog listens (mri44.console.setup_logging).
+    logger = logging.getLogger("mri44.calibration")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mri44.calibration"):
+            assert fit_temperature(uninformative, labels) == pytest.approx(T_RANGE[1])
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "sits on the bound of its range" in caplog.text
