@@ -274,6 +274,8 @@ def _decode(
     from pydicom.pixels import pixel_array
 
     ds = read_header(source, size, max_pixels)
+    if "Rows" not in ds or "Columns" not in ds:  # a report, a DICOMDIR: read_image() says so in one line
+        raise DicomError(NO_IMAGE)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
         raise DicomError(

@@ -505,3 +505,24 @@ def test_pydicoms_own_test_files_score_wherever_pydicom_decodes_them(
                 pass
     assert decodable == [], "pydicom decodes these, we did not"
     assert len(failed) < 10 and result.predictions.filter(status="ok").height > 150
+
+
+def test_a_dicom_object_without_pixels_is_skipped_when_listed_and_one_error_when_read(tmp_path: Path) -> None:
+    """A structured report holds no image: a folder lists it under skipped with the reason, read_image() raises
+    the one-line ImageDecodeError (it raised AttributeError: no attribute 'Rows')."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName = "SR", "Test^Report"
+    for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless):  # a compressed syntax took another path
+        meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"report-{syntax.name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        skipped: list[tuple[str, str]] = []
+        assert list_items([path], skipped=skipped) == []
+        assert len(skipped) == 1 and skipped[0][1].startswith("no pixel data")
+        with pytest.raises(ImageDecodeError, match="no pixel data"):
+            read_image(path)
