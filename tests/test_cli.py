@@ -52,3 +52,33 @@ def test_help_keeps_the_extras_names_in_brackets() -> None:
 
     shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
     assert "pip install -e '.[ray]'" in shown
+
+
+def test_training_reports_progress_on_stderr_and_its_result_on_stdout(
+    tmp_path: Path, synthetic_data: Path
+) -> None:
+    """One line per epoch with the time left, the outcome on stdout; --quiet keeps only the outcome (issue 33)."""
+    args = [
+        "train",
+        "--data",
+        str(synthetic_data),
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ]
+    args += ["--phash-distance", "-1", "--device", "cpu", "--precision", "fp32", "--workers", "1"]
+    loud = runner.invoke(app, [*args, "--out", str(tmp_path / "loud")])
+    assert loud.exit_code == 0, loud.output
+    assert "epoch 1/2: loss" in loud.stderr and "left" in loud.stderr and "epoch 1/2" not in loud.stdout
+    assert loud.stdout.startswith(f"{tmp_path / 'loud'}: best epoch") and "test accuracy" in loud.stdout
+    from mri44.console import setup_logging
+
+    try:
+        quiet = runner.invoke(app, [*args, "--out", str(tmp_path / "quiet"), "--quiet"])
+    finally:
+        setup_logging()  # --quiet lowered our loggers for this process; later tests expect them as commands set them
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and quiet.stdout.startswith(f"{tmp_path / 'quiet'}: best epoch")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mri44.console import user_errors
+from mri44.console import setup_logging, user_errors
 
 from .recipes import RECIPES
 
@@ -149,6 +150,15 @@ HoldoutOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 16).")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Only warnings and errors on stderr (no progress bar, no epoch lines); the result "
+        "line on stdout stays.",
+    ),
+]
 
 
 @app.command(
@@ -193,11 +203,14 @@ def train(
     soft_label_views: SoftLabelViewsOpt = 8,
     folds: FoldsOpt = 0,
     holdout: HoldoutOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     from .config import TrainConfig, config_from_settings
     from .loop import run_training
 
-    settings = {name: value for name, value in ctx.params.items() if name != "config"}
+    if quiet:
+        setup_logging(logging.WARNING)
+    settings = {name: value for name, value in ctx.params.items() if name not in ("config", "quiet")}
     if config is None:
         if data is None:
             raise typer.BadParameter(
@@ -211,7 +224,24 @@ def train(
             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
         }
         cfg = config_from_settings(TrainConfig.read_json(config), **given)
-    run_training(cfg)
+    typer.echo(result_line(cfg.out, run_training(cfg)))
+
+
+def result_line(out: Path, result: dict[str, Any]) -> str:
+    """The run's outcome in one line on stdout (progress and details go to stderr and OUT/train.log)."""
+    if "pooled" in result:  # cross-validation
+        acc, f1 = result["mean_sd"]["accuracy"], result["mean_sd"]["macro_f1"]
+        return (
+            f"{out}: out-of-fold accuracy {acc[0]:.4f} +- {acc[1]:.4f}, macro-F1 {f1[0]:.4f} +- {f1[1]:.4f} "
+            f"({result['images']} images); temperature {result['temperature']:.3f}"
+        )
+    test = result.get("test") or {}
+    figures = (
+        f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
+        if "accuracy" in test
+        else "no test part"
+    )
+    return f"{out}: best epoch {result['best_epoch']}; {figures}; temperature {result['temperature']:.3f}"
 
 
 def main() -> None:

@@ -213,6 +213,13 @@ def epoch_order(state: RunState, data: RunData, recipe: Recipe) -> torch.Tensor:
     return train_idx[picked].to(data.pixels.device)
 
 
+def _duration(seconds: float) -> str:
+    """'1 h 05 min', '12 min', '40 s': the training time left at the last epoch's pace."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{round(seconds / 60)} min" if seconds >= 90 else f"{round(seconds)} s"
+
+
 def train_one_epoch(
     state: RunState,
     data: RunData,
@@ -234,7 +241,8 @@ def train_one_epoch(
     steps = max(1, len(data.train_idx) // batch_size)
     part = slice(ranks.rank * (batch_size // ranks.world), (ranks.rank + 1) * (batch_size // ranks.world))
     seen, loss_total, t0 = 0, torch.zeros((), device=device), time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, unit="batch", leave=False, disable=None if ranks.main else True)
+    shown = ranks.main and log.isEnabledFor(logging.INFO)  # --quiet: no bar
+    bar = tqdm(range(steps), desc=desc, unit="batch", leave=False, disable=None if shown else True)
     for step in bar:
         sel = order[step * batch_size : (step + 1) * batch_size]
         x, raw, soft = route.train_batch(sel, state.augment)
@@ -521,13 +529,14 @@ def fit(
             not summary or summary["macro_f1"] > state.best_f1
         )  # all-data: the latest epoch is the model
         log.info(
-            "%s: loss %.3f, %.0f img/s, %.1fs; %s%s",
+            "%s: loss %.3f, %.0f img/s, %.1fs; %s%s; about %s left",
             desc,
             row["train_loss"],
             row["train_images_per_s"],
             row["epoch_s"],
             f"val acc {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}" if summary else "no val",
             " (best)" if improved and summary else "",
+            _duration(row["epoch_s"] * (hp["epochs"] - epoch - 1)),
         )
         if improved:
             state.best_f1 = summary.get("macro_f1", -1.0)
