@@ -28,35 +28,35 @@ def _safe_div(num: pl.Expr, den: pl.Expr) -> pl.Expr:
 
 
 def per_class_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "pred_class") -> pl.DataFrame:
-    """Precision, recall, F1 and support for every class seen in truth or prediction, sorted by F1."""
+    """Precision, recall, F1 and n (its true images) for every class seen in truth or prediction, sorted by F1."""
     classes = pl.concat(
         [pairs.select(pl.col(true).alias("class")), pairs.select(pl.col(pred).alias("class"))]
     )
     classes = classes.unique().drop_nulls()
     tp = pairs.filter(pl.col(true) == pl.col(pred)).group_by(pl.col(true).alias("class")).len("tp")
-    support = pairs.group_by(pl.col(true).alias("class")).len("support")
+    counts = pairs.group_by(pl.col(true).alias("class")).len("n")
     predicted = pairs.group_by(pl.col(pred).alias("class")).len("predicted")
     table = (
         classes.join(tp, on="class", how="left")
-        .join(support, on="class", how="left")
+        .join(counts, on="class", how="left")
         .join(predicted, on="class", how="left")
-        .with_columns(pl.col("tp", "support", "predicted").fill_null(0).cast(pl.Int64))
+        .with_columns(pl.col("tp", "n", "predicted").fill_null(0).cast(pl.Int64))
         .with_columns(
             precision=_safe_div(pl.col("tp"), pl.col("predicted")),
-            recall=_safe_div(pl.col("tp"), pl.col("support")),
+            recall=_safe_div(pl.col("tp"), pl.col("n")),
         )
         .with_columns(
             f1=_safe_div(2 * pl.col("precision") * pl.col("recall"), pl.col("precision") + pl.col("recall"))
         )
     )
-    return table.select("class", "precision", "recall", "f1", "support").sort(["f1", "class"])
+    return table.select("class", "precision", "recall", "f1", "n").sort(["f1", "class"])
 
 
 def summary_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "pred_class") -> pl.DataFrame:
     """Accuracy, macro and weighted precision/recall/F1 (the report's table 4), one row."""
     per_class = per_class_table(pairs, true, pred)
     n = pairs.height
-    total_support = max(int(per_class["support"].sum()), 1)
+    total_n = max(int(per_class["n"].sum()), 1)
     metrics = ("precision", "recall", "f1")
     return pl.DataFrame(
         {
@@ -64,7 +64,7 @@ def summary_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "pr
             "accuracy": [float((pairs[true] == pairs[pred]).sum()) / n if n else 0.0],
             **{f"macro_{m}": [_mean(per_class[m])] for m in metrics},
             **{
-                f"weighted_{m}": [float((per_class[m] * per_class["support"]).sum()) / total_support]
+                f"weighted_{m}": [float((per_class[m] * per_class["n"]).sum()) / total_n]
                 for m in metrics
             },
         }

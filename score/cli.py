@@ -10,7 +10,7 @@ import collections
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from mri44.models import shipped_names
 from .options import ScoreOptions, ScoreResult
 from .report_cli import ExplainOpt
 from .run import score as run_score
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,6 @@ CompileOpt = Annotated[
 
 def summarise(result: ScoreResult, files: int) -> None:
     """Counts and errors to the log; the summary and per-contrast tables to stdout."""
-    import polars as pl
 
     if result.predictions is not None:
         log.info(
@@ -141,10 +143,7 @@ def summarise(result: ScoreResult, files: int) -> None:
         )
     tables = result.tables or {}
     if "summary" in tables:
-        with pl.Config(tbl_hide_dataframe_shape=True, float_precision=3, tbl_cols=12, tbl_width_chars=120):
-            typer.echo(tables["summary"])
-            if result.predictions is not None:
-                typer.echo(tables["per_contrast"])
+        typer.echo(tables_text(tables, result.metrics_dir))
         log.info("metric tables (%d labelled images) -> %s", tables["summary"]["n"][0], result.metrics_dir)
         from mri44.metrics import training_overlap
 
@@ -153,6 +152,34 @@ def summarise(result: ScoreResult, files: int) -> None:
             log.warning(overlap)
     if "series" in tables:
         log.info("%d DICOM series, one row each -> %s", tables["series"].height, result.metrics_dir)
+
+
+WEAKEST_CLASSES = 8  # per-class rows printed (lowest F1 first); the whole table is in the metrics folder
+
+
+def tables_text(tables: dict[str, pl.DataFrame], metrics_dir: Path | None) -> str:
+    """The metric tables for a terminal, nothing cut: the summary one figure per line (figures that do not apply
+    left out), per contrast and per tumour type whole, the weakest classes by F1 and how many more there are."""
+    import polars as pl
+
+    lines = [
+        f"  {name:<26}{value:.3f}" if isinstance(value, float) else f"  {name:<26}{value}"
+        for name, value in tables["summary"].row(0, named=True).items()
+        if value is not None
+    ]
+    parts = ["summary", *lines]
+    with pl.Config(tbl_hide_dataframe_shape=True, float_precision=3, tbl_rows=-1, tbl_cols=-1):
+        for name in ("per_contrast", "per_tumor_type"):
+            if name in tables:
+                parts += [name.replace("_", " "), str(tables[name])]
+        if "per_class" in tables:
+            per_class = tables["per_class"]
+            rest = per_class.height - WEAKEST_CLASSES
+            parts += ["per class, lowest F1 first", str(per_class.head(WEAKEST_CLASSES))]
+            if rest > 0:
+                where = metrics_dir / "per_class.csv" if metrics_dir else "the metric tables"
+                parts.append(f"... and {rest} more classes in {where}")
+    return "\n".join(parts)
 
 
 @app.command(

@@ -295,7 +295,7 @@ def render_report(
         tables = metric_tables(labelled_rows["true_class"], labelled_rows["pred_class"])
         tables["per_contrast"] = with_interval(tables["per_contrast"], "accuracy", "n")
         for name in ("per_tumor_type", "per_class"):
-            tables[name] = with_interval(tables[name], "recall", "support")
+            tables[name] = with_interval(tables[name], "recall", "n")
         for name in ("summary", "per_contrast", "per_tumor_type", "per_class"):
             context["tables"][name] = html_table(tables[name])
         context["plots"]["confusion"] = confusion_plot(tables["confusion"])

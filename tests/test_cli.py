@@ -82,3 +82,21 @@ def test_training_reports_progress_on_stderr_and_its_result_on_stdout(
         setup_logging()  # --quiet lowered our loggers for this process; later tests expect them as commands set them
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == "" and quiet.stdout.startswith(f"{tmp_path / 'quiet'}: best epoch")
+
+
+def test_the_printed_tables_are_whole_and_name_what_they_leave_out(tmp_path: Path) -> None:
+    """The summary was cut with '...' at 12 columns and the per-type tables were not printed (issue 33)."""
+    from mri44.metrics import metric_tables
+    from mri44.stages.score.cli import WEAKEST_CLASSES, tables_text
+
+    classes = [
+        f"{t} {c}" for t in ("Glioma", "Meningioma", "Normal", "Schwannoma") for c in ("T1", "T1C+", "T2")
+    ]
+    truth = classes * 3
+    tables = metric_tables(truth, truth[1:] + truth[:1])
+    text = tables_text(tables, tmp_path)
+    assert "…" not in text and "..." not in text.replace("... and", "")
+    for name in tables["summary"].columns:
+        assert f"  {name} " in text
+    assert "per contrast" in text and "per tumor type" in text and "Schwannoma" in text
+    assert f"... and {len(classes) - WEAKEST_CLASSES} more classes in {tmp_path / 'per_class.csv'}" in text

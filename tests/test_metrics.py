@@ -33,7 +33,7 @@ def test_summary_and_per_class_equal_sklearn(pairs: tuple[list[str], list[str]])
     np.testing.assert_allclose(per_class["precision"], p)
     np.testing.assert_allclose(per_class["recall"], r)
     np.testing.assert_allclose(per_class["f1"], f)
-    assert per_class["support"].to_list() == s.tolist()
+    assert per_class["n"].to_list() == s.tolist()
     assert tables["per_class"]["f1"].is_sorted()
 
 

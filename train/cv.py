@@ -212,7 +212,7 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
             if name in fold_rows.columns
         },
         "classes_never_right": tables["per_class"]
-        .filter(pl.col("support") > 0, pl.col("recall") == 0)["class"]
+        .filter(pl.col("n") > 0, pl.col("recall") == 0)["class"]
         .to_list(),
     }
     result["ood"] = held_out_ood(out, folds)
