@@ -131,7 +131,8 @@ def outside_count(predictions: pl.DataFrame, root: Path | None) -> int:
 
 def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> list[dict[str, Any]]:
     """One card per gallery row: the path relative to the input root (folder and file: the folder is the case or
-    the class), green when the prediction is right, red when wrong, neutral without a label."""
+    the class), green when the prediction is right, red when wrong, neutral without a label, amber when flagged
+    out of distribution (whatever the verdict)."""
     top_columns = [c for c in rows.columns if c.startswith("top") and c.endswith("_class")][:3]
     out = []
     for row in rows.iter_rows(named=True):
@@ -148,6 +149,7 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
                 "true": true,
                 "pred": row["pred_class"],
                 "verdict": "" if true is None else ("right" if true == row["pred_class"] else "wrong"),
+                "flagged": bool(row.get("ood")),  # amber, whatever the verdict: never a green border
                 "series": _series_label(row),
                 "top": [(row[c], row[c.replace("_class", "_prob")]) for c in top_columns],
             }
@@ -315,6 +317,7 @@ def render_report(
         {"id": gid, "title": title, "note": note, "cards": cards(rows, root, overlays)}
         for gid, title, note, rows in gallery_rows(predictions)
     ]
+    context["cams_shown"] = any(card["cam"] for g in context["galleries"] for card in g["cards"])
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader(__package__ or "mri44.stages.score", "templates"),
         autoescape=jinja2.select_autoescape(default=True),

@@ -58,9 +58,15 @@ def test_report_from_mri_score_has_every_section_and_overlays(
         assert f'id="{section}"' in html, section
     _self_contained(html)
     assert html.count('alt="Grad-CAM of') >= 2  # two per gallery asked; galleries may be short on tiny data
+    # Beside the slice, not only behind a click, with the colour scale in the legend.
+    assert html.count('alt="class activation map of') >= 2 and 'class="scale"' in html
     # Read like a reading room: verdict colours, readable thumbnails that open full size with their map,
     # paths under the input root, intervals beside every rate, tumour-type and contrast confusion maps.
-    assert 'class="card wrong"' in html and "<details><summary>" in html and 'alt="full size ' in html
+    assert (
+        'class="card wrong' in html
+        and '<details><summary class="pair">' in html
+        and 'alt="full size ' in html
+    )
     assert html.count("recall 95% CI") == 2 and "accuracy 95% CI" in html
     assert 'alt="tumour-type confusion heatmap"' in html and 'alt="contrast confusion heatmap"' in html
     shown = re.findall(r'<div class="path">([^<]*)</div>', html)
@@ -162,6 +168,10 @@ def test_report_shows_the_flagged_images_in_their_own_gallery(
     html = out.with_suffix(".html").read_text()
     gallery = html[html.index('id="out-of-distribution"') :]
     assert "noise.png" in gallery[:20000] and "unlike the training images" in gallery[:20000]
+    # A flagged card is amber, never green, whatever its verdict; the legend says what each colour means.
+    flagged_cards = gallery.split('<div class="card')[1:]
+    assert flagged_cards and all(card.split('">')[0].endswith("flagged") for card in flagged_cards[:2])
+    assert "flagged out of distribution" in html[: html.index('id="out-of-distribution"')]
     off = tmp_path / "off.parquet"
     runner.invoke(score_app, [str(folder), "--out", str(off), "--model", str(exported_model), "--ood", "off"])
     assert runner.invoke(report_app, [str(off), "--images", str(folder)]).exit_code == 0
