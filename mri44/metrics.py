@@ -63,10 +63,7 @@ def summary_table(pairs: pl.DataFrame, true: str = "true_class", pred: str = "pr
             "n": [n],
             "accuracy": [float((pairs[true] == pairs[pred]).sum()) / n if n else 0.0],
             **{f"macro_{m}": [_mean(per_class[m])] for m in metrics},
-            **{
-                f"weighted_{m}": [float((per_class[m] * per_class["n"]).sum()) / total_n]
-                for m in metrics
-            },
+            **{f"weighted_{m}": [float((per_class[m] * per_class["n"]).sum()) / total_n] for m in metrics},
         }
     )
 

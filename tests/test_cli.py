@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from mri44 import __version__
@@ -54,6 +55,7 @@ def test_help_keeps_the_extras_names_in_brackets() -> None:
     assert "pip install -e '.[ray]'" in shown
 
 
+@pytest.mark.slow
 def test_training_reports_progress_on_stderr_and_its_result_on_stdout(
     tmp_path: Path, synthetic_data: Path
 ) -> None:

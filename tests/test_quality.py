@@ -175,6 +175,7 @@ def test_python_m_train_loads_each_module_once_in_a_checkout_and_runs_anywhere(t
     assert elsewhere.returncode == 0 and "--folds" in elsewhere.stdout, elsewhere.stdout + elsewhere.stderr
 
 
+@pytest.mark.slow
 def test_the_commands_help_loads_no_deep_learning_library() -> None:
     """`mri44 --help` and every subcommand's help answer at once (issue 33: 5.4 s when the weights command
     imported torch at module level): torch, torchvision and ONNX load only inside the commands that need them."""
