@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from mri44.atomic import refuse_existing
 from mri44.console import fail, user_errors
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,8 @@ def export(
     if out.suffix.lower() != ".onnx":
         raise typer.BadParameter(f"--out must end in .onnx, got {out.name}")
     for path in (out, out.with_suffix(".engine") if tensorrt else None):
-        if path is not None and path.exists() and not overwrite:
-            raise fail(f"{path} exists; pass --overwrite to replace it")
+        if path is not None:
+            refuse_existing(path, overwrite)
         if path is not None and path.exists() and path.resolve() == checkpoint_path(checkpoint).resolve():
             raise fail(f"--out {path} is the checkpoint being exported; write to another file")
     unfinished = unfinished_run(checkpoint)

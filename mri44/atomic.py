@@ -1,4 +1,5 @@
-"""Outputs never half-write: write to a temporary file beside the target, then rename over it."""
+"""Outputs never half-write: write to a temporary file beside the target, then rename over it. And no output
+replaces a file unless the user said --overwrite: every command refuses through refuse_existing, in one wording."""
 
 from __future__ import annotations
 
@@ -8,8 +9,27 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mri44.errors import MRI44Error
 
-def _umask() -> int:
+
+class OutputExistsError(MRI44Error, FileExistsError):
+    """An output is already there and nothing said to replace it."""
+
+
+def refuse_existing(path: Path, overwrite: bool = False, what: str = "") -> None:
+    """Raise OutputExistsError when path exists and overwrite was not given; `what` names it ("the CSV's
+    provenance file") when its path alone would not say what it is."""
+    if path.exists() and not overwrite:
+        raise exists_error(path, what)
+
+
+def exists_error(path: Path, what: str = "") -> OutputExistsError:
+    label = f"{path} ({what})" if what else str(path)
+    return OutputExistsError(f"{label} exists; pass --overwrite to replace it")
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back): outputs get the permissions of any file."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -23,10 +43,10 @@ def _publish(tmp: Path, target: Path, replace: bool) -> None:
     try:
         os.link(tmp, target)  # atomic create-if-absent: FileExistsError when another writer got there first
     except FileExistsError:
-        raise FileExistsError(f"{target} exists; pass --overwrite to replace it") from None
+        raise exists_error(target) from None
     except OSError:  # a file system without hard links: the best we can do is check, then rename
         if target.exists():
-            raise FileExistsError(f"{target} exists; pass --overwrite to replace it") from None
+            raise exists_error(target) from None
         os.replace(tmp, target)
         return
     tmp.unlink()
@@ -68,7 +88,7 @@ def atomic_path(target: str | os.PathLike[str], replace: bool = True) -> Iterato
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other output
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; the result should look like any other output
         _publish(tmp, target, replace)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mri44.atomic import atomic_path, name_max, staging_prefix, write_text_atomic
+from mri44.atomic import atomic_path, name_max, refuse_existing, staging_prefix, umask, write_text_atomic
 from mri44.discover import OUTPUT_MARKER
 from mri44.errors import MRI44Error
 from mri44.metrics import write_tables
@@ -30,12 +30,6 @@ from .provenance import PROVENANCE_KEY, sidecar
 
 class OutputError(MRI44Error):
     """An output that cannot or should not be written; the message says which and what to do."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def unwritable(folder: Path) -> str | None:
@@ -96,12 +90,9 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
         raise OutputError(f"--out must end in .parquet or .csv, got {out.name}")
     target = metrics_dir or out.with_name(f"{out.stem}_metrics")
     refuse_long_names([out, target, *([sidecar(out)] if out.suffix.lower() == ".csv" else [])])
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it")
-    if out.suffix.lower() == ".csv" and sidecar(out).exists() and not overwrite:
-        raise OutputError(
-            f"{sidecar(out)} (the CSV's provenance file) exists; pass --overwrite to replace it"
-        )
+    refuse_existing(out, overwrite)
+    if out.suffix.lower() == ".csv":
+        refuse_existing(sidecar(out), overwrite, "the CSV's provenance file")
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise OutputError(
@@ -160,8 +151,7 @@ def refuse_clashes(
 
 
 def check_report_path(report: Path, overwrite: bool) -> None:
-    if report.exists() and not overwrite:
-        raise OutputError(f"{report} exists; pass --overwrite to replace it")
+    refuse_existing(report, overwrite)
     problem = unwritable(report.parent)
     if problem:
         raise OutputError(f"--report: cannot write into {report.parent}: {problem}")
@@ -218,7 +208,7 @@ def write_outputs(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 staged = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), dir=target.parent))
                 # mkdtemp's 0700 would hide the tables from colleagues on a shared server
-                staged.chmod(0o777 & ~_umask())
+                staged.chmod(0o777 & ~umask())
                 write_tables(tables, staged, classes)
             recorded = json.dumps(provenance or {}, sort_keys=True)
             with atomic_path(out, replace=overwrite) as tmp:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mri44.atomic import refuse_existing
 from mri44.console import fail, user_errors
 
 from .outputs import refuse_clashes
@@ -92,8 +93,7 @@ def report(
 
     parts = sorted(predictions.glob(PART_GLOB)) if predictions.is_dir() else []
     target = out or (predictions / "report.html" if parts else predictions.with_suffix(".html"))
-    if target.exists() and not overwrite:
-        raise fail(f"{target} exists; pass --overwrite to replace it")
+    refuse_existing(target, overwrite)
     recorded = read_provenance(predictions)
     images, model = _from_provenance(recorded, images, model, explain)
     from mri44.files import checkpoint_path

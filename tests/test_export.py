@@ -253,3 +253,19 @@ def test_crafted_metadata_is_refused_on_load(exported_model: Path, change: dict)
     props = {p.key: p.value for p in onnx.load(str(exported_model)).metadata_props}
     with pytest.raises(ModelMetadataError):
         ModelMetadata.from_props({**props, **change}, "crafted.onnx")
+
+
+def test_every_refusal_to_replace_an_output_is_one_library_error(tmp_path: Path) -> None:
+    """One output policy (issue 31): the wording and the type (an MRI44Error, still a FileExistsError) are one."""
+    from mri44.atomic import OutputExistsError, refuse_existing
+    from mri44.errors import MRI44Error
+
+    there = tmp_path / "preds.parquet"
+    refuse_existing(there)  # nothing there: nothing to refuse
+    there.write_bytes(b"x")
+    refuse_existing(there, overwrite=True)
+    with pytest.raises(
+        OutputExistsError, match=r"preds.parquet \(the CSV's provenance file\) exists; pass --over"
+    ):
+        refuse_existing(there, what="the CSV's provenance file")
+    assert issubclass(OutputExistsError, MRI44Error) and issubclass(OutputExistsError, FileExistsError)
