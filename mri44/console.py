@@ -8,12 +8,15 @@ a user can act on, and one line would hide where it came from.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import logging
 import os
 import sys
 import tarfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -53,6 +56,25 @@ def setup_logging(level: int = logging.INFO) -> None:
             handler.setFormatter(logging.Formatter("%(message)s"))
             logger.addHandler(handler)
         logger.propagate = False
+
+
+@contextlib.contextmanager
+def library_warnings_counted(log: logging.Logger) -> Iterator[None]:
+    """Warnings that libraries raise while reading many files (pydicom's "Expected explicit VR ...", one per
+    file) become one log line with their count and the most frequent message, not a screenful of stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if caught:
+        messages = collections.Counter(f"{w.category.__name__}: {w.message}" for w in caught)
+        top, n = messages.most_common(1)[0]
+        log.info(
+            "%d warning(s) from the libraries that read the files, %d kind(s); most often (%dx): %s",
+            len(caught),
+            len(messages),
+            n,
+            top,
+        )
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -36,11 +36,21 @@ _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 
 
+def _silent_worker() -> None:
+    """A decoder's warnings in a worker would reach the terminal past the parent's count of them
+    (mri44.console.library_warnings_counted): the row's status says what came of the decode."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+
+
 def _current() -> ProcessPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("forkserver"))
+            _pool = ProcessPoolExecutor(
+                WORKERS, mp_context=multiprocessing.get_context("forkserver"), initializer=_silent_worker
+            )
         return _pool
 
 

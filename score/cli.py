@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mri44.console import fail, user_errors
+from mri44.console import fail, library_warnings_counted, user_errors
 from mri44.models import shipped_names
 
 from .options import ScoreOptions, ScoreResult
@@ -241,7 +241,8 @@ def score(
         ood=ood,
         ood_threshold=ood_threshold,
     )
-    result = run_score(input_dir, out, options)
+    with library_warnings_counted(log):
+        result = run_score(input_dir, out, options)
     summarise(result, result.scored + result.failed)
     if result.scored == 0:
         raise fail("no image could be scored (see the error rows)", code=1)

@@ -102,3 +102,27 @@ def test_the_printed_tables_are_whole_and_name_what_they_leave_out(tmp_path: Pat
         assert f"  {name} " in text
     assert "per contrast" in text and "per tumor type" in text and "Schwannoma" in text
     assert f"... and {len(classes) - WEAKEST_CLASSES} more classes in {tmp_path / 'per_class.csv'}" in text
+
+
+def test_library_warnings_become_one_counted_line(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydicom warns once per odd file: a folder of them filled stderr (issue 33). Decoder threads' warnings too."""
+    import logging
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mri44.console import library_warnings_counted
+
+    def read(i: int) -> None:
+        message = "Expected explicit VR, but found implicit VR" if i % 3 else "odd header"
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+    counted = library_warnings_counted(logging.getLogger("tests.warnings"))
+    with caplog.at_level(logging.INFO, logger="tests.warnings"), counted, ThreadPoolExecutor(2) as pool:
+        list(pool.map(read, range(9)))
+    assert capsys.readouterr().err == ""
+    assert (
+        "9 warning(s) from the libraries that read the files, 2 kind(s); most often (6x): UserWarning: Expected"
+        in caplog.text
+    )
