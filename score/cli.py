@@ -151,7 +151,11 @@ def summarise(result: ScoreResult, files: int) -> None:
         if overlap:
             log.warning(overlap)
     if "series" in tables:
-        log.info("%d DICOM series, one row each -> %s", tables["series"].height, result.metrics_dir)
+        log.info(
+            "%d series (DICOM series, NIfTI volumes), one row each -> %s",
+            tables["series"].height,
+            result.metrics_dir,
+        )
 
 
 WEAKEST_CLASSES = 8  # per-class rows printed (lowest F1 first); the whole table is in the metrics folder

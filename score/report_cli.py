@@ -152,7 +152,6 @@ def report(
         model,
         overwrite,
     )
-    logging.getLogger(__name__).info("report -> %s", target)
 
 
 def _from_provenance(

@@ -154,7 +154,6 @@ def run_local(folder: Path, out: Path | None, options: ScoreOptions) -> ScoreRes
             source,
             options.overwrite,
         )
-        log.info("report -> %s", options.report)
     return ScoreResult(
         predictions=run.predictions,
         tables=tables,
