@@ -18,7 +18,6 @@ from mri44.console import fail, library_warnings_counted, user_errors
 from mri44.models import shipped_names
 
 from .options import ScoreOptions, ScoreResult
-from .report_cli import ExplainOpt
 from .run import score as run_score
 
 if TYPE_CHECKING:
@@ -114,6 +113,15 @@ OodOpt = Annotated[
 OodThresholdOpt = Annotated[
     float | None,
     typer.Option(help="Flag rows whose ood_score is above this instead of the model's threshold."),
+]
+REPORT_EXPLAIN = 3  # class activation maps per gallery when --report is given without --explain
+ExplainOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Class activation map (Grad-CAM) overlays for N images per gallery of the report, beside each "
+        f"slice (default {REPORT_EXPLAIN} with --report; 0: none).",
+    ),
 ]
 CompileOpt = Annotated[
     bool, typer.Option(help="For a checkpoint: torch.compile the network (pays off on GPUs).")
@@ -217,7 +225,7 @@ def score(
     gpus_per_actor: GpusPerActorOpt = 0.0,
     resume: ResumeOpt = False,
     report: ReportOpt = None,
-    explain: ExplainOpt = 0,
+    explain: ExplainOpt = None,
     ood: OodOpt = "on",
     ood_threshold: OodThresholdOpt = None,
 ) -> None:
@@ -240,7 +248,7 @@ def score(
         gpus_per_actor=gpus_per_actor,
         resume=resume,
         report=report,
-        explain=explain,
+        explain=(REPORT_EXPLAIN if report else 0) if explain is None else explain,
         progress=sys.stderr.isatty(),
         ood=ood,
         ood_threshold=ood_threshold,

@@ -118,6 +118,12 @@ def test_unlabelled_report_shows_predicted_classes_and_low_confidence(
     pl.DataFrame({"a": [1]}).write_parquet(not_ours)
     refused = runner.invoke(report_app, [str(not_ours)])
     assert refused.exit_code == 2 and "not mri-score output" in refused.output
+    # mri-score --report draws class maps beside the slices unless told --explain 0
+    for explain, maps in (([], True), (["--explain", "0"], False)):
+        report = tmp_path / f"maps-{bool(explain)}.html"
+        args = [str(flat), "--out", str(report.with_suffix(".parquet")), "--model", str(exported_model)]
+        assert runner.invoke(score_app, [*args, "--report", str(report), *explain]).exit_code == 0
+        assert ('alt="class activation map of' in report.read_text()) is maps
 
 
 @pytest.mark.slow
