@@ -38,6 +38,7 @@ from mri44.model import load_checkpoint, model_from_checkpoint  # noqa: E402
 from mri44.ood import MAX_REFERENCE, OodSpec, knn_distance, normalised, reference_rows  # noqa: E402
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels  # noqa: E402
 from mri44.readers import read_image  # noqa: E402
+from mri44.run_folder import RunFolder  # noqa: E402
 
 PASSING = 0.97  # in-distribution images let through: the threshold of every detector, per fold
 
@@ -184,8 +185,8 @@ def threshold_rules(run: Path, folds: pl.DataFrame) -> str:
     lines = ["| fold | leave-one-out 95 % | leave-group-out 97 % | threshold that lets 97 % of unseen pass |"]
     lines.append("| ---: | ---: | ---: | ---: |")
     for fold in sorted(folds["fold"].unique().to_list()):
-        spec = OodSpec.from_json(load_checkpoint(run / f"fold-{fold}" / "best.pt")["ood"])
-        split = pl.read_parquet(run / f"fold-{fold}" / "split.parquet")
+        spec = OodSpec.from_json(load_checkpoint(RunFolder(run).fold(fold).best)["ood"])
+        split = pl.read_parquet(RunFolder(run).fold(fold).split)
         train = split.filter(split="train")["path"].to_list()
         groups = np.array([group_of[train[i]] for i in reference_rows(len(train))])
         reference = spec.reference.astype(np.float32)
@@ -195,7 +196,7 @@ def threshold_rules(run: Path, folds: pl.DataFrame) -> str:
             groups[:, None] == groups[None, :]
         ] = -np.inf  # the image's whole group left out, itself included
         lgo = np.clip(1.0 - sims.max(1), 0.0, 2.0)
-        unseen = pl.read_parquet(run / f"fold-{fold}" / "test_predictions.parquet")["ood_score"].to_numpy()
+        unseen = pl.read_parquet(RunFolder(run).fold(fold).predictions("test"))["ood_score"].to_numpy()
         flagged = [(unseen > np.quantile(scores, q)).mean() for scores, q in ((loo, 0.95), (lgo, PASSING))]
         lines.append(f"| {fold} | {flagged[0]:.1%} | {flagged[1]:.1%} | {np.quantile(unseen, PASSING):.4f} |")
     return "Unseen slices flagged by thresholds set on the training images alone:\n\n" + "\n".join(lines)
@@ -213,7 +214,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     bench = _benchmark_families()
-    folds = pl.read_parquet(args.run / "folds.parquet")
+    folds = pl.read_parquet(RunFolder(args.run).folds)
     print(threshold_rules(args.run, folds) + "\n")
     if args.rules_only:
         return
@@ -230,7 +231,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for fold in sorted(set(fold_ids.tolist())):
-        ckpt = load_checkpoint(args.run / f"fold-{fold}" / "best.pt")
+        ckpt = load_checkpoint(RunFolder(args.run).fold(fold).best)
         model, spec = model_from_checkpoint(ckpt), PreprocessSpec.from_dict(ckpt["preprocess"])
         shipped = OodSpec.from_json(ckpt["ood"])
         train_rows, test_rows = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)

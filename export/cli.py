@@ -10,6 +10,7 @@ import typer
 
 from mri44.atomic import refuse_existing
 from mri44.console import fail, user_errors
+from mri44.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,9 @@ def unfinished_run(checkpoint: Path) -> str | None:
 
     best = checkpoint_path(checkpoint)
     folder = best.parent
-    if not (folder / "last.pt").is_file():
+    if not RunFolder(folder).last.is_file():
         return None  # a checkpoint file outside a run folder: nothing says how it was made
-    result = folder / "result.json"
+    result = RunFolder(folder).result
     if not result.is_file() or result.stat().st_mtime < best.stat().st_mtime:
         return f"{folder} has not finished training (no result.json newer than {best.name})"
     return None

@@ -17,12 +17,13 @@ import polars as pl
 from mri44.discover import find_images
 from mri44.onnx_meta import INPUT_NAME
 from mri44.preprocess import PreprocessSpec, normalize
+from mri44.run_folder import RunFolder
 from mri44.samples import decodable_pixels, spread
 
 
 def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:
     files = find_images(folder)
-    split_csv = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "split.csv"
+    split_csv = RunFolder(checkpoint if checkpoint.is_dir() else checkpoint.parent).split_csv
     if split_csv.is_file():
         train = set(pl.read_csv(split_csv).filter(pl.col("split") == "train")["path"].to_list())
         in_train = [f for f in files if f.relative_to(folder).as_posix() in train]

@@ -8,11 +8,13 @@ import hashlib
 import os
 from pathlib import Path
 
+from mri44.run_folder import RunFolder
+
 
 def checkpoint_path(source: str | os.PathLike[str]) -> Path:
     """The file a model path stands for: a run folder's best checkpoint, any file (a .pt, an ONNX model) itself."""
     source = Path(source)
-    return source / "best.pt" if source.is_dir() else source
+    return RunFolder(source).best if source.is_dir() else source
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

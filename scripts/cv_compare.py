@@ -15,7 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from mri44.stages.train.cv import RESULT_FILE, compare
+from mri44.run_folder import RunFolder
+from mri44.stages.train.cv import compare
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     print("| run | accuracy | macro-F1 | tumour type | contrast | T1 | T1C+ | T2 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in (args.a, args.b):
-        result = json.loads((run / RESULT_FILE).read_text())
+        result = json.loads(RunFolder(run).cv_result.read_text())
         cells = []
         for name in ("accuracy", "macro_f1", "tumor_type_accuracy", "contrast_accuracy"):
             mean, sd = result["mean_sd"][name]

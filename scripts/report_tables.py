@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from mri44.metrics import expected_calibration_error
+from mri44.run_folder import RunFolder
 
 
 def markdown(frame: pl.DataFrame, digits: int = 3) -> str:
@@ -55,29 +56,30 @@ def scored(preds_path: Path, metrics_dir: Path) -> None:
 def runs(folders: list[Path]) -> None:
     rows = []
     for folder in folders:
-        config = json.loads((folder / "config.json").read_text())
-        history = pl.read_csv(folder / "metrics.csv")
-        if (folder / "result.json").exists():
-            result = json.loads((folder / "result.json").read_text())
-            val, test = result["val"], result.get("test", {})
+        run = RunFolder(folder)
+        config = json.loads(run.config.read_text())
+        history = pl.read_csv(run.history)
+        if run.result.exists():
+            result = json.loads(run.result.read_text())
+            val, test = result.get("val", {}), result.get("test", {})
         else:  # stopped before its test evaluation: best validation epoch from the history, no test figures
             best = history.sort("val_macro_f1", descending=True).row(0, named=True)
             result = {"best_epoch": best["epoch"]}
             val, test = {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")}, {}
         rows.append(
             {
-                "run": folder.name
-                + ("" if (folder / "result.json").exists() else f" (stopped at {history.height})"),
+                "run": folder.name + ("" if run.result.exists() else f" (stopped at {history.height})"),
                 "arch": config.get("arch", "resnet18"),
                 "recipe": config["recipe"]["name"],
                 "size": config["image_size"],
                 "epochs": config["epochs"],
                 "best epoch": result["best_epoch"],
                 "s/epoch": float(history["epoch_s"].median()),
-                "val acc": val["accuracy"],
-                "val macro P": val["macro_precision"],
-                "val macro R": val["macro_recall"],
-                "val macro F1": val["macro_f1"],
+                # an all-data run has no validation part: NaN, as a run without a test part has for test
+                "val acc": val.get("accuracy", float("nan")),
+                "val macro P": val.get("macro_precision", float("nan")),
+                "val macro R": val.get("macro_recall", float("nan")),
+                "val macro F1": val.get("macro_f1", float("nan")),
                 "test acc": test.get("accuracy", float("nan")),
                 "test macro F1": test.get("macro_f1", float("nan")),
             }

@@ -12,7 +12,8 @@ from synthetic import make_dataset, tiny_run_config
 
 from mri44.errors import SettingError
 from mri44.preprocess import PreprocessSpec
-from mri44.stages.train.cv import OOF_FILE, RESULT_FILE, _teacher_fold, compare, make_folds, mcnemar_exact
+from mri44.run_folder import RunFolder
+from mri44.stages.train.cv import _teacher_fold, compare, make_folds, mcnemar_exact
 from mri44.stages.train.dataset import scan_dataset
 from mri44.stages.train.split import SplitConfig
 
@@ -67,8 +68,8 @@ def _fake_cv(folder: Path, correct: list[bool], folds: list[int]) -> Path:
             "pred_class": [lab if ok else "C T1" for lab, ok in zip(labels, correct, strict=True)],
             "correct": correct,
         }
-    ).write_parquet(folder / OOF_FILE)
-    (folder / RESULT_FILE).write_text(json.dumps({"pooled": {"accuracy": float(np.mean(correct))}}))
+    ).write_parquet(RunFolder(folder).out_of_fold)
+    RunFolder(folder).cv_result.write_text(json.dumps({"pooled": {"accuracy": float(np.mean(correct))}}))
     return folder
 
 
@@ -105,7 +106,7 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
     data = make_dataset(tmp_path / "data", per_class=9)
     cfg = tiny_run_config(data, tmp_path / "cv", epochs=2, folds=3)
     result = run_training(cfg)
-    oof = pl.read_parquet(tmp_path / "cv" / OOF_FILE)
+    oof = pl.read_parquet(RunFolder(tmp_path / "cv").out_of_fold)
     folds = pl.read_parquet(tmp_path / "cv" / "folds.parquet")
     assert oof.height == folds.height == 45 and oof["path"].n_unique() == 45
     assert oof.join(folds, on="path").filter(pl.col("fold") != pl.col("fold_right")).height == 0

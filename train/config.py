@@ -13,6 +13,7 @@ import torch
 
 from mri44.errors import MRI44Error, SettingError
 from mri44.model import ARCH, ARCHS
+from mri44.run_folder import RunFolder
 
 from .recipes import Recipe, get_recipe
 from .split import SplitConfig
@@ -229,10 +230,10 @@ def same_setting(saved: object, now: object, *, is_path: bool) -> bool:
 def check_resume_settings(out: Path, cfg: TrainConfig) -> None:
     """Refuse to resume with settings that differ from the run's config.json, naming each difference."""
     try:
-        saved = json.loads((out / "config.json").read_text())
+        saved = json.loads(RunFolder(out).config.read_text())
     except (OSError, ValueError) as exc:
         raise SettingError(f"cannot resume {out}: its config.json is unreadable ({exc})") from exc
-    if not cfg.folds and not (out / "split.parquet").is_file():
+    if not cfg.folds and not RunFolder(out).split.is_file():
         raise SettingError(f"cannot resume {out}: it has no split.parquet")
     now = json.loads(cfg.to_json())
     differ = [

@@ -32,17 +32,12 @@ from mri44.errors import SettingError
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
 from mri44.model import load_checkpoint
 from mri44.ood import HELD_OUT_PASS, OodSpec, pass_rate_for
+from mri44.run_folder import RunFolder
 
 from .config import TrainConfig
 from .split import SplitConfig, deal_groups, group_ids
 
 log = logging.getLogger(__name__)
-
-FOLDS_FILE = "folds.parquet"  # path, label, group, fold (1..K): the assignment every fold run reads
-OOF_FILE = "oof.parquet"  # path, label, fold, pred_class, confidence, correct, logits, probs (44 each)
-RESULT_FILE = "cv_result.json"
-METRICS_DIR = "cv_metrics"
-LOGITS_FILE = "test_logits.parquet"  # written by every run with a test part (train/loop.write_split_results)
 
 
 def make_folds(manifest: pl.DataFrame, k: int, split: SplitConfig) -> pl.DataFrame:
@@ -57,12 +52,8 @@ def make_folds(manifest: pl.DataFrame, k: int, split: SplitConfig) -> pl.DataFra
     ).sort("path")
 
 
-def fold_dir(out: Path, fold: int) -> Path:
-    return out / f"fold-{fold}"
-
-
 def is_cv_folder(path: Path | None) -> bool:
-    return path is not None and (Path(path) / FOLDS_FILE).is_file()
+    return path is not None and RunFolder(Path(path)).folds.is_file()
 
 
 def fold_split(folds: pl.DataFrame, fold: int) -> pl.DataFrame:
@@ -77,32 +68,32 @@ def _teacher_fold(source: Path | None, folds: pl.DataFrame, fold: int) -> Path |
     if not is_cv_folder(source):
         return source
     assert source is not None
-    theirs = pl.read_parquet(source / FOLDS_FILE).select("path", "fold").sort("path")
+    theirs = pl.read_parquet(RunFolder(source).folds).select("path", "fold").sort("path")
     if not theirs.equals(folds.select("path", "fold").sort("path")):
         raise SettingError(
             f"{source} was cross-validated on other folds: a fold's teacher would have seen its test images; "
             "use the same data, --seed and split settings"
         )
-    return fold_dir(source, fold)
+    return RunFolder(source).fold(fold).root
 
 
 def fold_config(cfg: TrainConfig, folds: pl.DataFrame, fold: int) -> TrainConfig:
-    out = fold_dir(cfg.out, fold)
+    out = RunFolder(cfg.out).fold(fold)
     return replace(
         cfg,
-        out=out,
+        out=out.root,
         folds=0,
-        split_file=cfg.out / f"fold-{fold}-split.parquet",
+        split_file=RunFolder(cfg.out).fold_split(fold),
         soft_labels=_teacher_fold(cfg.soft_labels, folds, fold),
         teacher=_teacher_fold(cfg.teacher, folds, fold),
-        resume=(out / "last.pt").is_file(),
+        resume=out.last.is_file(),
     )
 
 
 def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
     """OUT/folds.parquet (made once, then reused, so a resumed CV keeps its folds) and one split file per fold;
     each fold's run folder shares OUT/cache (decoded images, frozen-stage features)."""
-    path = cfg.out / FOLDS_FILE
+    path = RunFolder(cfg.out).folds
     if path.is_file():
         folds = pl.read_parquet(path)
         if folds["fold"].max() != cfg.folds or set(folds["path"]) != set(manifest["path"]):
@@ -113,9 +104,9 @@ def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
             folds.write_parquet(tmp)
     log.info("%d folds of %s images", cfg.folds, folds.group_by("fold").len().sort("fold")["len"].to_list())
     for fold in range(1, cfg.folds + 1):
-        with atomic_path(cfg.out / f"fold-{fold}-split.parquet") as tmp:
+        with atomic_path(RunFolder(cfg.out).fold_split(fold)) as tmp:
             fold_split(folds, fold).write_parquet(tmp)
-        run = fold_dir(cfg.out, fold)
+        run = RunFolder(cfg.out).fold(fold).root
         run.mkdir(exist_ok=True)
         if not (run / "cache").exists():
             (run / "cache").symlink_to(Path("..") / "cache", target_is_directory=True)
@@ -127,7 +118,7 @@ def run_cv(cfg: TrainConfig, manifest: pl.DataFrame, train_one: Any) -> dict[str
     train/loop.run_training for one run."""
     folds = prepare_folds(cfg, manifest)
     for fold in range(1, cfg.folds + 1):
-        if (fold_dir(cfg.out, fold) / "result.json").is_file():
+        if RunFolder(cfg.out).fold(fold).result.is_file():
             log.info("fold %d/%d: done before", fold, cfg.folds)
             continue
         log.info("fold %d/%d", fold, cfg.folds)
@@ -137,7 +128,7 @@ def run_cv(cfg: TrainConfig, manifest: pl.DataFrame, train_one: Any) -> dict[str
 
 def out_of_fold(out: Path, folds: pl.DataFrame) -> pl.DataFrame:
     """Every fold's test logits, joined to the folds: one row per image."""
-    parts = [pl.read_parquet(fold_dir(out, f) / LOGITS_FILE) for f in sorted(folds["fold"].unique())]
+    parts = [pl.read_parquet(RunFolder(out).fold(f).logits("test")) for f in sorted(folds["fold"].unique())]
     logits = pl.concat(parts).select("path", "logits")
     oof = folds.select("path", "label", "fold").join(logits, on="path", how="left")
     missing = oof.filter(pl.col("logits").is_null())
@@ -178,7 +169,7 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
     """oof.parquet, cv_metrics/ (the pooled out-of-fold tables plus per-fold figures) and cv_result.json."""
     oof = out_of_fold(out, folds)
     logits = np.stack(oof["logits"].to_list()).astype(np.float32)
-    classes = load_checkpoint(fold_dir(out, 1) / "best.pt")["classes"]
+    classes = load_checkpoint(RunFolder(out).fold(1).best)["classes"]
     labels = oof["label"].replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64)
     temperature = fit_temperature(logits, labels.to_numpy().copy())
     probs = softmax(logits, temperature)
@@ -190,12 +181,12 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
         correct=pl.Series(correct),
         probs=pl.Series(probs.astype(np.float32)),
     )
-    with atomic_path(out / OOF_FILE) as tmp:
+    with atomic_path(RunFolder(out).out_of_fold) as tmp:
         oof.write_parquet(tmp)
     tables = metric_tables(oof["label"], oof["pred_class"])
     per_fold = fold_figures(oof)
     tables["folds"] = per_fold
-    write_tables(tables, out / METRICS_DIR, classes)
+    write_tables(tables, RunFolder(out).cv_metrics, classes)
     fold_rows = per_fold.filter(pl.col("fold") != "all")
     result: dict[str, Any] = {
         "folds": folds["fold"].n_unique(),
@@ -216,7 +207,7 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
         .to_list(),
     }
     result["ood"] = held_out_ood(out, folds)
-    write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))
+    write_text_atomic(RunFolder(out).cv_result, json.dumps(result, indent=2))
     log.info(
         "out-of-fold (%d images, %d folds): accuracy %.4f +- %.4f, macro-F1 %.4f +- %.4f; temperature %.3f",
         oof.height,
@@ -235,12 +226,12 @@ def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
     out-of-fold images each fold's own threshold flagged. None when the folds carry no reference set."""
     rates, flagged = [], []
     for fold in sorted(folds["fold"].unique().to_list()):
-        spec = load_checkpoint(fold_dir(out, fold) / "best.pt").get("ood")
+        spec = load_checkpoint(RunFolder(out).fold(fold).best).get("ood")
         if not isinstance(spec, str):
             return None
         ood = OodSpec.from_json(spec)
         scores = (
-            pl.read_parquet(fold_dir(out, fold) / "test_predictions.parquet")["ood_score"]
+            pl.read_parquet(RunFolder(out).fold(fold).predictions("test"))["ood_score"]
             .drop_nulls()
             .to_numpy()
         )
@@ -256,7 +247,7 @@ def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
 
 def cv_calibration(folder: Path) -> tuple[float, float | None]:
     """(temperature, leave-one-out pass rate or None) that a CV folder measured, for an all-data fit."""
-    result = json.loads((folder / RESULT_FILE).read_text())
+    result = json.loads(RunFolder(folder).cv_result.read_text())
     ood = result.get("ood") or {}
     return float(result["temperature"]), ood.get("loo_pass_rate")
 
@@ -271,7 +262,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 def compare(a: Path, b: Path) -> tuple[dict[str, Any], pl.DataFrame]:
     """Two CV folders on the same folds, image by image: ({figures, McNemar}, per-class recall table)."""
-    oof_a, oof_b = (pl.read_parquet(Path(p) / OOF_FILE) for p in (a, b))
+    oof_a, oof_b = (pl.read_parquet(RunFolder(Path(p)).out_of_fold) for p in (a, b))
     cols = ["path", "label", "fold", "pred_class", "correct"]
     pairs = oof_a.select(cols).join(oof_b.select(cols), on="path", how="inner", suffix="_b")
     if (
@@ -283,7 +274,9 @@ def compare(a: Path, b: Path) -> tuple[dict[str, Any], pl.DataFrame]:
     only_a = int((pairs["correct"] & ~pairs["correct_b"]).sum())
     only_b = int((~pairs["correct"] & pairs["correct_b"]).sum())
     figures = {
-        str(name): {k: v for k, v in json.loads((Path(name) / RESULT_FILE).read_text())["pooled"].items()}
+        str(name): {
+            k: v for k, v in json.loads(RunFolder(Path(name)).cv_result.read_text())["pooled"].items()
+        }
         for name in (a, b)
     }
     summary = {

@@ -18,6 +18,7 @@ import torch
 from mri44.atomic import atomic_path
 from mri44.errors import SettingError
 from mri44.preprocess import PreprocessSpec
+from mri44.run_folder import RunFolder
 
 from .config import TrainConfig
 from .dataset import load_or_scan
@@ -62,13 +63,13 @@ def load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_split_files(out: Path, failures: pl.DataFrame, split: pl.DataFrame, manifest: pl.DataFrame) -> None:
-    with atomic_path(out / "unreadable.csv") as tmp:
+    with atomic_path(RunFolder(out).unreadable) as tmp:
         failures.write_csv(tmp)
-    with atomic_path(out / "split.parquet") as tmp:
+    with atomic_path(RunFolder(out).split) as tmp:
         split.write_parquet(tmp)
-    with atomic_path(out / "split.csv") as tmp:
+    with atomic_path(RunFolder(out).split_csv) as tmp:
         split.select("path", "label", "split", "group", "tumor_type", "contrast", "sha256").write_csv(tmp)
-    with atomic_path(out / "duplicate_conflicts.csv") as tmp:
+    with atomic_path(RunFolder(out).duplicate_conflicts) as tmp:
         conflicting_duplicates(manifest).write_csv(tmp)
 
 
@@ -98,7 +99,7 @@ def holdout_split(manifest: pl.DataFrame, holdout: Path, split: SplitConfig) -> 
 
 def choose_split(cfg: TrainConfig, manifest: pl.DataFrame, resuming: bool) -> pl.DataFrame:
     if resuming:  # the run's own split, never a recomputed one: images already trained on stay in train
-        return load_split(cfg.out / "split.parquet", manifest)
+        return load_split(RunFolder(cfg.out).split, manifest)
     if cfg.all_data and cfg.holdout is not None:
         return holdout_split(manifest, cfg.holdout, cfg.split)
     if cfg.all_data:
@@ -120,7 +121,7 @@ def prepare_data(
         scanned.manifest.height,
         time.perf_counter() - t0,
         scanned.failures.height,
-        out / "unreadable.csv",
+        RunFolder(out).unreadable,
     )
     split = choose_split(cfg, scanned.manifest, resuming)
     if write:

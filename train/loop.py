@@ -47,6 +47,7 @@ from mri44.ood import (
 )
 from mri44.predictions import prediction_frame
 from mri44.preprocess import PreprocessSpec
+from mri44.run_folder import RunFolder
 from mri44.torch_input import to_input
 
 from .augment import apply_params, random_affine_intensity
@@ -372,20 +373,20 @@ def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
             "--folds K needs K >= 2 and makes its own splits: drop --all-data, --split-file and --holdout"
         )
     class_folders(cfg.data)
-    if (cfg.out / "config.json").is_file():
+    if RunFolder(cfg.out).config.is_file():
         if not cfg.resume:
             raise FileExistsError(
                 f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
             )
         check_resume_settings(cfg.out, cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cfg.out / "config.json", cfg.to_json())
+    write_text_atomic(RunFolder(cfg.out).config, cfg.to_json())
     scanned = load_or_scan(cfg.data, preprocess_spec(cfg), cfg.out / "cache", cfg.workers)
     return run_cv(cfg, scanned.manifest, run_training)
 
 
 def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, Any]:
-    last_path, best_path = cfg.out / "last.pt", cfg.out / "best.pt"
+    last_path, best_path = RunFolder(cfg.out).last, RunFolder(cfg.out).best
     if not cfg.resume and last_path.exists():
         raise FileExistsError(
             f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
@@ -410,7 +411,7 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     ):  # rank 0 writes the config, scans (filling the cache) and writes the split; then the others read
         with _undone_on_failure(cfg.out, resuming):
             cfg.out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(cfg.out / "config.json", cfg.to_json())
+            write_text_atomic(RunFolder(cfg.out).config, cfg.to_json())
             data = prepare_data(cfg, spec, device, resuming)
     barrier(ranks)
     if not ranks.main:
@@ -543,10 +544,10 @@ def fit(
         if not ranks.main:
             continue
         if improved:
-            state.save_best(cfg.out / "best.pt", common, summary)
-        with atomic_path(cfg.out / "metrics.csv") as tmp:
+            state.save_best(RunFolder(cfg.out).best, common, summary)
+        with atomic_path(RunFolder(cfg.out).history) as tmp:
             pl.DataFrame(state.history).write_csv(tmp)
-        state.save_last(cfg.out / "last.pt", common)
+        state.save_last(RunFolder(cfg.out).last, common)
 
 
 def _teacher_for(
@@ -678,10 +679,10 @@ def write_split_results(
         scores,
         ood.threshold,
     )
-    with atomic_path(out / f"{name}_predictions.parquet") as tmp:
+    with atomic_path(RunFolder(out).predictions(name)) as tmp:
         preds.write_parquet(tmp)
     # The raw logits too: cross-validation pools them across folds (train/cv.py) before fitting a temperature.
-    with atomic_path(out / f"{name}_logits.parquet") as tmp:
+    with atomic_path(RunFolder(out).logits(name)) as tmp:
         pl.DataFrame(
             {"path": preds["path"], "label": names[data.labels[idx]], "logits": logits.astype(np.float32)}
         ).write_parquet(tmp)
@@ -691,7 +692,7 @@ def write_split_results(
         ece_before_temperature=pl.lit(expected_calibration_error(raw.max(1), correct)),
         ood_flagged=pl.lit(int(preds["ood"].sum())),
     )
-    write_tables(tables, out / f"{name}_metrics", best["classes"])
+    write_tables(tables, RunFolder(out).metric_tables(name), best["classes"])
     return tables["summary"].row(0, named=True)
 
 
@@ -751,5 +752,5 @@ def evaluate_best(
         if test
         else "no test split",
     )
-    write_text_atomic(cfg.out / "result.json", json.dumps(result, indent=2))
+    write_text_atomic(RunFolder(cfg.out).result, json.dumps(result, indent=2))
     return result
