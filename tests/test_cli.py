@@ -126,3 +126,27 @@ def test_library_warnings_become_one_counted_line(
         "9 warning(s) from the libraries that read the files, 2 kind(s); most often (6x): UserWarning: Expected"
         in caplog.text
     )
+
+
+@pytest.mark.slow
+def test_training_settings_from_a_toml_file_with_flags_over_them(
+    tmp_path: Path, synthetic_data: Path
+) -> None:
+    """`python -m train --config run.toml` (issue 31): option names as keys, paths relative to the file, and the
+    flags given on the command line win."""
+    import json
+
+    (tmp_path / "data").symlink_to(synthetic_data, target_is_directory=True)
+    (tmp_path / "run.toml").write_text(
+        'data = "data"\nimage-size = 32\nepochs = 1\nbatch_size = 16\nphash-distance = -1\n'
+        'device = "cpu"\nprecision = "fp32"\nworkers = 1\nrecipe = "adamw"\n'
+    )
+    args = ["train", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"), "--epochs", "2"]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["image_size"] == 32 and saved["recipe"]["name"] == "adamw"
+    assert saved["data"] == str((tmp_path / "data").absolute())
+    (tmp_path / "bad.toml").write_text("epochs = [")
+    bad = runner.invoke(app, ["train", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "not a readable TOML file" in bad.output

@@ -22,7 +22,9 @@ DataOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Start from an earlier run's settings (RUN_DIR/config.json); the options given here override them."
+        help="Start from settings in a file: an earlier run's RUN_DIR/config.json, or a TOML file of this "
+        'command\'s option names (data = "DIR", recipe = "distill", epochs = 40, ...; paths relative to '
+        "the file); the options given here override them."
     ),
 ]
 OutOpt = Annotated[
@@ -205,25 +207,25 @@ def train(
     holdout: HoldoutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    from .config import TrainConfig, config_from_settings
+    from .config import TrainConfig, config_from_settings, read_toml_settings
     from .loop import run_training
 
     if quiet:
         setup_logging(logging.WARNING)
     settings = {name: value for name, value in ctx.params.items() if name not in ("config", "quiet")}
-    if config is None:
-        if data is None:
-            raise typer.BadParameter(
-                "--data is required (or --config RUN_DIR/config.json)", param_hint="--data"
-            )
-        cfg = config_from_settings(None, **settings)
-    else:  # the saved run's settings, then only the flags given on this command line
-        given = {
-            name: value
-            for name, value in settings.items()
-            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
-        }
+    given = {  # only the flags given on this command line: they override a --config file
+        name: value
+        for name, value in settings.items()
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+    }
+    if config is not None and config.suffix.lower() == ".toml":
+        cfg = config_from_settings(None, **{**read_toml_settings(config), **given})
+    elif config is not None:  # a run's config.json
         cfg = config_from_settings(TrainConfig.read_json(config), **given)
+    elif data is None:
+        raise typer.BadParameter("--data is required (or --config FILE)", param_hint="--data")
+    else:
+        cfg = config_from_settings(None, **settings)
     typer.echo(result_line(cfg.out, run_training(cfg)))
 
 

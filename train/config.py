@@ -114,6 +114,25 @@ class TrainConfig:
         return cls(**values)
 
 
+def read_toml_settings(path: Path) -> dict[str, Any]:
+    """A settings file a person writes (`python -m train --config run.toml`): python -m train's option names as
+    keys (`image-size` or `image_size`), e.g. data = "../shared/data/brain-mri-44c", recipe = "distill",
+    epochs = 40. Paths are taken relative to the file's folder."""
+    try:
+        import tomllib
+    except ImportError as exc:  # Python 3.10
+        raise SettingError(f"--config {path}: TOML settings need Python 3.11 or later (tomllib)") from exc
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SettingError(f"--config {path}: not a readable TOML file ({exc})") from exc
+    settings = {key.replace("-", "_"): value for key, value in raw.items()}
+    for name in ("data", "out", "split_file", "teacher", "temperature_from", "soft_labels", "holdout"):
+        if isinstance(settings.get(name), str):
+            settings[name] = Path(path).parent / settings[name]
+    return settings
+
+
 # The python -m train options that are SplitConfig fields, by option name -> field name.
 SPLIT_OPTIONS = {
     "val_fraction": "val",
