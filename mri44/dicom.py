@@ -318,8 +318,12 @@ def _decode(
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1][:200] if text else exc.__class__.__name__
+    """pydicom's 'Unable to decode ... by all available plugins:' is followed by one line per codec: keep every
+    codec's reason (GDCM's and Pillow's both), not only the last one's."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return exc.__class__.__name__
+    return ("; ".join(lines[1:]) if len(lines) > 1 and lines[0].endswith(":") else lines[-1])[:300]
 
 
 def decode_compressed(

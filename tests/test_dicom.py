@@ -526,3 +526,19 @@ def test_a_dicom_object_without_pixels_is_skipped_when_listed_and_one_error_when
         assert len(skipped) == 1 and skipped[0][1].startswith("no pixel data")
         with pytest.raises(ImageDecodeError, match="no pixel data"):
             read_image(path)
+
+
+def test_a_decode_error_names_every_codec_that_failed() -> None:
+    """pydicom lists one reason per codec; the row kept only the last (Pillow's), hiding GDCM's (issue 33)."""
+    from mri44.dicom import _reason
+
+    raised = RuntimeError(
+        "Unable to decode as exceptions were raised by all available plugins:\n"
+        "  gdcm: GDCM does not support 'JPEG Extended' for samples with 12-bit precision\n"
+        "  pillow: Pillow does not support 'JPEG Extended' for samples with 12-bit precision"
+    )
+    assert _reason(raised).startswith("gdcm: GDCM does not support") and "; pillow: Pillow" in _reason(raised)
+    assert (
+        _reason(ValueError("cannot reshape array")) == "cannot reshape array"
+        and _reason(ValueError()) == "ValueError"
+    )
