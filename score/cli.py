@@ -248,7 +248,7 @@ def score(
         gpus_per_actor=gpus_per_actor,
         resume=resume,
         report=report,
-        explain=(REPORT_EXPLAIN if report else 0) if explain is None else explain,
+        explain=(REPORT_EXPLAIN if report and engine == "local" else 0) if explain is None else explain,
         progress=sys.stderr.isatty(),
         ood=ood,
         ood_threshold=ood_threshold,

@@ -226,7 +226,9 @@ def train(
         raise typer.BadParameter("--data is required (or --config FILE)", param_hint="--data")
     else:
         cfg = config_from_settings(None, **settings)
-    typer.echo(result_line(cfg.out, run_training(cfg)))
+    result = run_training(cfg)
+    if result:  # under torchrun only rank 0 has the outcome to print
+        typer.echo(result_line(cfg.out, result))
 
 
 def result_line(out: Path, result: dict[str, Any]) -> str:
