@@ -45,6 +45,7 @@ def model_identity(model: Path, meta: ModelMetadata) -> dict[str, Any]:
         "precision": str(meta.export.get("precision", "fp32")),
         "classes": len(meta.classes),
         "class_names": list(meta.classes),  # the order of the predictions' `probs` column
+        "ood_threshold": meta.ood.threshold if meta.ood is not None else None,  # the model's own
     }
 
 

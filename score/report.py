@@ -168,6 +168,20 @@ def _series_label(row: dict[str, Any]) -> str | None:
     return f"{name}, {kind} {number}" if number is not None else name
 
 
+def ood_line(ok: pl.DataFrame, recorded: dict[str, Any]) -> str:
+    """The out-of-distribution check in one line for the report's header: how many scored images it flagged, at
+    which threshold and whose (the model's, or --ood-threshold)."""
+    if "ood" not in ok.columns or ok["ood"].is_null().all():
+        return "off (mri-score --ood off), or not recorded"
+    options, model = recorded.get("options"), recorded.get("model")
+    given = options.get("ood_threshold") if isinstance(options, dict) else None
+    own = model.get("ood_threshold") if isinstance(model, dict) else None
+    threshold = given if isinstance(given, (int, float)) else own
+    whose = "given with --ood-threshold" if isinstance(given, (int, float)) else "the model's threshold"
+    at = f" (ood_score above {threshold:.4f}, {whose})" if isinstance(threshold, (int, float)) else ""
+    return f"{int(ok['ood'].fill_null(False).sum())} of {ok.height} scored images flagged{at}"
+
+
 def ood_gallery(ok: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:
     """The rows flagged out of distribution (mri44.ood), least like the training images first; none when the
     check did not run or flagged nothing."""
@@ -283,6 +297,7 @@ def render_report(
         "plots": {},
         "ece": 0.0,
     }
+    context["ood"] = ood_line(ok, recorded)
     context["generated"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     context["counts"] = {
         "files": predictions.height,

@@ -178,10 +178,16 @@ def test_report_shows_the_flagged_images_in_their_own_gallery(
     flagged_cards = gallery.split('<div class="card')[1:]
     assert flagged_cards and all(card.split('">')[0].endswith("flagged") for card in flagged_cards[:2])
     assert "flagged out of distribution" in html[: html.index('id="out-of-distribution"')]
+    flagged = pl.read_parquet(out)["ood"].sum()
+    assert (
+        f"{flagged} of {pl.read_parquet(out).filter(status='ok').height} scored images flagged (ood_score above "
+        in html
+    )
     off = tmp_path / "off.parquet"
     runner.invoke(score_app, [str(folder), "--out", str(off), "--model", str(exported_model), "--ood", "off"])
     assert runner.invoke(report_app, [str(off), "--images", str(folder)]).exit_code == 0
     assert 'id="out-of-distribution"' not in off.with_suffix(".html").read_text()
+    assert "<td>off (mri-score --ood off)" in off.with_suffix(".html").read_text()
 
 
 def test_no_output_replaces_an_input_or_another_output(
