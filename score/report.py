@@ -237,8 +237,10 @@ def wilson_interval(successes: pl.Expr, n: pl.Expr, z: float = 1.959964) -> tupl
 def with_interval(table: pl.DataFrame, rate: str, n: str) -> pl.DataFrame:
     """table with a '<rate> 95% CI' column beside `rate` (a proportion over `n` images)."""
     lo, hi = wilson_interval(pl.col(rate) * pl.col(n), pl.col(n))
-    label = pl.format("{}-{}", lo.round(2), hi.round(2))
-    return table.with_columns(pl.when(pl.col(n) > 0).then(label).otherwise(None).alias(f"{rate} 95% CI"))
+    bounds = table.select(lo=pl.when(pl.col(n) > 0).then(lo), hi=hi)
+    # Three decimals on both ends, as every other figure of the report (round() printed 0.5-1.0 beside 0.25-0.83)
+    label = [None if a is None else f"{a:.3f}–{b:.3f}" for a, b in bounds.iter_rows()]
+    return table.with_columns(pl.Series(f"{rate} 95% CI", label, dtype=pl.String))
 
 
 def grouped_confusions(labelled: pl.DataFrame) -> dict[str, str]:

@@ -380,6 +380,13 @@ def test_wilson_interval_matches_the_textbook() -> None:
     assert bounds["hi"][2] == pytest.approx(1.0, abs=1e-12) and bounds["lo"][2] == pytest.approx(
         0.5655, abs=1e-4
     )
+    # In the tables: three decimals on both ends, whatever the values (issue 33: 0.5-1.0 beside 0.25-0.83)
+    from mri44.stages.score.report import with_interval
+
+    shown = with_interval(frame.with_columns(recall=pl.col("k") / pl.col("n")), "recall", "n")[
+        "recall 95% CI"
+    ]
+    assert shown.to_list() == ["0.490–0.943", "0.000–0.434", "0.566–1.000"]
 
 
 @pytest.mark.slow
