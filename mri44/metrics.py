@@ -102,7 +102,12 @@ def with_label_parts(pairs: pl.DataFrame) -> pl.DataFrame:
 
 def confusion_table(pairs: pl.DataFrame) -> pl.DataFrame:
     """Long-format confusion matrix: one row per (true, pred) pair that occurs, with its count."""
-    return pairs.group_by("true_class", "pred_class").len("count").sort("true_class", "pred_class")
+    return (
+        pairs.group_by("true_class", "pred_class")
+        .len("count")
+        .with_columns(pl.col("count").cast(pl.Int64))
+        .sort("true_class", "pred_class")
+    )
 
 
 def metric_tables(
@@ -247,9 +252,9 @@ def tables_with_counts(
     known = labelled.drop_nulls("near_training") if "near_training" in labelled.columns else labelled.clear()
     unseen = _figures(known.filter(~pl.col("near_training")))
     tables["summary"] = tables["summary"].with_columns(
-        files=pl.lit(files),
-        errors=pl.lit(errors),
-        skipped=pl.lit(skipped),
+        files=pl.lit(files, pl.Int64),  # every count of every table is Int64 (issue 33: i32 beside i64)
+        errors=pl.lit(errors, pl.Int64),
+        skipped=pl.lit(skipped, pl.Int64),
         ood_flagged=pl.lit(flagged, pl.Int64),  # every scored row flagged, labelled or not
         ood_flagged_labelled=pl.lit(int(checked["ood"].sum()) if checked.height else None, pl.Int64),
         accuracy_without_ood=pl.lit(without[0], pl.Float64),

@@ -69,3 +69,21 @@ def test_tables_are_written_as_csv_parquet_and_png(tmp_path, pairs) -> None:
     assert {"summary.csv", "per_class.parquet", "confusion.png"} <= names
     assert pl.read_parquet(tmp_path / "per_contrast.parquet").height == 3
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_every_count_in_every_table_is_int64(pairs: tuple[list[str], list[str]]) -> None:
+    """One type per idea (issue 33): files, errors and skipped were Int32 and confusion counts UInt32."""
+    from mri44.metrics import tables_with_counts
+
+    true, pred = pairs
+    flags = [i % 3 == 0 for i in range(len(true))]
+    rows = pl.DataFrame({"true_class": true, "pred_class": pred, "ood": flags, "near_training": flags})
+    tables = tables_with_counts(rows, 10, 1, 2, flagged=sum(flags))
+    assert tables is not None
+    counts = {
+        (name, column): str(dtype)
+        for name, table in tables.items()
+        for column, dtype in table.schema.items()
+        if dtype.is_integer()
+    }
+    assert counts and set(counts.values()) == {"Int64"}, counts
