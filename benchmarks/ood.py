@@ -61,15 +61,19 @@ def synthetic(rng: np.random.Generator) -> list[np.ndarray]:
     return images
 
 
-def pydicom_files() -> list[np.ndarray]:
+def pydicom_test_paths() -> list[Path]:
     """The DICOM files inside pydicom's own package folder (read from disk: pydicom's get_testdata_files would
-    try to download its larger ones)."""
+    try to download its larger ones); none without pydicom."""
     try:
         import pydicom.data
     except ImportError:
         return []
+    return sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
+
+
+def pydicom_files() -> list[np.ndarray]:
     images = []
-    for path in sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm")):
+    for path in pydicom_test_paths():
         try:
             images.append(read_image(path))
         except (ImageDecodeError, OSError):

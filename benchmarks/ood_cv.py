@@ -56,15 +56,15 @@ def rotated(image: np.ndarray, angle: float) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
-def ct_windows() -> list[np.ndarray]:
+def ct_windows(bench) -> list[np.ndarray]:
     """pydicom's CT test files in the windows a radiologist reads CT with (brain, subdural, bone, lung)."""
-    try:
-        import pydicom
-        import pydicom.data
-    except ImportError:
+    paths = bench.pydicom_test_paths()  # none without pydicom
+    if not paths:
         return []
+    import pydicom
+
     images = []
-    for path in sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm")):
+    for path in paths:
         try:
             ds = pydicom.dcmread(path, force=True)
             if ds.get("Modality") != "CT":
@@ -124,7 +124,7 @@ def families(bench, slices: list[np.ndarray], rng: np.random.Generator) -> dict[
         "synthetic frames": bench.synthetic(rng),
         "pydicom test files": bench.pydicom_files(),
         "photographs (grey and colour)": bench.photographs() + colour_photographs(rng),
-        "CT windows": ct_windows(),
+        "CT windows": ct_windows(bench),
         "screenshots with a slice inset": screenshots(slices[:20], rng),
     }
     out |= bench.altered(slices)

@@ -63,6 +63,11 @@ class ModelMetadata:
         }
 
     @classmethod
+    def from_proto(cls, proto: Any, source: str = "model") -> ModelMetadata:
+        """The metadata of a loaded onnx.ModelProto."""
+        return cls.from_props({p.key: p.value for p in proto.metadata_props}, source)
+
+    @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
         missing = [k for k in KEYS if k not in props]
         if missing:
@@ -147,4 +152,16 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for a file that is not an ONNX model
         raise ModelMetadataError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
-    return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
+    return ModelMetadata.from_proto(proto, str(path))
+
+
+def write_with_metadata(proto: Any, meta: ModelMetadata, out: Path) -> None:
+    """proto with meta as its metadata, written atomically to a new file out (never over an existing one): the
+    scripts that re-stamp a shipped model (an OOD refit, a training manifest) write through this."""
+    import onnx
+
+    from mri44.atomic import atomic_path
+
+    onnx.helper.set_model_props(proto, meta.to_props())
+    with atomic_path(out, replace=False) as tmp:
+        tmp.write_bytes(proto.SerializeToString())

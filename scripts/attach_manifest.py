@@ -19,11 +19,10 @@ import numpy as np
 import onnx
 import polars as pl
 
-from mri44.atomic import atomic_path
 from mri44.discover import find_images
 from mri44.fingerprint import THUMB, TrainingManifest, fingerprint_tags
 from mri44.imageio import decode_bytes, read_file
-from mri44.onnx_meta import ModelMetadata
+from mri44.onnx_meta import ModelMetadata, write_with_metadata
 
 
 def manifest_of(files: list[Path]) -> TrainingManifest:
@@ -58,10 +57,8 @@ def main() -> None:
         files = [args.data / p for p in split.filter(pl.col("split") == "train")["path"]]
     manifest = manifest_of(files)
     proto = onnx.load(str(args.model))
-    meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(args.model))
-    onnx.helper.set_model_props(proto, replace(meta, training=manifest).to_props())
-    with atomic_path(args.out, replace=False) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
+    meta = ModelMetadata.from_proto(proto, str(args.model))
+    write_with_metadata(proto, replace(meta, training=manifest), args.out)
     print(f"wrote {args.out}: {len(files)} training images in its manifest")
 
 

@@ -20,9 +20,8 @@ import numpy as np
 import onnx
 import polars as pl
 
-from mri44.atomic import atomic_path
 from mri44.limits import Limits
-from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata
+from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised, reference_rows
 from mri44.preprocess import normalize
 from mri44.readers import list_items
@@ -69,7 +68,7 @@ def main() -> None:
     if args.out.resolve() == args.model.resolve() or args.out.exists():
         raise SystemExit(f"error: {args.out} exists or is the input model; choose a new file")
     proto = add_feature_output(onnx.load(str(args.model)))
-    meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(args.model))
+    meta = ModelMetadata.from_proto(proto, str(args.model))
     session = make_session(proto.SerializeToString(), "cpu")
     split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
     paths = {
@@ -93,9 +92,7 @@ def main() -> None:
             normalised(pooled_features(session, paths["test"], meta)), spec.reference, spec.k
         )
         print(f"test images flagged: {(scores > spec.threshold).mean():.3f} of {len(scores)}")
-    onnx.helper.set_model_props(proto, replace(meta, ood=spec).to_props())
-    with atomic_path(args.out, replace=False) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
+    write_with_metadata(proto, replace(meta, ood=spec), args.out)
     print(f"wrote {args.out}")
 
 

@@ -47,7 +47,7 @@ def main() -> None:
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists; choose a new file")
     source = onnx.load(str(args.source))
-    meta = ModelMetadata.from_props({p.key: p.value for p in source.metadata_props}, str(args.source))
+    meta = ModelMetadata.from_proto(source, str(args.source))
     files = spread(find_images(args.calibration), args.calibration_images)
     proto = quantize_int8(float32_graph(source), files, meta.preprocess)
     export = {
