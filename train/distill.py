@@ -2,7 +2,9 @@
 
 The teacher (in practice the ImageNet-initialised ResNet-50 fine-tuned on our data) sees the same augmented batch
 as the student, resized to its own input size and normalised by its own spec, so the student learns the
-teacher's view of exactly the image it is trained on.
+teacher's view of exactly the image it is trained on. A teacher is a run folder, a checkpoint or a shipped ONNX
+model (its metadata carries the classes and preprocessing), so a student can learn from models/mri44-resnet50.onnx
+without the teacher's run folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from mri44.errors import SettingError
 from mri44.files import checkpoint_path, file_sha256
 from mri44.model import load_checkpoint, model_from_checkpoint
+from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, read_metadata
 from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
 
@@ -37,22 +40,50 @@ class Teacher:
         return self.model(to_input(raw, self.scale, self.bias)).float()
 
 
+class OnnxTeacher(torch.nn.Module):
+    """An exported model (ONNX Runtime on the CPU) behind the torch call the teacher code makes: normalised float
+    batch in, float32 logits out on the batch's device. It has no parameters; its fp16 weights give soft labels
+    within the export's parity gate of the checkpoint it came from."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from mri44.runtime import make_session  # onnxruntime only when an ONNX teacher is asked for
+
+        self.session = make_session(path, "cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().float().cpu().numpy()
+        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        return torch.from_numpy(logits).to(x.device)
+
+
+def _teacher_source(source: Path, device: torch.device) -> tuple[torch.nn.Module, list[str], dict, str]:
+    """(frozen model, classes, preprocess dict, arch) of a run folder, checkpoint or ONNX model."""
+    path = checkpoint_path(source)
+    if path.suffix.lower() == ".onnx":
+        meta = read_metadata(path)
+        return OnnxTeacher(path), meta.classes, meta.preprocess.to_dict(), meta.arch
+    ckpt = load_checkpoint(source)
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, ckpt["classes"], ckpt["preprocess"], str(ckpt.get("arch"))
+
+
 def load_teacher(
     source: Path, classes: list[str], student_spec: PreprocessSpec, device: torch.device
 ) -> Teacher:
-    """A run folder or checkpoint as a frozen teacher; it must know the same classes and see the same pixels."""
-    ckpt = load_checkpoint(source)
-    if ckpt["classes"] != classes:
+    """A run folder, checkpoint or ONNX model as a frozen teacher; it must know the same classes and see the same
+    pixels."""
+    model, teacher_classes, preprocess, arch = _teacher_source(source, device)
+    if teacher_classes != classes:
         raise SettingError(f"teacher {source} was trained on other classes than this data set")
-    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    spec = PreprocessSpec.from_dict(preprocess)
     if (spec.resize, spec.channels) != (student_spec.resize, student_spec.channels):
         raise SettingError(
             f"teacher {source} reads {spec.resize}/{spec.channels} input, the student {student_spec.resize}/"
             f"{student_spec.channels}: train both with the same --recipe resize and channels"
         )
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
     scale, bias = spec.scale_bias()
     path = checkpoint_path(source)
     return Teacher(
@@ -60,8 +91,8 @@ def load_teacher(
         spec=spec,
         scale=torch.as_tensor(scale, device=device),
         bias=torch.as_tensor(bias, device=device),
-        description=f"{ckpt.get('arch')} {path} sha256 {file_sha256(path)}",
-        num_classes=len(ckpt["classes"]),
+        description=f"{arch} {path} sha256 {file_sha256(path)}",
+        num_classes=len(teacher_classes),
     )
 
 
