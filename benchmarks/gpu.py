@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from bench_util import median_rate, subset_folder
 
+from mri44.checkpoint import Checkpoint
 from mri44.discover import find_images
 from mri44.imageio import decode_bytes
 from mri44.model import build_model
@@ -48,9 +49,7 @@ def random_checkpoint(folder: Path, spec: PreprocessSpec) -> Path:
     """An mri44 checkpoint of a random-weight ResNet-18 with 44 classes and this spec (speed needs no training)."""
     path = folder / "random.pt"
     classes = [f"class{i} T1" for i in range(44)]
-    torch.save(
-        {"model": build_model(44).state_dict(), "classes": classes, "preprocess": spec.to_dict()}, path
-    )
+    Checkpoint(weights=build_model(44).state_dict(), classes=classes, preprocess=spec).save(path)
     return path
 
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from mri44.model import load_checkpoint, model_from_checkpoint  # noqa: E402
-from mri44.ood import MAX_REFERENCE, OodSpec, knn_distance, normalised, reference_rows  # noqa: E402
+from mri44.checkpoint import Checkpoint  # noqa: E402
+from mri44.ood import MAX_REFERENCE, knn_distance, normalised, reference_rows  # noqa: E402
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels  # noqa: E402
 from mri44.readers import read_image  # noqa: E402
 from mri44.run_folder import RunFolder  # noqa: E402
@@ -185,7 +185,9 @@ def threshold_rules(run: Path, folds: pl.DataFrame) -> str:
     lines = ["| fold | leave-one-out 95 % | leave-group-out 97 % | threshold that lets 97 % of unseen pass |"]
     lines.append("| ---: | ---: | ---: | ---: |")
     for fold in sorted(folds["fold"].unique().to_list()):
-        spec = OodSpec.from_json(load_checkpoint(RunFolder(run).fold(fold).best)["ood"])
+        spec = Checkpoint.load(RunFolder(run).fold(fold).best).ood
+        if spec is None:
+            raise SystemExit(f"{run} fold {fold} carries no out-of-distribution reference")
         split = pl.read_parquet(RunFolder(run).fold(fold).split)
         train = split.filter(split="train")["path"].to_list()
         groups = np.array([group_of[train[i]] for i in reference_rows(len(train))])
@@ -231,9 +233,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for fold in sorted(set(fold_ids.tolist())):
-        ckpt = load_checkpoint(RunFolder(args.run).fold(fold).best)
-        model, spec = model_from_checkpoint(ckpt), PreprocessSpec.from_dict(ckpt["preprocess"])
-        shipped = OodSpec.from_json(ckpt["ood"])
+        ckpt = Checkpoint.load(RunFolder(args.run).fold(fold).best)
+        model, spec, shipped = ckpt.model(), ckpt.preprocess, ckpt.ood
+        if shipped is None:
+            raise SystemExit(f"{args.run} fold {fold} carries no out-of-distribution reference")
         train_rows, test_rows = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
         keep = train_rows[
             np.linspace(0, len(train_rows) - 1, min(MAX_REFERENCE, len(train_rows))).astype(int)

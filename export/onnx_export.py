@@ -15,11 +15,10 @@ from pathlib import Path
 import onnx
 import torch
 
+from mri44.checkpoint import Checkpoint
 from mri44.errors import MRI44Error
 from mri44.files import checkpoint_path, file_sha256
-from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata, checkpoint_metadata
-from mri44.preprocess import PreprocessSpec
 
 DEFAULT_OPSET = 17
 
@@ -62,9 +61,9 @@ def export_onnx(
 ) -> tuple[onnx.ModelProto, torch.nn.Module, ModelMetadata]:
     """Build the ONNX model in memory; returns it with the eval-mode PyTorch model and the metadata."""
     ckpt_file = checkpoint_path(checkpoint)
-    ckpt = load_checkpoint(ckpt_file)
-    model = model_from_checkpoint(ckpt).float().eval()
-    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    ckpt = Checkpoint.load(ckpt_file)
+    model = ckpt.model().float().eval()
+    spec = ckpt.preprocess
     dummy = torch.zeros(2, 3, spec.size, spec.size)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -105,8 +104,8 @@ def export_onnx(
             "onnx": onnx.__version__,
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "source": ckpt_file.name,
-            "recipe": ckpt.get("recipe", {}).get("name", "?"),
-            "init": ckpt.get("init", "?"),
+            "recipe": ckpt.recipe.get("name", "?"),
+            "init": ckpt.init or "?",
         },
     )
     onnx.helper.set_model_props(proto, meta.to_props())

@@ -9,7 +9,6 @@ separately on a labelled split (benchmarks/bench.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from mri44.checkpoint import Checkpoint
 from mri44.discover import find_images
-from mri44.model import load_checkpoint
 from mri44.preprocess import PreprocessSpec, normalize
 from mri44.samples import decodable_pixels, spread
 
@@ -63,10 +62,7 @@ def real_batch(folder: Path, spec: PreprocessSpec, limit: int = 64) -> tuple[np.
 
 def training_data(checkpoint: Path) -> Path | None:
     """The data folder a checkpoint was trained on, from the config it carries, if that folder still exists."""
-    try:
-        folder = Path(json.loads(load_checkpoint(checkpoint).get("config", "{}")).get("data", ""))
-    except (ValueError, AttributeError):
-        return None
+    folder = Path(Checkpoint.load(checkpoint).data)
     return folder if str(folder) not in ("", ".") and folder.is_dir() else None
 
 

@@ -61,10 +61,9 @@ def onnx_classifier_weights(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def checkpoint_classifier_weights(path: str | os.PathLike[str]) -> np.ndarray:
-    from mri44.model import load_checkpoint
+    from mri44.checkpoint import Checkpoint
 
-    state = load_checkpoint(path)["model"]
-    return state["fc.weight"].float().numpy()
+    return Checkpoint.load(path).weights["fc.weight"].float().numpy()
 
 
 def classifier_weights(model: Path) -> np.ndarray:

@@ -25,3 +25,8 @@ def import_extra(module: str, extra: str, what: str, error: type[Exception] = MR
         return importlib.import_module(module)
     except ImportError as exc:
         raise error(f"{what} needs {module.split('.')[0]}: pip install 'mri44[{extra}]' ({exc})") from exc
+
+
+class CheckpointError(MRI44Error):
+    """A checkpoint that is missing, unreadable or not one of ours (mri44.checkpoint); the message says what to
+    do."""

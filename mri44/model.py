@@ -1,20 +1,12 @@
-"""The network and its checkpoints: one definition for training and export.
-
-Checkpoints are plain dicts of tensors and JSON-able values, saved with torch.save and always loaded with
-weights_only=True, so loading one never runs pickled code.
-"""
+"""The network: one definition for training and export (its checkpoints: mri44.checkpoint)."""
 
 from __future__ import annotations
-
-import os
-from typing import Any
 
 import torch
 import torchvision
 from torchvision.models import ResNet
 
-from mri44.errors import MRI44Error
-from mri44.files import checkpoint_path
+from mri44.errors import CheckpointError
 from mri44.keras_resnet import CAFFE_MEAN, CAFFE_STD, build_keras_resnet
 from mri44.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -22,10 +14,6 @@ ARCH = "resnet18"  # the user's model: what the shipped ONNX files are
 # resnet50 is the Keras v1 layout (stride on the first 1x1 conv), because the only ImageNet ResNet-50 weights
 # reachable offline are Keras' (train/pretrained.py); it serves as the teacher for distillation.
 ARCHS = ("resnet18", "resnet50")
-
-
-class CheckpointError(MRI44Error):
-    """A checkpoint that is missing, unreadable or not one of ours; the message says what to do."""
 
 
 def build_model(num_classes: int, arch: str = ARCH) -> ResNet:
@@ -43,38 +31,6 @@ def build_model(num_classes: int, arch: str = ARCH) -> ResNet:
 def input_normalisation(arch: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) on the 0..1 scale that the architecture's ImageNet weights were trained with."""
     return (CAFFE_MEAN, CAFFE_STD) if arch == "resnet50" else (IMAGENET_MEAN, IMAGENET_STD)
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = checkpoint_path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"no checkpoint at {path}: pass a .pt file written by `python -m train` or its run folder"
-        )
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"cannot load checkpoint {path}: {exc.__class__.__name__}: {exc}".strip()
-        ) from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "classes" not in ckpt or "preprocess" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not an mri44 checkpoint (expected keys 'model', 'classes', 'preprocess'); "
-            "a bare torchvision state dict can be fine-tuned with `python -m train --weights PATH`"
-        )
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> ResNet:
-    arch = ckpt.get("arch", ARCH)
-    model = build_model(len(ckpt["classes"]), arch)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint weights do not match a {arch} with {len(ckpt['classes'])} classes: {exc}"
-        ) from exc
-    return model.eval()
 
 
 def logits_and_features(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mri44.errors import MRI44Error
 from mri44.fingerprint import TrainingManifest
 from mri44.ood import OodSpec
 from mri44.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:  # the ONNX scorer reads metadata without importing torch
+    from mri44.checkpoint import Checkpoint
 
 INPUT_NAME = "image"  # float32 (batch, 3, size, size), normalised by the preprocessing spec
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
@@ -117,34 +120,31 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() in (".pt", ".pth")
 
 
-def checkpoint_metadata(ckpt: dict[str, Any], sha256: str, export: dict) -> ModelMetadata:
-    """The model card of a loaded training checkpoint (mri44.model.load_checkpoint): what its ONNX export will
-    carry and what the PyTorch scorer reads."""
-    from mri44.model import ARCH
-
-    ood, training = ckpt.get("ood"), ckpt.get("training_manifest")
+def checkpoint_metadata(ckpt: Checkpoint, sha256: str, export: dict) -> ModelMetadata:
+    """The model card of a loaded training checkpoint: what its ONNX export will carry and what the PyTorch
+    scorer reads."""
     return ModelMetadata(
-        classes=list(ckpt["classes"]),
-        preprocess=PreprocessSpec.from_dict(ckpt["preprocess"]),
-        arch=ckpt.get("arch", ARCH),
+        classes=list(ckpt.classes),
+        preprocess=ckpt.preprocess,
+        arch=ckpt.arch,
         source_sha256=sha256,
         export=export,
-        temperature=float(ckpt.get("temperature", 1.0)),
-        ood=OodSpec.from_json(ood, "checkpoint") if isinstance(ood, str) else None,
-        training=TrainingManifest.from_json(training, "checkpoint") if isinstance(training, str) else None,
+        temperature=ckpt.temperature if ckpt.temperature is not None else 1.0,
+        ood=ckpt.ood,
+        training=ckpt.training,
     )
 
 
 def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     """The model card of an ONNX file, a checkpoint or a run folder, read without building the network or
     opening a runtime session on any device (a CPU-only Ray head can check a model its GPU actors will run)."""
+    from mri44.checkpoint import Checkpoint
     from mri44.files import checkpoint_path, file_sha256
-    from mri44.model import load_checkpoint
 
     path = Path(path)
     if is_checkpoint(path):
         return checkpoint_metadata(
-            load_checkpoint(path), file_sha256(checkpoint_path(path)), {"runtime": "pytorch"}
+            Checkpoint.load(path), file_sha256(checkpoint_path(path)), {"runtime": "pytorch"}
         )
     import onnx
 

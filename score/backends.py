@@ -124,12 +124,13 @@ def checkpoint_backend(path: Path, device: str, precision: str = "auto", compile
     """A training checkpoint (best.pt or its run folder) scored by PyTorch."""
     import torch
 
+    from mri44.checkpoint import Checkpoint
     from mri44.files import checkpoint_path, file_sha256
-    from mri44.model import load_checkpoint, logits_and_features, model_from_checkpoint
+    from mri44.model import logits_and_features
 
     if precision not in PRECISIONS:
         raise SettingError(f"unknown --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    ckpt = load_checkpoint(path)
+    ckpt = Checkpoint.load(path)
     dev = torch_device(device)
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "fp32"
@@ -140,7 +141,7 @@ def checkpoint_backend(path: Path, device: str, precision: str = "auto", compile
     meta = checkpoint_metadata(
         ckpt, file_sha256(checkpoint_path(path)), {"precision": precision, "runtime": "pytorch"}
     )
-    model = model_from_checkpoint(ckpt).to(dev)
+    model = ckpt.model().to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     network = torch.compile(model) if compile else model

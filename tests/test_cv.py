@@ -139,10 +139,11 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
         tiny_run_config(data, tmp_path / "all", epochs=1, all_data=True, temperature_from=tmp_path / "cv")
     )
     assert final["temperature"] == pytest.approx(result["temperature"])
-    from mri44.model import load_checkpoint
+    from mri44.checkpoint import Checkpoint
 
-    best = load_checkpoint(tmp_path / "all" / "best.pt")
-    assert "out-of-fold" in best["temperature_source"] and f"{ood['loo_pass_rate']:.1%}" in best["ood"]
+    best = Checkpoint.load(tmp_path / "all" / "best.pt")
+    assert best.ood is not None and "out-of-fold" in best.temperature_source
+    assert f"{ood['loo_pass_rate']:.1%}" in best.ood.source
 
 
 def test_holdout_keeps_whole_groups_out_of_an_all_data_fit(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ import onnx
 import pytest
 import torch
 
-from mri44.errors import MRI44Error
-from mri44.model import CheckpointError, build_model
+from mri44.checkpoint import Checkpoint
+from mri44.errors import CheckpointError, MRI44Error
+from mri44.model import build_model
 from mri44.onnx_meta import INPUT_NAME, ModelMetadata, ModelMetadataError
 from mri44.preprocess import PreprocessSpec
 from mri44.runtime import make_session
@@ -17,15 +18,8 @@ from mri44.stages.export.parity import check_parity, compare, random_batches
 def _random_init_checkpoint(path: Path, size: int = 40) -> Path:
     torch.manual_seed(0)
     model = build_model(44)
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "classes": [f"T{i} T1" for i in range(44)],
-            "arch": "resnet18",
-            "preprocess": PreprocessSpec(size=size).to_dict(),
-        },
-        path,
-    )
+    classes = [f"T{i} T1" for i in range(44)]
+    Checkpoint(weights=model.state_dict(), classes=classes, preprocess=PreprocessSpec(size=size)).save(path)
     return path
 
 
@@ -61,11 +55,11 @@ def test_metadata_round_trip(exported_model: Path, trained_run: Path) -> None:
     proto = onnx.load(exported_model)
     props = {p.key: p.value for p in proto.metadata_props}
     meta = ModelMetadata.from_props(props)
-    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
-    assert meta.classes == ckpt["classes"]
-    assert meta.preprocess == PreprocessSpec.from_dict(ckpt["preprocess"])
+    ckpt = Checkpoint.load(trained_run)
+    assert meta.classes == ckpt.classes
+    assert meta.preprocess == ckpt.preprocess
     assert meta.arch == "resnet18"
-    assert meta.temperature == pytest.approx(ckpt["temperature"])
+    assert meta.temperature == pytest.approx(ckpt.temperature)
     assert len(meta.source_sha256) == 64
     assert meta.export["opset"] == 17 and meta.export["precision"] == "fp32"
     onnx.checker.check_model(proto, full_check=True)

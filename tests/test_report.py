@@ -275,15 +275,15 @@ def test_class_maps_of_onnx_models_equal_torchcam_grad_cam_on_the_checkpoint(
     from torchcam.methods import GradCAM
 
     from mri44.cam import class_activation_map, classifier_weights
-    from mri44.model import load_checkpoint, model_from_checkpoint
-    from mri44.preprocess import PreprocessSpec, load_pixels, normalize
+    from mri44.checkpoint import Checkpoint
+    from mri44.preprocess import load_pixels, normalize
     from mri44.stages.export.onnx_export import export_onnx
     from mri44.stages.score.backends import open_backend
 
     fp16 = tmp_path / "fp16.onnx"
     fp16.write_bytes(export_onnx(trained_run, fp16=True)[0].SerializeToString())
-    ckpt = load_checkpoint(trained_run)
-    model, spec = model_from_checkpoint(ckpt).eval(), PreprocessSpec.from_dict(ckpt["preprocess"])
+    ckpt = Checkpoint.load(trained_run)
+    model, spec = ckpt.model(), ckpt.preprocess
     images = sorted(synthetic_data.rglob("*.png"))[::7][:4]
     for source, tolerance in ((trained_run, 1e-4), (exported_model, 1e-3), (fp16, 0.05)):
         backend, weights = open_backend(source, "cpu"), classifier_weights(source)

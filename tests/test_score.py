@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from typer.testing import CliRunner
 
 from mri44.calibration import softmax
-from mri44.model import load_checkpoint, model_from_checkpoint
+from mri44.checkpoint import Checkpoint
 from mri44.models import SHIPPED
 from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 from mri44.readers import list_items, read_image
@@ -124,17 +124,17 @@ def test_scores_equal_pytorch_checkpoint(
     out = tmp_path / "p.parquet"
     assert _score([synthetic_data, "--out", out, "--model", exported_model, "--device", "cpu"]).exit_code == 0
     preds = pl.read_parquet(out)
-    ckpt = load_checkpoint(trained_run)
-    model = model_from_checkpoint(ckpt)
-    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    ckpt = Checkpoint.load(trained_run)
+    model = ckpt.model()
+    spec = ckpt.preprocess
     batch = np.stack([to_model_pixels(read_image(synthetic_data / p), spec) for p in preds["path"]])
     with torch.no_grad():
         logits = model(torch.from_numpy(normalize(batch, spec))).numpy()
-    expected = [ckpt["classes"][i] for i in logits.argmax(1)]
+    expected = [ckpt.classes[i] for i in logits.argmax(1)]
     assert preds["pred_class"].to_list() == expected
     # Confidences are the checkpoint's temperature-scaled softmax, which differs from the raw one.
-    assert ckpt["temperature"] != pytest.approx(1.0, abs=0.01)
-    scaled = softmax(logits, ckpt["temperature"]).max(1)
+    assert ckpt.temperature is not None and ckpt.temperature != pytest.approx(1.0, abs=0.01)
+    scaled = softmax(logits, ckpt.temperature).max(1)
     np.testing.assert_allclose(preds["confidence"].to_numpy(), scaled, atol=1e-4)
 
 
@@ -164,7 +164,7 @@ def test_scorer_input_equals_training_input(
     synthetic_data: Path, exported_model: Path, trained_run: Path
 ) -> None:
     """The same image through the training cache + torch normalisation and through the scorer's numpy path."""
-    spec = PreprocessSpec.from_dict(load_checkpoint(trained_run)["preprocess"])
+    spec = Checkpoint.load(trained_run).preprocess
     scanned = scan_dataset(synthetic_data, spec, workers=2)
     scale, bias = (torch.as_tensor(a) for a in spec.scale_bias())
     for i in (0, 7, 30):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from synthetic import tiny_run_config
 
-from mri44.errors import MRI44Error
-from mri44.model import CheckpointError, load_checkpoint
+from mri44.checkpoint import CHECKPOINT_FORMAT, FORMAT_KEY, Checkpoint
+from mri44.errors import CheckpointError, MRI44Error
 from mri44.stages.train.config import TrainConfig, cpu_has_native_bf16
 from mri44.stages.train.loop import run_training
 from mri44.stages.train.recipes import get_recipe
@@ -44,10 +44,39 @@ def test_run_folder_holds_everything(trained_run: Path) -> None:
 
 
 def test_checkpoint_loads_with_weights_only(trained_run: Path) -> None:
-    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
-    assert ckpt["arch"] == "resnet18"
-    assert len(ckpt["classes"]) == 5
-    assert ckpt["preprocess"]["size"] == 48
+    raw = torch.load(trained_run / "best.pt", weights_only=True)  # plain tensors and strings on disk
+    assert raw[FORMAT_KEY] == CHECKPOINT_FORMAT and raw["arch"] == "resnet18"
+    ckpt = Checkpoint.load(trained_run)
+    assert ckpt.arch == "resnet18" and len(ckpt.classes) == 5 and ckpt.preprocess.size == 48
+    assert ckpt.data and ckpt.ood is not None and ckpt.training is not None and ckpt.resume == {}
+
+
+def test_checkpoint_round_trips_and_refuses_a_newer_format(tmp_path: Path) -> None:
+    from mri44.model import build_model
+    from mri44.preprocess import PreprocessSpec
+
+    card = Checkpoint(
+        weights=build_model(3).state_dict(), classes=["a", "b", "c"], preprocess=PreprocessSpec(size=32),
+        recipe={"name": "default"}, config={"data": "/data", "epochs": 2}, epoch=1, temperature=0.8,
+        resume={"history": "[]"},
+    )  # fmt: skip
+    card.save(tmp_path / "c.pt")
+    back = Checkpoint.load(tmp_path / "c.pt")
+    assert (back.classes, back.preprocess, back.recipe, back.config, back.epoch, back.temperature) == (
+        card.classes, card.preprocess, card.recipe, card.config, card.epoch, card.temperature,
+    )  # fmt: skip
+    assert back.resume == {"history": "[]"} and back.data == "/data" and back.ood is None
+    torch.testing.assert_close(back.weights, card.weights)
+    raw = card.to_dict()
+    del raw[FORMAT_KEY]  # a file from before the format field: format 1
+    torch.save(raw, tmp_path / "old.pt")
+    assert Checkpoint.load(tmp_path / "old.pt").version == 1
+    torch.save({**raw, FORMAT_KEY: CHECKPOINT_FORMAT + 1}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="upgrade mri44"):
+        Checkpoint.load(tmp_path / "new.pt")
+    torch.save({**raw, "config": "{not json"}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="unreadable mri44 fields"):
+        Checkpoint.load(tmp_path / "bad.pt")
 
 
 def _cfg(data: Path, out: Path, epochs: int, resume: bool = False) -> TrainConfig:
@@ -87,7 +116,7 @@ def test_weights_from_file_and_clear_errors(tmp_path: Path, trained_run: Path) -
     model = build_model(7)  # other class count: the classifier is re-initialised, the rest is loaded
     note = init_weights(model, str(trained_run / "best.pt"), allow_random_init=False)
     assert "fc.weight" in note
-    source = load_checkpoint(trained_run / "best.pt")["model"]
+    source = Checkpoint.load(trained_run / "best.pt").weights
     torch.testing.assert_close(model.state_dict()["conv1.weight"], source["conv1.weight"])
     with pytest.raises(FileNotFoundError):
         init_weights(model, str(tmp_path / "nope.pth"), allow_random_init=False)
@@ -116,17 +145,17 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot load"):
-        load_checkpoint(bad)
+        Checkpoint.load(bad)
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
+        Checkpoint.load(tmp_path / "missing.pt")
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="not an mri44 checkpoint"):
-        load_checkpoint(tmp_path / "bare.pt")
+        Checkpoint.load(tmp_path / "bare.pt")
 
 
 def test_best_checkpoint_carries_a_fitted_temperature(trained_run: Path) -> None:
-    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
-    assert 0.05 < ckpt["temperature"] < 20 and "val" in ckpt["temperature_source"]
+    ckpt = Checkpoint.load(trained_run)
+    assert ckpt.temperature is not None and 0.05 < ckpt.temperature < 20 and "val" in ckpt.temperature_source
     summary = pl.read_csv(trained_run / "val_metrics" / "summary.csv").row(0, named=True)
     # Fitted on val by likelihood: on val, the calibration error does not get worse by more than noise.
     assert summary["ece"] <= summary["ece_before_temperature"] + 0.02
@@ -149,14 +178,14 @@ def test_distillation_from_a_teacher_run(synthetic_data: Path, trained_run: Path
     )
     result = run_training(cfg)
     assert result["val"]["accuracy"] >= 0.7
-    assert "best.pt" in load_checkpoint(tmp_path / "student")["teacher"]
+    assert "best.pt" in Checkpoint.load(tmp_path / "student").teacher
     with pytest.raises(ValueError, match="kd_weight"):
         run_training(TrainConfig(**{**cfg.__dict__, "out": tmp_path / "no-teacher", "teacher": None}))
 
 
 @pytest.mark.slow
 def test_all_data_run_trains_on_every_image(synthetic_data: Path, trained_run: Path, tmp_path: Path) -> None:
-    expected = load_checkpoint(trained_run)["temperature"]
+    expected = Checkpoint.load(trained_run).temperature
     cfg = TrainConfig(
         data=synthetic_data,
         out=tmp_path / "all",
@@ -171,9 +200,9 @@ def test_all_data_run_trains_on_every_image(synthetic_data: Path, trained_run: P
     )
     result = run_training(cfg)
     assert set(pl.read_parquet(tmp_path / "all" / "split.parquet")["split"]) == {"train"}
-    ckpt = load_checkpoint(tmp_path / "all")
-    assert ckpt["epoch"] == 0 and ckpt["temperature"] == expected  # the last epoch is the model
-    assert str(trained_run) in ckpt["temperature_source"]
+    ckpt = Checkpoint.load(tmp_path / "all")
+    assert ckpt.epoch == 0 and ckpt.temperature == expected  # the last epoch is the model
+    assert str(trained_run) in ckpt.temperature_source
     assert "test" not in result
 
 
@@ -223,7 +252,7 @@ def test_bf16_cpu_training_learns_like_fp32(synthetic_data: Path, trained_run: P
     fp32 = json.loads((trained_run / "result.json").read_text())
     assert result["test"]["accuracy"] >= 0.5  # 5 classes: far above chance (0.2)
     assert abs(result["test"]["accuracy"] - fp32["test"]["accuracy"]) <= 0.15  # 20 test images: within noise
-    assert json.loads(load_checkpoint(tmp_path / "bf16")["config"])["precision"] == "bf16"
+    assert Checkpoint.load(tmp_path / "bf16").config["precision"] == "bf16"
 
 
 def test_a_temperature_from_typo_is_refused_before_training(synthetic_data: Path, tmp_path: Path) -> None:

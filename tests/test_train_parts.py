@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from mri44.model import CheckpointError, build_model
+from mri44.errors import CheckpointError
+from mri44.model import build_model
 from mri44.preprocess import PreprocessSpec
 from mri44.stages.train.augment import random_affine_intensity
 from mri44.stages.train.data import load_split

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from synthetic import tiny_run_config
 
+from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
-from mri44.model import build_model, load_checkpoint
+from mri44.model import build_model
 from mri44.stages.train.augment import apply_params, draw_params
 from mri44.stages.train.loop import run_training
 from mri44.stages.train.recipes import get_recipe
@@ -122,7 +123,7 @@ def test_student_trains_on_soft_labels_computed_once(
     assert float(top.min()) > 0.99 and float(top.max()) < 1.01  # 5 classes: the top 5 hold all the mass
     # The teacher on the plain validation images, kept for the record, agrees with its own val accuracy.
     labels = pl.read_parquet(trained_run / "split.parquet")["label"].to_numpy()[saved["val_idx"].numpy()]
-    classes = load_checkpoint(trained_run)["classes"]
+    classes = Checkpoint.load(trained_run).classes
     teacher_acc = float((np.asarray(classes)[saved["val_probs"].float().argmax(1).numpy()] == labels).mean())
     assert teacher_acc == pytest.approx(
         json.loads((trained_run / "result.json").read_text())["val"]["accuracy"], abs=0.05
@@ -135,3 +136,21 @@ def test_student_trains_on_soft_labels_computed_once(
         run_training(replace(cfg, out=tmp_path / "both", teacher=trained_run))
     with pytest.raises(SettingError, match="kd_weight"):
         run_training(replace(cfg, out=tmp_path / "no-kd", recipe=get_recipe("default")))
+
+
+def test_an_exported_model_teaches_like_its_checkpoint(trained_run: Path, exported_model: Path) -> None:
+    """A shipped ONNX model is a teacher (metadata gives classes and pixels) with the checkpoint's own logits."""
+    from mri44.files import file_sha256
+    from mri44.stages.train.distill import load_teacher
+
+    ckpt = Checkpoint.load(trained_run)
+    spec = ckpt.preprocess
+    cpu = torch.device("cpu")
+    raw = torch.rand(3, 3, spec.size, spec.size, generator=torch.Generator().manual_seed(0)) * 255
+    from_onnx = load_teacher(exported_model, ckpt.classes, spec, cpu)
+    from_run = load_teacher(trained_run, ckpt.classes, spec, cpu)
+    torch.testing.assert_close(from_onnx.logits(raw), from_run.logits(raw), atol=1e-3, rtol=1e-3)
+    assert from_onnx.num_classes == len(ckpt.classes)
+    assert from_onnx.description.endswith(file_sha256(exported_model))
+    with pytest.raises(SettingError, match="other classes"):
+        load_teacher(exported_model, ckpt.classes[::-1], spec, cpu)

@@ -1,14 +1,14 @@
 """A run's two checkpoints: best.pt (the model that export and scoring read) and last.pt (all a resume needs).
 
-Both are plain dicts of tensors and JSON strings beside the run's common fields (architecture, classes,
-preprocessing spec, recipe, init, teacher, config), saved atomically and read back only through
-mri44.model.load_checkpoint (weights_only=True, key checks), so a resumed run is validated like any other load.
+Both are mri44.checkpoint.Checkpoint values: the run's card (architecture, classes, preprocessing spec, recipe,
+init, teacher, config) with the weights of one epoch, and for last.pt the training state beside them; written
+and read back only through that type, so a resumed run is validated like any other load.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,11 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from mri44.atomic import atomic_path
+from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
-from mri44.model import load_checkpoint
 
-# What last.pt must hold beyond the common fields to resume a run exactly.
-RESUME_KEYS = ("optimizer", "scheduler", "generator", "aug_generator", "epoch", "mix_rng", "history")
-
-
-def save(obj: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+# What last.pt must hold beyond the card to resume a run exactly ("ema" too when the recipe averages weights).
+NEEDED_TO_RESUME = ("optimizer", "scheduler", "generator", "aug_generator", "mix_rng", "history")
 
 
 @dataclass
@@ -56,46 +50,35 @@ class RunState:
         """The weights that are validated and kept: the moving average when the recipe has one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def save_last(self, path: Path, common: dict[str, Any]) -> None:
-        save(
-            {
-                **common,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "generator": self.sampler.get_state(),
-                "aug_generator": self.augment.get_state().cpu(),
-                "epoch": self.epoch,
-                "mix_rng": json.dumps(self.mix_rng.bit_generator.state),
-                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-                "best_val_macro_f1": self.best_f1,
-                "history": json.dumps(self.history),
-            },
-            path,
-        )
+    def save_last(self, path: Path, card: Checkpoint) -> None:
+        resume = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.sampler.get_state(),
+            "aug_generator": self.augment.get_state().cpu(),
+            "mix_rng": json.dumps(self.mix_rng.bit_generator.state),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            "best_val_macro_f1": self.best_f1,
+            "history": json.dumps(self.history),
+        }
+        replace(card, weights=self.model.state_dict(), epoch=self.epoch, resume=resume).save(path)
 
-    def save_best(self, path: Path, common: dict[str, Any], summary: dict[str, Any]) -> None:
-        save(
-            {
-                **common,
-                "model": {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()},
-                "epoch": self.epoch,
-                "val_summary": json.dumps(summary),
-            },
-            path,
-        )
+    def save_best(self, path: Path, card: Checkpoint, summary: dict[str, Any]) -> None:
+        weights = {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()}
+        replace(card, weights=weights, epoch=self.epoch, val_summary=summary).save(path)
 
     def restore(self, path: Path, classes: list[str]) -> None:
         """Continue from last.pt: every state as it was after its epoch, or a one-line error."""
-        state = load_checkpoint(path)
-        missing = [k for k in RESUME_KEYS if k not in state] + (
+        last = Checkpoint.load(path)
+        state = last.resume
+        missing = [k for k in NEEDED_TO_RESUME if k not in state] + (
             ["ema"] if self.ema is not None and "ema" not in state else []
         )
         if missing:
             raise SettingError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
-        if state["classes"] != classes:
+        if last.classes != classes:
             raise SettingError(f"{path} was trained on other classes; cannot resume it on these data")
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(last.weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.set_state(state["generator"])
@@ -103,5 +86,5 @@ class RunState:
         self.mix_rng.bit_generator.state = json.loads(state["mix_rng"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.epoch, self.best_f1 = state["epoch"], state["best_val_macro_f1"]
+        self.epoch, self.best_f1 = last.epoch, float(state.get("best_val_macro_f1", -1.0))
         self.history = json.loads(state["history"])

@@ -28,10 +28,10 @@ import polars as pl
 
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
+from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
-from mri44.model import load_checkpoint
-from mri44.ood import HELD_OUT_PASS, OodSpec, pass_rate_for
+from mri44.ood import HELD_OUT_PASS, pass_rate_for
 from mri44.run_folder import RunFolder
 
 from .config import TrainConfig
@@ -169,7 +169,7 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
     """oof.parquet, cv_metrics/ (the pooled out-of-fold tables plus per-fold figures) and cv_result.json."""
     oof = out_of_fold(out, folds)
     logits = np.stack(oof["logits"].to_list()).astype(np.float32)
-    classes = load_checkpoint(RunFolder(out).fold(1).best)["classes"]
+    classes = Checkpoint.load(RunFolder(out).fold(1).best).classes
     labels = oof["label"].replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64)
     temperature = fit_temperature(logits, labels.to_numpy().copy())
     probs = softmax(logits, temperature)
@@ -226,10 +226,9 @@ def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
     out-of-fold images each fold's own threshold flagged. None when the folds carry no reference set."""
     rates, flagged = [], []
     for fold in sorted(folds["fold"].unique().to_list()):
-        spec = load_checkpoint(RunFolder(out).fold(fold).best).get("ood")
-        if not isinstance(spec, str):
+        ood = Checkpoint.load(RunFolder(out).fold(fold).best).ood
+        if ood is None:
             return None
-        ood = OodSpec.from_json(spec)
         scores = (
             pl.read_parquet(RunFolder(out).fold(fold).predictions("test"))["ood_score"]
             .drop_nulls()

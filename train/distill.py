@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
 from mri44.files import checkpoint_path, file_sha256
-from mri44.model import load_checkpoint, model_from_checkpoint
 from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, read_metadata
 from mri44.preprocess import PreprocessSpec
 from mri44.torch_input import to_input
@@ -57,17 +57,19 @@ class OnnxTeacher(torch.nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
-def _teacher_source(source: Path, device: torch.device) -> tuple[torch.nn.Module, list[str], dict, str]:
+def _teacher_source(
+    source: Path, device: torch.device
+) -> tuple[torch.nn.Module, list[str], PreprocessSpec, str]:
     """(frozen model, classes, preprocess dict, arch) of a run folder, checkpoint or ONNX model."""
     path = checkpoint_path(source)
     if path.suffix.lower() == ".onnx":
         meta = read_metadata(path)
-        return OnnxTeacher(path), meta.classes, meta.preprocess.to_dict(), meta.arch
-    ckpt = load_checkpoint(source)
-    model = model_from_checkpoint(ckpt).to(device).eval()
+        return OnnxTeacher(path), meta.classes, meta.preprocess, meta.arch
+    ckpt = Checkpoint.load(source)
+    model = ckpt.model().to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    return model, ckpt["classes"], ckpt["preprocess"], str(ckpt.get("arch"))
+    return model, ckpt.classes, ckpt.preprocess, ckpt.arch
 
 
 def load_teacher(
@@ -75,10 +77,9 @@ def load_teacher(
 ) -> Teacher:
     """A run folder, checkpoint or ONNX model as a frozen teacher; it must know the same classes and see the same
     pixels."""
-    model, teacher_classes, preprocess, arch = _teacher_source(source, device)
+    model, teacher_classes, spec, arch = _teacher_source(source, device)
     if teacher_classes != classes:
         raise SettingError(f"teacher {source} was trained on other classes than this data set")
-    spec = PreprocessSpec.from_dict(preprocess)
     if (spec.resize, spec.channels) != (student_spec.resize, student_spec.channels):
         raise SettingError(
             f"teacher {source} reads {spec.resize}/{spec.channels} input, the student {student_spec.resize}/"

@@ -25,16 +25,15 @@ from tqdm import tqdm
 
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
+from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
+from mri44.files import checkpoint_path
 from mri44.fingerprint import THUMB, TrainingManifest
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
 from mri44.model import (
     build_model,
-    checkpoint_path,
     input_normalisation,
-    load_checkpoint,
     logits_and_features,
-    model_from_checkpoint,
 )
 from mri44.ood import (
     PASS_RATE,
@@ -51,7 +50,7 @@ from mri44.run_folder import RunFolder
 from mri44.torch_input import to_input
 
 from .augment import apply_params, random_affine_intensity
-from .checkpoint import RunState, save
+from .checkpoint import RunState
 from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from .cv import cv_calibration, is_cv_folder
 from .data import RunData, prepare_data
@@ -445,16 +444,17 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     if resuming:
         state.restore(last_path, data.classes)
         log.info("resumed from %s after epoch %d", last_path, state.epoch + 1)
-    common = {
-        "arch": cfg.arch,
-        "classes": data.classes,
-        "preprocess": spec.to_dict(),
-        "recipe": cfg.recipe.to_dict(),
-        "init": init_note,
-        "teacher": teacher.description if teacher else "",
-        "config": cfg.to_json(),
-    }
-    fit(state, data, route, cfg, device, bf16, teacher, common, ranks)
+    card = Checkpoint(
+        weights={},
+        classes=data.classes,
+        preprocess=spec,
+        arch=cfg.arch,
+        recipe=cfg.recipe.to_dict(),
+        init=init_note,
+        teacher=teacher.description if teacher else "",
+        config=json.loads(cfg.to_json()),
+    )
+    fit(state, data, route, cfg, device, bf16, teacher, card, ranks)
     barrier(ranks)
     return evaluate_best(best_path, data, cfg, device, bf16) if ranks.main else {}
 
@@ -501,7 +501,7 @@ def fit(
     device: torch.device,
     bf16: bool,
     teacher: Teacher | None,
-    common: dict[str, Any],
+    card: Checkpoint,
     ranks: Ranks,
 ) -> None:
     """The epochs from where state stands: train, validate, keep best.pt and last.pt (rank 0 writes)."""
@@ -544,10 +544,10 @@ def fit(
         if not ranks.main:
             continue
         if improved:
-            state.save_best(RunFolder(cfg.out).best, common, summary)
+            state.save_best(RunFolder(cfg.out).best, card, summary)
         with atomic_path(RunFolder(cfg.out).history) as tmp:
             pl.DataFrame(state.history).write_csv(tmp)
-        state.save_last(RunFolder(cfg.out).last, common)
+        state.save_last(RunFolder(cfg.out).last, card)
 
 
 def _teacher_for(
@@ -614,8 +614,8 @@ def choose_temperature(
             0
         ], f"fitted on the out-of-fold logits of {cfg.temperature_from}"
     if cfg.temperature_from is not None:
-        temperature = float(load_checkpoint(cfg.temperature_from).get("temperature", 0.0))
-        if temperature <= 0:
+        temperature = Checkpoint.load(cfg.temperature_from).temperature
+        if temperature is None:
             raise SettingError(
                 f"--temperature-from {cfg.temperature_from}: its checkpoint has no temperature"
             )
@@ -634,8 +634,8 @@ def _loo_pass_rate(cfg: TrainConfig) -> float:
     if is_cv_folder(cfg.temperature_from):  # measured on unseen images, fold by fold
         rate = cv_calibration(cfg.temperature_from)[1]
         return PASS_RATE if rate is None else rate
-    spec = load_checkpoint(cfg.temperature_from).get("ood")
-    return leave_one_out_pass_rate(OodSpec.from_json(spec)) if isinstance(spec, str) else PASS_RATE
+    spec = Checkpoint.load(cfg.temperature_from).ood
+    return leave_one_out_pass_rate(spec) if spec is not None else PASS_RATE
 
 
 def predict_with_features(
@@ -660,12 +660,12 @@ def write_split_results(
     ood: OodSpec,
     data: RunData,
     out: Path,
-    best: dict[str, Any],
+    classes: list[str],
 ) -> dict[str, Any]:
     """{name}_predictions.parquet (the scorer's rows: paths relative to --data, labels from their class folders,
     so mri-report reads them) and {name}_metrics/; returns the summary row."""
     logits, pooled = outputs
-    names = np.asarray(best["classes"])
+    names = np.asarray(classes)
     raw, probs = softmax(logits), softmax(logits, temperature)
     correct = probs.argmax(1) == data.labels[idx]
     scores = knn_distance(normalised(pooled), ood.reference, ood.k)
@@ -674,7 +674,7 @@ def write_split_results(
         probs,
         np.ones(len(idx), bool),
         [None] * len(idx),
-        best["classes"],
+        classes,
         3,
         scores,
         ood.threshold,
@@ -692,7 +692,7 @@ def write_split_results(
         ece_before_temperature=pl.lit(expected_calibration_error(raw.max(1), correct)),
         ood_flagged=pl.lit(int(preds["ood"].sum())),
     )
-    write_tables(tables, RunFolder(out).metric_tables(name), best["classes"])
+    write_tables(tables, RunFolder(out).metric_tables(name), classes)
     return tables["summary"].row(0, named=True)
 
 
@@ -711,8 +711,8 @@ def evaluate_best(
 ) -> dict[str, Any]:
     """Best checkpoint -> temperature and out-of-distribution reference (stored in it) -> predictions and tables
     for val and test. The whole saved network runs on pixels here, whatever route trained it."""
-    best = load_checkpoint(best_path)
-    model = model_from_checkpoint(best).to(device)
+    best = Checkpoint.load(best_path)
+    model = best.model().to(device)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
     reference = data.train_idx[reference_rows(len(data.train_idx))]
@@ -727,22 +727,14 @@ def evaluate_best(
     temperature, source = choose_temperature(cfg, val[0] if val else None, data.labels[data.val_idx])
     ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K, loo_pass_rate=_loo_pass_rate(cfg))
     training = training_manifest(data.split[data.train_idx])
-    save(
-        {
-            **best,
-            "temperature": temperature,
-            "temperature_source": source,
-            "ood": ood.to_json(),
-            "training_manifest": training.to_json(),
-        },
-        best_path,
-    )
-    result: dict[str, Any] = {"best_epoch": best["epoch"] + 1, "temperature": temperature}
+    best = best.with_fit(temperature, source, ood, training)
+    best.save(best_path)
+    result: dict[str, Any] = {"best_epoch": best.epoch + 1, "temperature": temperature}
     log.info("temperature %.3f (%s); ood threshold %.4f (%s)", temperature, source, ood.threshold, ood.source)
     for name in ("val", "test"):
         if name in outputs:
             result[name] = write_split_results(
-                name, parts[name], outputs[name], temperature, ood, data, cfg.out, best
+                name, parts[name], outputs[name], temperature, ood, data, cfg.out, best.classes
             )
     test = result.get("test")
     log.info(
