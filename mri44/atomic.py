@@ -4,16 +4,27 @@ replaces a file unless the user said --overwrite: every command refuses through 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from mri44.errors import MRI44Error
 
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".mri44-lock"  # in an output folder while a run writes it (held)
+
 
 class OutputExistsError(MRI44Error, FileExistsError):
     """An output is already there and nothing said to replace it."""
+
+
+class FolderBusyError(MRI44Error):
+    """Another run holds the output folder (its lock file names the process and host)."""
 
 
 def refuse_existing(path: Path, overwrite: bool = False, what: str = "") -> None:
@@ -98,3 +109,59 @@ def atomic_path(target: str | os.PathLike[str], replace: bool = True) -> Iterato
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def held(out: Path) -> Iterator[None]:
+    """Hold the output folder `out` for this run (made if missing): a lock file created atomically (O_EXCL),
+    removed at the end. A lock left by a process of this host that no longer runs is taken over; any other lock
+    refuses the run, so two runs never write one folder (Ray's parts, a training run's checkpoints)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    owner = f"{os.getpid()} {socket.gethostname()}"
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if attempt == 0 and _stale(lock):
+                log.warning("%s was left by a run that no longer runs: taken over", lock)
+                lock.unlink(missing_ok=True)
+                continue
+            holder = lock.read_text(errors="replace").strip() if lock.exists() else "?"
+            raise FolderBusyError(
+                f"another run (pid and host: {holder}) is writing to {out}; wait for it to end, or remove {lock} "
+                "if no run is"
+            ) from None
+    try:
+        os.write(fd, owner.encode())
+    except OSError:  # a full disk, say: an empty lock would refuse every later run until removed by hand
+        lock.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+EMPTY_LOCK_AGE_S = 60  # a lock is written in the instant after it is made: one empty for longer never will be
+
+
+def _stale(lock: Path) -> bool:
+    """A lock written by a process of this host that no longer exists, or one left empty (its run could not write
+    its owner into it) for longer than a run takes to write it."""
+    try:
+        text = lock.read_text()
+        if not text.strip():
+            return time.time() - lock.stat().st_mtime > EMPTY_LOCK_AGE_S
+        pid, host = text.split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False

@@ -14,22 +14,19 @@ actors call the same backend and the same prediction_frame.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import posixpath
-import socket
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from mri44.atomic import atomic_path, write_text_atomic
+from mri44.atomic import atomic_path, held, write_text_atomic
 from mri44.dicom import dicom_tags, is_dicom_bytes
 from mri44.discover import OUTPUT_MARKER, find_images
 from mri44.errors import SettingError
@@ -54,7 +51,6 @@ log = logging.getLogger(__name__)
 PART_PREFIX = "mri44-part-"
 PART_GLOB = f"{PART_PREFIX}*.parquet"
 # Held while a run writes into its folder (created atomically): a second run into the same folder is refused.
-LOCK_FILE = ".mri44-lock"
 DECODE_TASK_RETRIES = 2
 
 
@@ -167,65 +163,6 @@ def check_identity(out: Path, identity: dict[str, Any]) -> None:
             f"--resume of a different run in {out}: {'; '.join(differences)}. Resume with the same model, input "
             "and options, or pass --overwrite to start over"
         )
-
-
-@contextlib.contextmanager
-def holding(out: Path) -> Iterator[None]:
-    """Hold out for this run: a lock file created atomically (O_EXCL), removed at the end. A lock left by a
-    process of this host that no longer runs is taken over; any other lock refuses the run."""
-    from .outputs import OutputError
-
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK_FILE
-    owner = f"{os.getpid()} {socket.gethostname()}"
-    for attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            if attempt == 0 and _stale(lock):
-                log.warning("%s was left by a run that no longer runs: taken over", lock)
-                lock.unlink(missing_ok=True)
-                continue
-            held = lock.read_text(errors="replace").strip() if lock.exists() else "?"
-            raise OutputError(
-                f"another run (pid and host: {held}) is writing to {out}; wait for it to end, or remove {lock} "
-                "if no run is"
-            ) from None
-    try:
-        os.write(fd, owner.encode())
-    except OSError:  # a full disk, say: an empty lock would refuse every later run until removed by hand
-        lock.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-EMPTY_LOCK_AGE_S = 60  # a lock is written in the instant after it is made: one empty for longer never will be
-
-
-def _stale(lock: Path) -> bool:
-    """A lock written by a process of this host that no longer exists, or one left empty (its run could not write
-    its owner into it) for longer than a run takes to write it."""
-    import time
-
-    try:
-        text = lock.read_text()
-        if not text.strip():
-            return time.time() - lock.stat().st_mtime > EMPTY_LOCK_AGE_S
-        pid, host = text.split()
-        if host != socket.gethostname():
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):
-        return False
-    return False
 
 
 def _read(root: str, name: str, max_pixels: int) -> np.ndarray:
@@ -536,7 +473,7 @@ def run_ray(source: str, out: Path, model: Path, options: ScoreOptions) -> Score
     recorded = provenance(model, meta, listed[0], options, {})  # what mri-report shows; hashes the model once
     identity = run_identity(listed[0], recorded["model"]["sha256"], options)
     record = {**recorded, **identity}  # the identity keys are what a resume must match
-    with holding(out):
+    with held(out):
         parts = sorted(out.glob(PART_GLOB))
         done: set[RowKey] = set()
         if parts and options.resume:

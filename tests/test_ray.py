@@ -116,7 +116,8 @@ def test_ray_resume_is_the_same_run_held_by_one_process_and_survives_damage(
     a name that is not UTF-8 is one row, not an aborted run; a GPU request the cluster cannot meet is refused."""
     import os
 
-    from mri44.stages.score.ray_engine import LOCK_FILE, RUN_FILE
+    from mri44.atomic import LOCK_FILE
+    from mri44.stages.score.ray_engine import RUN_FILE
 
     data = tmp_path / "in"
     cls = sorted(d for d in synthetic_data.iterdir() if d.is_dir())[0]
@@ -311,30 +312,3 @@ def test_a_run_record_that_is_not_a_record_refuses_the_resume_in_one_line(
     ]
     done = runner.invoke(app, args)
     assert done.exit_code == 2 and "run record (mri44-run.json) is a list, not a record" in done.output
-
-
-def test_a_lock_that_could_not_be_written_is_not_left_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk while a run took its folder left an empty lock that refused every later run (issue 30)."""
-    import errno
-    import os
-    import time
-
-    from mri44.stages.score import ray_engine
-
-    real_write = os.write
-
-    def full(fd: int, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full)
-    with pytest.raises(OSError, match="No space left"), ray_engine.holding(tmp_path):
-        pass
-    monkeypatch.setattr(os, "write", real_write)
-    assert not (tmp_path / ray_engine.LOCK_FILE).exists()
-    (tmp_path / ray_engine.LOCK_FILE).write_text("")  # an empty lock from an older run that died so
-    old = time.time() - 2 * ray_engine.EMPTY_LOCK_AGE_S
-    os.utime(tmp_path / ray_engine.LOCK_FILE, (old, old))
-    with ray_engine.holding(tmp_path):  # taken over, not refused
-        assert (tmp_path / ray_engine.LOCK_FILE).read_text().startswith(str(os.getpid()))

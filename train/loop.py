@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torchvision.models import ResNet
 from tqdm import tqdm
 
-from mri44.atomic import atomic_path, write_text_atomic
+from mri44.atomic import OutputExistsError, atomic_path, held, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
 from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
@@ -349,8 +349,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         return cross_validate(cfg)
     device = resolve_device(cfg.device)
     ranks = init_ranks(device)
+    made = not cfg.out.exists()
     try:
-        return _train(cfg, rank_device(device, ranks), ranks)
+        # Rank 0 holds the run folder (mri44.atomic.held): a second run into it is refused, not interleaved.
+        with held(cfg.out) if ranks.main else contextlib.nullcontext():
+            return _train(cfg, rank_device(device, ranks), ranks)
+    except BaseException:
+        if made and ranks.main and cfg.out.is_dir() and not any(cfg.out.iterdir()):
+            cfg.out.rmdir()  # a run refused before it wrote anything leaves no folder behind
+        raise
     finally:
         finish(ranks)
 
@@ -374,20 +381,20 @@ def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
     class_folders(cfg.data)
     if RunFolder(cfg.out).config.is_file():
         if not cfg.resume:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
             )
         check_resume_settings(cfg.out, cfg)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RunFolder(cfg.out).config, cfg.to_json())
-    scanned = load_or_scan(cfg.data, preprocess_spec(cfg), cfg.out / "cache", cfg.workers)
-    return run_cv(cfg, scanned.manifest, run_training)
+    with held(cfg.out):  # each fold's run holds its own folder as well
+        write_text_atomic(RunFolder(cfg.out).config, cfg.to_json())
+        scanned = load_or_scan(cfg.data, preprocess_spec(cfg), cfg.out / "cache", cfg.workers)
+        return run_cv(cfg, scanned.manifest, run_training)
 
 
 def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, Any]:
     last_path, best_path = RunFolder(cfg.out).last, RunFolder(cfg.out).best
     if not cfg.resume and last_path.exists():
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
         )
     random.seed(cfg.seed)
@@ -463,9 +470,8 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
 def _undone_on_failure(out: Path, resuming: bool) -> Iterator[None]:
     """A new run whose data cannot be prepared (one image per class leaves val empty; a split file that does not
     fit) leaves nothing behind: the entries it made in its run folder, and the folder if it made it, are removed.
-    A resumed run's folder is never touched."""
-    existed = out.exists()
-    before = {p.name for p in out.iterdir()} if existed and out.is_dir() else set()
+    A resumed run's folder is never touched; an empty folder the run made goes with its lock (run_training)."""
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
     try:
         yield
     except BaseException:
@@ -473,8 +479,6 @@ def _undone_on_failure(out: Path, resuming: bool) -> Iterator[None]:
             for entry in out.iterdir():
                 if entry.name not in before:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            if not existed:
-                out.rmdir()
         raise
 
 
