@@ -115,13 +115,13 @@ class Model:
         from mri44.predictions import prediction_frame
 
         fingerprints: list[dict | None] = []
-        from mri44.stages.score.pipeline import flag_threshold, ood_check, score_batch
+        from mri44.stages.score.pipeline import ood_rows, score_batch
 
         n = len(arrays)
         probs = np.zeros((n, len(self.classes)), np.float32)
         ok = np.zeros(n, bool)
         errors: list[str | None] = [None] * n
-        scores = np.full(n, np.nan, np.float32) if ood_check(self.backend, ood) else None
+        scores = ood_rows(self.backend, n, ood, ood_threshold)
         for start in range(0, n, batch_size):
             chunk = arrays[start : start + batch_size]
             images = [_as_image(a, start + i) for i, a in enumerate(chunk)]
@@ -129,14 +129,11 @@ class Model:
             pixels = np.stack([to_model_pixels(image, self.spec) for image in images])
             rows = np.arange(start, start + len(chunk))
             score_batch(self.backend, normalize(pixels, self.spec), rows, probs, ok, errors, scores)
-        threshold = flag_threshold(self.backend, ood_threshold)
         paths = [f"array[{i}]" for i in range(n)]
         training = training_flags(
             self.meta.training, [f if good else None for f, good in zip(fingerprints, ok, strict=True)]
         )
-        return prediction_frame(
-            paths, probs, ok, errors, self.classes, top_k, scores, threshold, training=training
-        )
+        return prediction_frame(paths, probs, ok, errors, self.classes, top_k, scores, training=training)
 
 
 def _as_image(array: np.ndarray, i: int) -> np.ndarray:

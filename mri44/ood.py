@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mri44.errors import MRI44Error
+from mri44.orientation import OrientationError, OrientationProbe
 
 METHOD = "knn-cosine"
 PASS_RATE = 0.95  # the share of in-distribution validation images the threshold lets through
@@ -63,16 +64,27 @@ class OodSpec:
     threshold: float
     method: str = METHOD
     source: str = ""  # how the threshold was chosen, for the model card
+    orientation: OrientationProbe | None = None  # flags turned slices (mri44.orientation); None: not fitted
 
     def scores(self, feature_map: np.ndarray) -> np.ndarray:
         """ood_score per image (higher = less like the training images) from the (N, C, h, w) feature map."""
+        return knn_distance(self._unit(feature_map), self.reference, self.k)
+
+    def _unit(self, feature_map: np.ndarray) -> np.ndarray:
         if feature_map.ndim != 4 or feature_map.shape[1] != self.reference.shape[1]:
             raise OodSpecError(
                 f"the model's feature map has {feature_map.shape[1] if feature_map.ndim > 1 else '?'} channels, its "
                 f"out-of-distribution reference {self.reference.shape[1]}: re-fit it (scripts/fit_ood.py) or score "
                 "with --ood off"
             )
-        return knn_distance(normalised(pooled(feature_map)), self.reference, self.k)
+        return normalised(pooled(feature_map))
+
+    def fill(self, rows: OodRows, positions: list[int] | np.ndarray, feature_map: np.ndarray) -> None:
+        """Both checks' scores for one batch's rows, from the feature map of its forward pass."""
+        unit = self._unit(feature_map)
+        rows.distance[positions] = knn_distance(unit, self.reference, self.k)
+        if rows.turned is not None and self.orientation is not None:
+            rows.turned[positions] = self.orientation.turned_scores(unit)
 
     def to_json(self) -> str:
         ref = np.ascontiguousarray(self.reference, dtype=np.float16)
@@ -84,6 +96,7 @@ class OodSpec:
                 "source": self.source,
                 "shape": list(ref.shape),
                 "reference_fp16_b64": base64.b64encode(ref.tobytes()).decode("ascii"),
+                **({"orientation": self.orientation.to_dict()} if self.orientation is not None else {}),
             }
         )
 
@@ -108,7 +121,43 @@ class OodSpec:
                 f"{source}: its out-of-distribution reference holds NaN or infinite values: re-fit it "
                 "(scripts/fit_ood.py) or score with --ood off"
             )
-        return cls(reference=reference, k=k, threshold=threshold, source=str(data.get("source", "")))
+        try:
+            probe = OrientationProbe.from_dict(data["orientation"], source) if "orientation" in data else None
+        except OrientationError as exc:
+            raise OodSpecError(str(exc)) from exc
+        if probe is not None and probe.weights.shape[1] != shape[1]:
+            raise OodSpecError(
+                f"{source}: orientation probe of {probe.weights.shape[1]} channels beside a reference of {shape[1]}"
+            )
+        return cls(
+            reference=reference,
+            k=k,
+            threshold=threshold,
+            source=str(data.get("source", "")),
+            orientation=probe,
+        )
+
+
+@dataclass(frozen=True)
+class OodRows:
+    """One scoring run's out-of-distribution evidence per row (NaN until scored): the feature distance, and the
+    turned score when the model carries an orientation probe; with the thresholds its rows are flagged above."""
+
+    distance: np.ndarray  # float32 (N,)
+    turned: np.ndarray | None  # float32 (N,); None: the model has no orientation probe
+    threshold: float | None  # the distance's: the model's own or --ood-threshold
+    turned_threshold: float | None
+
+    @classmethod
+    def empty(cls, n: int, spec: OodSpec, threshold: float | None = None) -> OodRows:
+        """Rows for n images under spec; threshold overrides the distance threshold (--ood-threshold)."""
+        probe = spec.orientation
+        return cls(
+            distance=np.full(n, np.nan, np.float32),
+            turned=np.full(n, np.nan, np.float32) if probe is not None else None,
+            threshold=spec.threshold if threshold is None else threshold,
+            turned_threshold=probe.threshold if probe is not None else None,
+        )
 
 
 def leave_one_out_pass_rate(spec: OodSpec) -> float:

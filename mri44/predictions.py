@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from mri44.labels import parse_label
+from mri44.ood import OodRows
 
 
 def printable_path(name: str) -> str:
@@ -50,8 +51,9 @@ PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
     "pred_contrast_prob": pl.Float64(),
     TOP_K: "per --top-k",
     "ood_score": pl.Float64(),  # 1 - cosine similarity to the nearest training image's features (mri44.ood)
-    "ood": pl.Boolean(),  # flagged: ood_score above the model's threshold, or a DICOM modality other than MR
-    "ood_reason": pl.String(),  # why: "modality CT", "feature distance", or both joined by "; "; null if not flagged
+    "turned_score": pl.Float64(),  # 1 - P(upright) from the model's orientation probe (mri44.orientation)
+    "ood": pl.Boolean(),  # flagged: either score above its threshold, or a DICOM modality other than MR
+    "ood_reason": pl.String(),  # why: "modality CT", "feature distance", "turned", joined by "; "; null if not flagged
     "seen_in_training": pl.Boolean(),  # the model trained on this very file (its bytes); null: no manifest
     "near_training": pl.Boolean(),  # ... or on the same picture re-encoded, resized or turned grey (mri44.fingerprint)
     "true_class": pl.String(),  # the nearest enclosing folder named like a class
@@ -89,14 +91,14 @@ def prediction_frame(
     errors: list[str | None],
     class_names: list[str],
     top_k: int,
-    ood_scores: np.ndarray | None = None,
-    ood_threshold: float | None = None,
+    ood: OodRows | None = None,
     tags: list[dict | None] | None = None,
     members: dict[str, list[int | None]] | None = None,
     training: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> pl.DataFrame:
     """One row per image: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
-    flag (mri44.ood; null when the model has no reference set or the check is off), the folder's label if known,
+    flags (mri44.ood; null when the model has no reference set or the check is off; turned_score null when it has
+    no orientation probe), the folder's label if known,
     the series tags and every class's probability. members: the frame and slice columns (mri44.readers
     .member_columns), null when not given; training: (seen_in_training, near_training) per row
     (mri44.fingerprint.training_flags), null when the model has no manifest."""
@@ -123,9 +125,18 @@ def prediction_frame(
     for j in range(k):
         predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
         predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
-    scores = np.full(len(rel_paths), np.nan) if ood_scores is None else np.asarray(ood_scores, np.float64)
-    predicted["ood_score"] = pl.Series(scores, dtype=pl.Float64).fill_nan(None)
-    flagged = pl.col("ood_score") > ood_threshold if ood_threshold is not None else pl.lit(None, pl.Boolean)
+    nothing = np.full(len(rel_paths), np.nan)
+    for column, values in (
+        ("ood_score", ood.distance if ood else None),
+        ("turned_score", ood.turned if ood else None),
+    ):
+        scores = nothing if values is None else np.asarray(values, np.float64)
+        predicted[column] = pl.Series(scores, dtype=pl.Float64).fill_nan(None)
+
+    def above(column: str, threshold: float | None) -> pl.Expr:
+        flag = pl.col(column) > threshold if threshold is not None else pl.lit(None, pl.Boolean)
+        return pl.when(pl.col(column).is_not_null()).then(flag)
+
     seen, near = (
         pl.Series(v, dtype=pl.Boolean)
         if v is not None
@@ -139,7 +150,10 @@ def prediction_frame(
     }
     frame = pl.DataFrame(
         {"path": rel_paths, **numbered, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
-    ).with_columns(by_features=pl.when(pl.col("ood_score").is_not_null()).then(flagged))
+    ).with_columns(
+        by_features=above("ood_score", ood.threshold if ood else None),
+        by_turn=above("turned_score", ood.turned_threshold if ood else None),
+    )
     # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
     # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
     folders = pl.col("path").str.split("/").list.head(pl.col("path").str.count_matches("/"))
@@ -152,7 +166,7 @@ def prediction_frame(
             status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
             error="error",
             # Predictions of files that failed are meaningless zeros: null them.
-            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "by_features"]},
+            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "by_features", "by_turn"]},
             seen_in_training=pl.when("ok").then(seen),
             near_training=pl.when("ok").then(near),
             note=notes,
@@ -165,18 +179,20 @@ def prediction_frame(
 
 
 def with_flags(frame: pl.DataFrame) -> pl.DataFrame:
-    """ood and ood_reason from the two checks: the feature distance (by_features: null when it did not run) and
-    the DICOM modality (null for other files). A row is flagged when either says so; its flag is null only when
-    neither check could speak, and always for error rows."""
+    """ood and ood_reason from the three checks: the feature distance (by_features), the orientation probe
+    (by_turn; each null when it did not run) and the DICOM modality (null for other files). A row is flagged when
+    any says so; its flag is null only when none could speak, and always for error rows."""
     other = pl.col("modality").is_not_null() & (pl.col("modality") != SCORED_MODALITY)
+    features, turned = pl.col("by_features").fill_null(False), pl.col("by_turn").fill_null(False)
     reasons = pl.concat_list(
         pl.when(other).then(pl.lit("modality ") + pl.col("modality")),
-        pl.when(pl.col("by_features").fill_null(False)).then(pl.lit("feature distance")),
+        pl.when(features).then(pl.lit("feature distance")),
+        pl.when(turned).then(pl.lit("turned")),
     ).list.drop_nulls()
-    spoken = pl.col("by_features").is_not_null() | pl.col("modality").is_not_null()
+    spoken = pl.any_horizontal(pl.col("by_features", "by_turn", "modality").is_not_null())
     ok = pl.col("status") == "ok"
     return frame.with_columns(
-        ood=pl.when(ok & other).then(True).when(ok & spoken).then(pl.col("by_features").fill_null(False)),
+        ood=pl.when(ok & other).then(True).when(ok & spoken).then(features | turned),
         ood_reason=pl.when(ok & (reasons.list.len() > 0)).then(reasons.list.join("; ")),
     )
 

@@ -24,6 +24,7 @@ from mri44.errors import SettingError
 from mri44.fingerprint import training_flags
 from mri44.imageio import file_error
 from mri44.limits import Limits
+from mri44.ood import OodRows
 from mri44.predictions import prediction_frame, printable_path, series_table
 from mri44.preprocess import PreprocessSpec, load_item, normalize
 from mri44.readers import Item, Tags, member_columns
@@ -108,16 +109,16 @@ def score_batch(
     probs: np.ndarray,
     ok: np.ndarray,
     errors: list[str | None],
-    ood_scores: np.ndarray | None = None,
+    ood: OodRows | None = None,
 ) -> None:
     """Run the model on one normalised batch and fill its rows: temperature-scaled probabilities, ok only where
     every logit is finite (a NaN or inf output becomes that file's error row, never a confident class 0), and,
-    when ood_scores is given, each row's out-of-distribution score (mri44.ood) from the same forward pass."""
-    if ood_scores is not None:
+    when ood is given, each row's out-of-distribution scores (mri44.ood) from the same forward pass."""
+    if ood is not None:
         spec, run_features = backend.meta.ood, backend.run_features
         assert spec is not None and run_features is not None  # ood_check() decided
         logits, features = run_features(x)
-        ood_scores[positions] = spec.scores(features)
+        spec.fill(ood, positions, features)
     else:
         logits = backend.run(x)
     finite = np.isfinite(logits).all(1)
@@ -133,10 +134,11 @@ def ood_check(backend: Backend, ood: bool) -> bool:
     return ood and backend.meta.ood is not None and backend.run_features is not None
 
 
-def flag_threshold(backend: Backend, override: float | None) -> float | None:
-    """The threshold rows are flagged above: --ood-threshold when given, else the model's own (None: no check)."""
+def ood_rows(backend: Backend, n: int, ood: bool, override: float | None) -> OodRows | None:
+    """The out-of-distribution scores to fill for n rows when the check runs (ood_check), flagged above the
+    model's thresholds or --ood-threshold (override) for the feature distance; None when it does not run."""
     spec = backend.meta.ood
-    return override if override is not None else spec.threshold if spec else None
+    return OodRows.empty(n, spec, override) if spec is not None and ood_check(backend, ood) else None
 
 
 def score_items(
@@ -161,14 +163,14 @@ def score_items(
     ok = np.zeros(n, bool)
     errors: list[str | None] = [None] * n
     tags: list[Tags | None] = [None] * n
-    ood_scores = np.full(n, np.nan, np.float32) if ood_check(backend, ood) else None
+    ood_evidence = ood_rows(backend, n, ood, ood_threshold)
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="score", unit="img", disable=not progress or None, dynamic_ncols=True)
     for positions, x, batch_errors, batch_tags in input_batches(
         backend, items, batch_size, workers, prefetch, limits, decode
     ):
         if x is not None:
-            score_batch(backend, x, positions, probs, ok, errors, ood_scores)
+            score_batch(backend, x, positions, probs, ok, errors, ood_evidence)
         for i, found in zip(positions, batch_tags, strict=True):
             tags[i] = found
         for i, message in batch_errors:
@@ -177,7 +179,6 @@ def score_items(
     bar.close()
     seconds = time.perf_counter() - t0
     rel = [printable_path(i.path.relative_to(root).as_posix()) for i in items]
-    threshold = flag_threshold(backend, ood_threshold)
     tags = [t if scored else None for t, scored in zip(tags, ok, strict=True)]
     frame = prediction_frame(
         rel,
@@ -186,8 +187,7 @@ def score_items(
         errors,
         meta.classes,
         top_k,
-        ood_scores,
-        threshold,
+        ood_evidence,
         tags,
         member_columns(items),
         training_flags(meta.training, tags),

@@ -228,24 +228,22 @@ class ScoreActor:
         self, model: str, device: str, top_k: int, ood: bool = True, ood_threshold: float | None = None
     ) -> None:
         from .backends import open_backend
-        from .pipeline import flag_threshold, ood_check
 
         self.backend = open_backend(Path(model), device)
         self.top_k = top_k
-        self.ood = ood_check(self.backend, ood)
-        self.threshold = flag_threshold(self.backend, ood_threshold)
+        self.ood, self.ood_threshold = ood, ood_threshold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # a pyarrow.Table: nulls stay nulls
         from mri44.predictions import prediction_frame
 
-        from .pipeline import score_batch
+        from .pipeline import ood_rows, score_batch
 
         meta = self.backend.meta
         errors: list[str | None] = [e or None for e in batch["error"]]
         ok = np.array([e is None for e in errors])
         probs = np.zeros((len(errors), len(meta.classes)), np.float32)
         decoded = np.flatnonzero(ok)
-        scores = np.full(len(errors), np.nan, np.float32) if self.ood else None
+        scores = ood_rows(self.backend, len(errors), self.ood, self.ood_threshold)
         if decoded.size:
             x = normalize(batch["pixels"][decoded], meta.preprocess)
             score_batch(self.backend, x, decoded, probs, ok, errors, scores)
@@ -263,7 +261,6 @@ class ScoreActor:
             meta.classes,
             self.top_k,
             scores,
-            self.threshold,
             tags,
             member_columns(items),
             training_flags(meta.training, [t if good else None for t, good in zip(tags, ok, strict=True)]),

@@ -6,7 +6,9 @@ Adds the `features` output (the last stage's feature map; export/onnx_export.add
 the split's train images (the reference set, at most mri44.ood.MAX_REFERENCE, evenly spread) and val images (the
 threshold: 95 % pass), and stores both in the model's metadata (mri44.ood). The logits are untouched, so every
 prediction stays the same. Prints the share of the split's test images flagged: the in-distribution false-positive
-rate, measured on images neither the model nor the threshold saw. Models trained from now on get the same at the
+rate, measured on images neither the model nor the threshold saw. With --orientation it also fits the orientation
+probe (mri44.orientation) on the reference images turned four ways, its threshold from grouped K-fold held-out
+scores (the split's `group` column; each image its own group without one). Models trained from now on get the same at the
 end of training (train/loop.evaluate_best) and carry it through onnx-export.
 """
 
@@ -23,6 +25,7 @@ import polars as pl
 from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised, reference_rows
+from mri44.orientation import QUARTER_TURNS, fit_orientation
 from mri44.preprocess import normalize
 from mri44.readers import list_items
 from mri44.runtime import make_session
@@ -30,14 +33,20 @@ from mri44.stages.export.onnx_export import add_feature_output
 from mri44.stages.score.pipeline import decoded_batches
 
 
-def pooled_features(session, paths: list[Path], meta: ModelMetadata, batch: int = 32) -> np.ndarray:
-    """(N, C) pooled last-stage features of readable images (unreadable ones are left out)."""
-    out = []
+def pooled_features(
+    session, paths: list[Path], meta: ModelMetadata, batch: int = 32, turns: tuple[int, ...] = (0,)
+) -> list[np.ndarray]:
+    """(N, C) pooled last-stage features of the readable images (unreadable ones are left out), one array per
+    quarter turn in `turns` (np.rot90 of the model's input pixels)."""
+    out: list[list[np.ndarray]] = [[] for _ in turns]
     for _, pixels, _, _ in decoded_batches(list_items(paths), meta.preprocess, batch, 2, 2 * batch, Limits()):
-        if pixels is not None:
-            (features,) = session.run([FEATURES_NAME], {INPUT_NAME: normalize(pixels, meta.preprocess)})
-            out.append(features.reshape(*features.shape[:2], -1).mean(-1))
-    return np.concatenate(out)
+        if pixels is None:
+            continue
+        for t, k in enumerate(turns):
+            turned = np.ascontiguousarray(np.rot90(pixels, k, axes=(1, 2)))
+            (features,) = session.run([FEATURES_NAME], {INPUT_NAME: normalize(turned, meta.preprocess)})
+            out[t].append(features.reshape(*features.shape[:2], -1).mean(-1))
+    return [np.concatenate(parts) for parts in out]
 
 
 def main() -> None:
@@ -52,6 +61,9 @@ def main() -> None:
         "--split", type=Path, required=True, help="split.csv/parquet with path and split columns"
     )
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--orientation", action="store_true", help="also fit the orientation probe that flags turned slices"
+    )
     parser.add_argument("--k", type=int, default=1)  # best on every family in benchmarks/ood.py (docs/ood.md)
     parser.add_argument(
         "--pass-rate",
@@ -75,8 +87,13 @@ def main() -> None:
         name: [args.data / p for p in split.filter(split=name)["path"]] for name in ("train", "val", "test")
     }
     train = paths["train"]
-    reference = pooled_features(session, [train[i] for i in reference_rows(len(train))], meta)
-    val = pooled_features(session, paths["val"], meta) if paths["val"] else None
+    rows = reference_rows(len(train))
+    turns = QUARTER_TURNS if args.orientation else (0,)
+    by_turn = pooled_features(session, [train[i] for i in rows], meta, turns=turns)
+    reference = by_turn[0]
+    if len(reference) != len(rows):
+        raise SystemExit(f"error: {len(rows) - len(reference)} reference images could not be read")
+    val = pooled_features(session, paths["val"], meta)[0] if paths["val"] else None
     rate = PASS_RATE if args.pass_rate is None else args.pass_rate
     if args.pass_rate_from is not None:
         selection = read_metadata(args.pass_rate_from).ood
@@ -87,11 +104,29 @@ def main() -> None:
     print(
         f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source})"
     )
-    if paths["test"]:
-        scores = knn_distance(
-            normalised(pooled_features(session, paths["test"], meta)), spec.reference, spec.k
+    if args.orientation:
+        train_rows = split.filter(split="train")
+        groups = (
+            train_rows["group"].to_numpy()[rows] if "group" in train_rows.columns else np.arange(len(rows))
         )
-        print(f"test images flagged: {(scores > spec.threshold).mean():.3f} of {len(scores)}")
+        probe = fit_orientation([normalised(x) for x in by_turn], groups)
+        spec = replace(spec, orientation=probe)
+        print(f"orientation probe: threshold {probe.threshold:.4f} ({probe.source})")
+    if paths["test"]:
+        test = pooled_features(session, paths["test"], meta, turns=turns)
+        scores = knn_distance(normalised(test[0]), spec.reference, spec.k)
+        print(
+            f"test images flagged by feature distance: {(scores > spec.threshold).mean():.3f} of {len(scores)}"
+        )
+        if spec.orientation is not None:
+            probe = spec.orientation
+            upright = probe.turned_scores(normalised(test[0])) > probe.threshold
+            turned = np.concatenate([probe.turned_scores(normalised(x)) for x in test[1:]]) > probe.threshold
+            either = upright | (scores > spec.threshold)
+            print(
+                f"test images flagged as turned: upright {upright.mean():.3f}, turned 90/180/270 "
+                f"{turned.mean():.3f}; by either check (upright): {either.mean():.3f}"
+            )
     write_with_metadata(proto, replace(meta, ood=spec), args.out)
     print(f"wrote {args.out}")
 

@@ -3,6 +3,7 @@ reference set and threshold carried by the model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 import mri44
 from mri44.onnx_meta import FEATURES_NAME, read_metadata
 from mri44.ood import OodSpec, OodSpecError, fit_ood, knn_distance, leave_one_out_pass_rate, normalised
+from mri44.orientation import QUARTER_TURNS, OrientationProbe, fit_orientation
 from mri44.stages.score.cli import app as score_app
 
 
@@ -179,3 +181,62 @@ def test_every_flagged_row_is_counted_labelled_or_not(
     assert summary["ood_flagged_labelled"][0] == summary["n"][0]
     scores = result.predictions["ood_score"]
     assert scores.min() >= 0.0 and scores.max() <= 2.0
+
+
+def _probe(channels: int, upright_bias: float) -> OrientationProbe:
+    """A probe that calls every image upright (bias > 0) or turned (bias < 0), whatever its features."""
+    bias = np.array([upright_bias, 0.0, 0.0, 0.0], np.float32)
+    return OrientationProbe(np.zeros((4, channels), np.float32), bias, threshold=0.5, source="test")
+
+
+def test_orientation_probe_learns_turns_and_sets_its_threshold_on_held_out_groups() -> None:
+    rng = np.random.default_rng(0)
+    n, channels = 400, 32
+    base = rng.normal(size=(n, channels))
+    by_turn = [normalised(base + 4.0 * np.eye(channels)[k]) for k in QUARTER_TURNS]  # a direction per turn
+    groups = np.arange(n) // 4  # four neighbouring slices per group
+    probe = fit_orientation(by_turn, groups)
+    assert 0.0 < probe.threshold < 1.0 and "grouped 5-fold" in probe.source
+    fresh = rng.normal(size=(200, channels))
+    upright = probe.turned_scores(normalised(fresh + 4.0 * np.eye(channels)[0]))
+    turned = probe.turned_scores(normalised(fresh + 4.0 * np.eye(channels)[2]))
+    assert (upright > probe.threshold).mean() <= 0.05 and (turned > probe.threshold).mean() >= 0.9
+    spec = replace(fit_ood(fresh, None, 1), orientation=probe)
+    back = OodSpec.from_json(spec.to_json())
+    assert back.orientation is not None and back.orientation.threshold == probe.threshold
+    np.testing.assert_array_equal(back.orientation.weights, probe.weights)
+    narrow = replace(spec, orientation=_probe(channels - 1, 1.0))
+    with pytest.raises(OodSpecError, match="orientation probe of 31 channels"):
+        OodSpec.from_json(narrow.to_json())
+
+
+def test_a_turned_flag_reaches_every_row_with_its_reason(
+    exported_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    from mri44.onnx_meta import ModelMetadata, write_with_metadata
+
+    proto = onnx.load(str(exported_model))
+    meta = ModelMetadata.from_proto(proto)
+    assert meta.ood is not None
+    channels = meta.ood.reference.shape[1]
+    for name, bias in (("turned", -5.0), ("upright", 5.0)):
+        write_with_metadata(
+            proto,
+            replace(meta, ood=replace(meta.ood, orientation=_probe(channels, bias))),
+            tmp_path / f"{name}.onnx",
+        )
+    # --ood-threshold moves the feature distance's threshold only: here no row is flagged by distance.
+    turned = mri44.score(synthetic_data, model=tmp_path / "turned.onnx", ood_threshold=10.0).predictions
+    upright = mri44.score(synthetic_data, model=tmp_path / "upright.onnx", ood_threshold=10.0).predictions
+    assert turned is not None and upright is not None
+    assert turned["turned_score"].min() > 0.99 and turned["ood"].all()
+    assert set(turned["ood_reason"]) == {"turned"}
+    assert (
+        upright["turned_score"].max() < 0.05
+        and not upright["ood"].any()
+        and upright["ood_reason"].null_count() == upright.height
+    )
+    both = mri44.score(synthetic_data, model=tmp_path / "turned.onnx", ood_threshold=-1.0).predictions
+    assert both is not None and set(both["ood_reason"]) == {"feature distance; turned"}
+    plain = mri44.score(synthetic_data, model=exported_model).predictions  # a model without a probe
+    assert plain is not None and plain["turned_score"].null_count() == plain.height

@@ -37,11 +37,10 @@ from mri44.model import (
 )
 from mri44.ood import (
     PASS_RATE,
+    OodRows,
     OodSpec,
     fit_ood,
-    knn_distance,
     leave_one_out_pass_rate,
-    normalised,
     reference_rows,
 )
 from mri44.predictions import prediction_frame
@@ -672,7 +671,8 @@ def write_split_results(
     names = np.asarray(classes)
     raw, probs = softmax(logits), softmax(logits, temperature)
     correct = probs.argmax(1) == data.labels[idx]
-    scores = knn_distance(normalised(pooled), ood.reference, ood.k)
+    evidence = OodRows.empty(len(idx), ood)
+    ood.fill(evidence, np.arange(len(idx)), pooled[:, :, None, None])  # pooled features: a 1 x 1 feature map
     preds = prediction_frame(
         data.split["path"][idx].to_list(),
         probs,
@@ -680,8 +680,7 @@ def write_split_results(
         [None] * len(idx),
         classes,
         3,
-        scores,
-        ood.threshold,
+        evidence,
     )
     with atomic_path(RunFolder(out).predictions(name)) as tmp:
         preds.write_parquet(tmp)
