@@ -98,8 +98,7 @@ def prediction_frame(
 ) -> pl.DataFrame:
     """One row per image: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
     flags (mri44.ood; null when the model has no reference set or the check is off; turned_score null when it has
-    no orientation probe), the folder's label if known,
-    the series tags and every class's probability. members: the frame and slice columns (mri44.readers
+    no orientation probe), the folder's label if known, the series tags and every class's probability. members: the frame and slice columns (mri44.readers
     .member_columns), null when not given; training: (seen_in_training, near_training) per row
     (mri44.fingerprint.training_flags), null when the model has no manifest."""
     classes = np.asarray(class_names)
@@ -125,18 +124,7 @@ def prediction_frame(
     for j in range(k):
         predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
         predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
-    nothing = np.full(len(rel_paths), np.nan)
-    for column, values in (
-        ("ood_score", ood.distance if ood else None),
-        ("turned_score", ood.turned if ood else None),
-    ):
-        scores = nothing if values is None else np.asarray(values, np.float64)
-        predicted[column] = pl.Series(scores, dtype=pl.Float64).fill_nan(None)
-
-    def above(column: str, threshold: float | None) -> pl.Expr:
-        flag = pl.col(column) > threshold if threshold is not None else pl.lit(None, pl.Boolean)
-        return pl.when(pl.col(column).is_not_null()).then(flag)
-
+    predicted |= _ood_scores(ood, len(rel_paths))
     seen, near = (
         pl.Series(v, dtype=pl.Boolean)
         if v is not None
@@ -151,8 +139,8 @@ def prediction_frame(
     frame = pl.DataFrame(
         {"path": rel_paths, **numbered, "ok": ok, "error": pl.Series(errors, dtype=pl.String), **predicted}
     ).with_columns(
-        by_features=above("ood_score", ood.threshold if ood else None),
-        by_turn=above("turned_score", ood.turned_threshold if ood else None),
+        by_features=_above("ood_score", ood.threshold if ood else None),
+        by_turn=_above("turned_score", ood.turned_threshold if ood else None),
     )
     # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
     # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
@@ -176,6 +164,24 @@ def prediction_frame(
         .with_columns(probs=pl.when(pl.col("status") == "ok").then(pl.Series(probs.astype(np.float32))))
     )
     return with_flags(rows_out).select(prediction_schema(k, len(class_names)).names())
+
+
+def _ood_scores(ood: OodRows | None, n: int) -> dict[str, pl.Series]:
+    """ood_score and turned_score (null where not scored, or when the check or the probe is absent)."""
+    nothing = np.full(n, np.nan)
+    values = {"ood_score": ood.distance if ood else None, "turned_score": ood.turned if ood else None}
+    return {
+        column: pl.Series(nothing if v is None else np.asarray(v, np.float64), dtype=pl.Float64).fill_nan(
+            None
+        )
+        for column, v in values.items()
+    }
+
+
+def _above(column: str, threshold: float | None) -> pl.Expr:
+    """The check's flag: null where its score is null or it has no threshold."""
+    flag = pl.col(column) > threshold if threshold is not None else pl.lit(None, pl.Boolean)
+    return pl.when(pl.col(column).is_not_null()).then(flag)
 
 
 def with_flags(frame: pl.DataFrame) -> pl.DataFrame:
