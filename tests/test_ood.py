@@ -238,5 +238,12 @@ def test_a_turned_flag_reaches_every_row_with_its_reason(
     )
     both = mri44.score(synthetic_data, model=tmp_path / "turned.onnx", ood_threshold=-1.0).predictions
     assert both is not None and set(both["ood_reason"]) == {"feature distance; turned"}
-    plain = mri44.score(synthetic_data, model=exported_model).predictions  # a model without a probe
+    write_with_metadata(
+        proto, replace(meta, ood=replace(meta.ood, orientation=None)), tmp_path / "plain.onnx"
+    )
+    plain = mri44.score(synthetic_data, model=tmp_path / "plain.onnx").predictions  # a model without a probe
     assert plain is not None and plain["turned_score"].null_count() == plain.height
+    # Training fits the probe (evaluate_best), and the export carries it: upright training images pass it.
+    own = mri44.score(synthetic_data, model=exported_model).predictions
+    assert meta.ood.orientation is not None and "grouped" in meta.ood.orientation.source
+    assert own is not None and own["turned_score"].null_count() == 0

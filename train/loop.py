@@ -12,7 +12,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ from mri44.ood import (
     OodSpec,
     fit_ood,
     leave_one_out_pass_rate,
+    normalised,
     reference_rows,
 )
+from mri44.orientation import QUARTER_TURNS, fit_orientation
 from mri44.predictions import prediction_frame
 from mri44.preprocess import PreprocessSpec
 from mri44.run_folder import RunFolder
@@ -709,6 +711,21 @@ def training_manifest(rows: pl.DataFrame) -> TrainingManifest:
     )
 
 
+def turned_features(
+    model: ResNet, batch_of: EvalBatch, idx: np.ndarray, device: torch.device, cfg: TrainConfig, bf16: bool
+) -> list[np.ndarray]:
+    """Pooled last-stage features of the rows at idx turned 90, 180 and 270 degrees: what the orientation probe
+    (mri44.orientation) learns beside the upright features."""
+
+    def forward(turn: int) -> Callable[[torch.Tensor], tuple[torch.Tensor]]:
+        return lambda x: (logits_and_features(model, torch.rot90(x, turn, dims=(2, 3)))[1].mean((2, 3)),)
+
+    return [
+        run_batched(forward(k), batch_of, idx, device, cfg.eval_batch_size, bf16)[0]
+        for k in QUARTER_TURNS[1:]
+    ]
+
+
 def evaluate_best(
     best_path: Path, data: RunData, cfg: TrainConfig, device: torch.device, bf16: bool
 ) -> dict[str, Any]:
@@ -729,6 +746,13 @@ def evaluate_best(
     val = outputs.get("val")
     temperature, source = choose_temperature(cfg, val[0] if val else None, data.labels[data.val_idx])
     ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K, loo_pass_rate=_loo_pass_rate(cfg))
+    groups = data.split["group"].to_numpy()[reference]
+    if len(np.unique(groups)) >= 2:  # the probe's threshold is set on held-out groups
+        pooled_by_turn = [
+            outputs["reference"][1],
+            *turned_features(model, batch_of, reference, device, cfg, bf16),
+        ]
+        ood = replace(ood, orientation=fit_orientation([normalised(x) for x in pooled_by_turn], groups))
     training = training_manifest(data.split[data.train_idx])
     best = best.with_fit(temperature, source, ood, training)
     best.save(best_path)
