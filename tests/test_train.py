@@ -282,3 +282,21 @@ def test_a_run_whose_data_cannot_be_split_leaves_nothing_behind(synthetic_data: 
     with pytest.raises(MRI44Error, match="left train or val empty"):
         run_training(tiny_run_config(data, mine))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_run_folder_another_run_holds_is_refused_untouched(synthetic_data: Path, tmp_path: Path) -> None:
+    """Two trainings into one --out (a resumed nohup run and a second start, say) never interleave checkpoints."""
+    import os
+    import socket
+
+    from mri44.atomic import LOCK_FILE, FolderBusyError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(f"{os.getppid()} {socket.gethostname()}")  # a live process holds it
+    with pytest.raises(FolderBusyError, match="another run"):
+        run_training(tiny_run_config(synthetic_data, out))
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    with pytest.raises(FolderBusyError):
+        run_training(tiny_run_config(synthetic_data, out, folds=2))
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
