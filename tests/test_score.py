@@ -272,7 +272,7 @@ def test_shipped_default_model_scores_the_examples(tmp_path: Path) -> None:
     preds = pl.read_parquet(tmp_path / "preds.parquet")
     assert preds.height == 44 and set(preds["status"]) == {"ok"}
     assert preds["true_class"].null_count() == 0
-    assert (preds["pred_class"] == preds["true_class"]).mean() >= 0.5  # the default trained on them: 1.00
+    assert (preds["pred_class"] == preds["true_class"]).mean() >= 0.5  # held out of its training: 0.75
     fast = _score([examples, "--out", tmp_path / "int8.parquet", "--device", "cpu", "--model", "int8"])
     assert fast.exit_code == 0, fast.output
     assert "mri44-resnet18-int8.onnx" in fast.output
