@@ -6,7 +6,8 @@
 # or AMX) for the times below. Give it the machine: other work beside it slows CPU training by up to 3x.
 #   1. cv5-t50   teacher, grouped 5-fold CV on all images: out-of-fold figures and temperature (~1 h here)
 #   2. t50-all   teacher on all images but examples/' near-duplicate groups (~25 min; shares cv5-t50's cache)
-#   3. s18-all   student on the same images, 8 stored views per image of t50-all's soft labels (~2.2 h)
+#   3. s18-all   student on the same images, 8 stored views per image of t50-all's soft labels (~1.2 h:
+#                40 epochs at 77 s on 2026-12-07)
 #   4. exports   fp16 and INT8 of s18-all into RUNS/ (copy to models/ by hand after reading the gates)
 #   5. cv5-s18   the student's recipe, 5-fold CV, fold k learning from cv5-t50's fold k (~9 h, resumable)
 # Usage: bash scripts/train_shipped_cpu.sh [DATA] [RUNS]; a finished stage is skipped, an interrupted one resumed.
