@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from mri44.imageio import ImageDecodeError  # noqa: E402
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, read_metadata  # noqa: E402
-from mri44.ood import knn_distance, normalised, pooled  # noqa: E402
+from mri44.ood import OodSpec, knn_distance, normalised, pooled  # noqa: E402
 from mri44.preprocess import normalize, to_model_pixels  # noqa: E402
 from mri44.readers import read_image  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
@@ -109,6 +109,7 @@ def altered(slices: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
 
     return {
         "MRI rotated 90": [np.ascontiguousarray(np.rot90(s)) for s in slices],
+        "MRI rotated 180": [np.ascontiguousarray(np.rot90(s, 2)) for s in slices],
         "MRI inverted": [255 - s for s in slices],
         "MRI quarter, enlarged": [crop(s) for s in slices],
         "MRI at 32 px": [shrink(s) for s in slices],
@@ -130,7 +131,7 @@ def run_model(session, meta, images: list[np.ndarray], batch: int = 32) -> tuple
 
 
 def candidate_scores(
-    logits: np.ndarray, feats: np.ndarray, reference: np.ndarray, ks: list[int], temperature: float
+    logits: np.ndarray, feats: np.ndarray, spec: OodSpec, ks: list[int], temperature: float
 ) -> dict[str, np.ndarray]:
     z = logits / temperature
     z = z - z.max(1, keepdims=True)
@@ -140,8 +141,23 @@ def candidate_scores(
         "energy": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
     }
     for k in ks:
-        scores[f"kNN k={k}"] = knn_distance(normalised(feats), reference, k)
+        scores[f"kNN k={k}"] = knn_distance(normalised(feats), spec.reference, k)
+    if spec.orientation is not None:
+        scores[TURNED] = spec.orientation.turned_scores(normalised(feats))
     return scores
+
+
+TURNED = "turned (orientation probe)"
+SHIPPED = "shipped flag (kNN or turned)"
+
+
+def flagged(scores: dict[str, np.ndarray], spec: OodSpec, chosen: str) -> dict[str, np.ndarray]:
+    """Per score with a threshold in the model, which images it flags; and the shipped `ood` flag (either)."""
+    out = {chosen: scores[chosen] > spec.threshold}
+    if spec.orientation is not None:
+        out[TURNED] = scores[TURNED] > spec.orientation.threshold
+        out[SHIPPED] = out[chosen] | out[TURNED]
+    return out
 
 
 def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
@@ -179,12 +195,14 @@ def main() -> None:
     t0 = time.perf_counter()
     knn_distance(normalised(id_feats), meta.ood.reference, meta.ood.k)
     knn_s = (time.perf_counter() - t0) / len(test)
-    id_scores = candidate_scores(id_logits, id_feats, meta.ood.reference, args.k, meta.temperature)
+    id_scores = candidate_scores(id_logits, id_feats, meta.ood, args.k, meta.temperature)
+    id_flags = flagged(id_scores, meta.ood, f"kNN k={meta.ood.k}")
     rows, chosen = [], f"kNN k={meta.ood.k}"
     per_family_scores = {}
     for name, images in families.items():
         logits, feats = run_model(session, meta, images)
-        scores = candidate_scores(logits, feats, meta.ood.reference, args.k, meta.temperature)
+        scores = candidate_scores(logits, feats, meta.ood, args.k, meta.temperature)
+        flags = flagged(scores, meta.ood, chosen)
         per_family_scores[name] = scores[chosen]
         for method, values in scores.items():
             labels = np.r_[np.zeros(len(id_scores[method])), np.ones(len(values))]
@@ -195,25 +213,29 @@ def main() -> None:
                     "score": method,
                     "AUROC": roc_auc_score(labels, np.r_[id_scores[method], values]),
                     "FPR@95TPR": fpr_at_95_tpr(id_scores[method], values),
-                    "flagged": float((values > meta.ood.threshold).mean()) if method == chosen else None,
+                    "flagged": float(flags[method].mean()) if method in flags else None,
                 }
             )
+        if SHIPPED in flags:
+            rows.append(
+                {"family": name, "images": len(images), "score": SHIPPED, "AUROC": None, "FPR@95TPR": None,
+                 "flagged": float(flags[SHIPPED].mean())}
+            )  # fmt: skip
     table = pl.DataFrame(rows)
-    id_flagged = float((id_scores[chosen] > meta.ood.threshold).mean())
+    id_flagged = float(id_flags.get(SHIPPED, id_flags[chosen]).mean())
     lines = [
         f"Model {args.model.name} ({meta.arch}, {meta.preprocess.size} px); reference {len(meta.ood.reference)} training images, "
         f"k = {meta.ood.k}, threshold {meta.ood.threshold:.4f} ({meta.ood.source}).",
-        f"In-distribution: the {len(test)} test images of {args.split.name}; {id_flagged:.1%} of them flagged at the threshold.",
+        f"In-distribution: the {len(test)} test images of {args.split.name}; {id_flagged:.1%} of them flagged by the shipped rule.",
         f"Cost per image on this CPU: model forward {1000 * forward_s:.1f} ms, k-NN score {1000 * knn_s:.3f} ms.",
         "",
         "| family | images | score | AUROC | FPR@95TPR | flagged at threshold |",
         "| --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in table.iter_rows(named=True):
-        flagged = "" if r["flagged"] is None else f"{r['flagged']:.3f}"
-        lines.append(
-            f"| {r['family']} | {r['images']} | {r['score']} | {r['AUROC']:.3f} | {r['FPR@95TPR']:.3f} | {flagged} |"
-        )
+        share = "" if r["flagged"] is None else f"{r['flagged']:.3f}"
+        auroc, fpr = ("", "") if r["AUROC"] is None else (f"{r['AUROC']:.3f}", f"{r['FPR@95TPR']:.3f}")
+        lines.append(f"| {r['family']} | {r['images']} | {r['score']} | {auroc} | {fpr} | {share} |")
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
