@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mri44.dicom import has_preamble
+from mri44.errors import InputNotFoundError
 from mri44.imageio import is_image_path
 
 # Written into every folder of metric tables we produce: such folders are our outputs, never inputs, so a
@@ -105,3 +106,10 @@ def find_images(root: str | os.PathLike[str], skipped: list[tuple[str, str]] | N
             elif path.exists() or is_image_path(path.name):  # a dangling link counts when named like an image
                 take(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def require_folder(path: Path, what: str) -> Path:
+    """path, when it is a folder; else one InputNotFoundError naming it (`what`: "input folder", "data folder")."""
+    if not path.is_dir():
+        raise InputNotFoundError(f"{what} {path} does not exist or is not a folder")
+    return path

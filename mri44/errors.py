@@ -30,3 +30,7 @@ def import_extra(module: str, extra: str, what: str, error: type[Exception] = MR
 class CheckpointError(MRI44Error):
     """A checkpoint that is missing, unreadable or not one of ours (mri44.checkpoint); the message says what to
     do."""
+
+
+class InputNotFoundError(MRI44Error, FileNotFoundError):
+    """An input folder (images to score, training data) that does not exist: one type wherever it is asked for."""

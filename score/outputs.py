@@ -99,8 +99,6 @@ def check_outputs(input_dir: Path, out: Path, metrics_dir: Path | None, overwrit
                 f"metrics folder {target} is not empty; pass --overwrite or another --metrics-dir"
             )
         refuse_foreign_files(target)
-    if not input_dir.is_dir():
-        raise OutputError(f"input folder {input_dir} does not exist or is not a folder")
     for place, what in ((out.parent, "--out"), (target, "--metrics-dir")):
         problem = unwritable(place)
         if problem:  # found now, not after every image was scored

@@ -28,7 +28,7 @@ import polars as pl
 
 from mri44.atomic import atomic_path, held, write_text_atomic
 from mri44.dicom import dicom_tags, is_dicom_bytes
-from mri44.discover import OUTPUT_MARKER, find_images
+from mri44.discover import OUTPUT_MARKER, find_images, require_folder
 from mri44.errors import SettingError
 from mri44.fingerprint import fingerprint_tags, training_flags
 from mri44.imageio import ImageDecodeError, decode_bytes, file_error, is_image_path, read_file
@@ -64,9 +64,7 @@ def list_inputs(source: str, limits: Limits = Limits()) -> Listed:
     are listed as the local scorer lists them: find_images, then an item per DICOM frame and NIfTI slice
     (mri44.readers.list_items). A file read from a URL is one image (a multi-image file is its error row)."""
     if "://" not in source:
-        root = Path(source)
-        if not root.is_dir():
-            raise FileNotFoundError(f"input folder {source} does not exist or is not a folder")
+        root = require_folder(Path(source), "input folder")
         items = list_items(find_images(root), limits)
         return str(root.resolve()), [
             (i.path.relative_to(root).as_posix(), i.member, i.format, i.note) for i in items

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mri44.discover import require_folder
 from mri44.errors import SettingError, import_extra
 from mri44.metrics import tables_with_counts
 
@@ -68,11 +69,10 @@ def score(input_dir: str | Path, out: Path | None, options: ScoreOptions = Score
 def check_local_run(folder: Path, out: Path | None, options: ScoreOptions) -> tuple[Path, Path]:
     """Everything refused before any work: outputs that exist or clash with inputs or each other, a missing
     input folder or model, report options. Returns (the metrics folder, the model path)."""
+    require_folder(folder, "input folder")
     target = Path()
     if out is not None:
         target = check_outputs(folder, out, options.metrics_dir, options.overwrite)
-    elif not folder.is_dir():
-        raise SettingError(f"input folder {folder} does not exist or is not a folder")
     source = resolve_model(options.model)
     record = sidecar(out) if out is not None and out.suffix.lower() == ".csv" else None
     refuse_clashes(

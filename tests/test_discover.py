@@ -155,3 +155,22 @@ def test_a_stray_marker_file_hides_no_image(tmp_path: Path) -> None:
     skipped: list[tuple[str, str]] = []
     assert [p.name for p in find_images(tmp_path, skipped)] == ["a.png", "b.png"]
     assert skipped == [("A T1/confusion.png", f"written by mri44 (listed in {OUTPUT_MARKER}): not an input")]
+
+
+def test_a_missing_input_folder_is_one_error_type_everywhere(tmp_path: Path) -> None:
+    """Scoring (local and Ray listing) and training refuse a missing folder with one type and wording (issue 31)."""
+    import mri44
+    from mri44.errors import InputNotFoundError, MRI44Error
+    from mri44.stages.score.ray_engine import list_inputs
+    from mri44.stages.train.dataset import class_folders
+
+    missing = tmp_path / "nope"
+    calls = (
+        lambda: mri44.score(missing, out=None),
+        lambda: list_inputs(str(missing)),
+        lambda: class_folders(missing),
+    )
+    for call in calls:
+        with pytest.raises(InputNotFoundError, match="does not exist or is not a folder") as caught:
+            call()
+        assert isinstance(caught.value, MRI44Error) and isinstance(caught.value, FileNotFoundError)

@@ -19,7 +19,7 @@ import polars as pl
 from tqdm import tqdm
 
 from mri44.atomic import atomic_path
-from mri44.discover import UNLISTABLE, find_images
+from mri44.discover import UNLISTABLE, find_images, require_folder
 from mri44.errors import SettingError
 from mri44.fingerprint import perceptual_hash, thumbnail
 from mri44.imageio import ImageDecodeError, decode_bytes
@@ -51,8 +51,7 @@ class ScannedData:
 
 def class_folders(data_dir: Path) -> list[str]:
     """Class names are the sub-folder names that hold at least one image, sorted."""
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist")
+    require_folder(data_dir, "data folder")
     names = sorted(d.name for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = []
     for name in names:
