@@ -15,6 +15,7 @@ import onnx
 import polars as pl
 
 from mri44.discover import find_images
+from mri44.errors import InputNotFoundError
 from mri44.onnx_meta import INPUT_NAME
 from mri44.preprocess import PreprocessSpec, normalize
 from mri44.run_folder import RunFolder
@@ -28,13 +29,13 @@ def calibration_files(folder: Path, checkpoint: Path, limit: int) -> list[Path]:
         train = set(pl.read_csv(split_csv).filter(pl.col("split") == "train")["path"].to_list())
         in_train = [f for f in files if f.relative_to(folder).as_posix() in train]
         if files and not in_train:  # calibrating on everything would let val/test images in: refuse
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"none of the images under {folder} are in the train split of {split_csv}: pass the folder the "
                 "run was trained on (its paths are relative to it)"
             )
         files = in_train
     if not files:
-        raise FileNotFoundError(f"no calibration images under {folder}")
+        raise InputNotFoundError(f"no calibration images under {folder}")
     return spread(files, limit)
 
 

@@ -19,6 +19,7 @@ import torch
 
 from mri44.checkpoint import Checkpoint
 from mri44.discover import find_images
+from mri44.errors import InputNotFoundError
 from mri44.preprocess import PreprocessSpec, normalize
 from mri44.samples import decodable_pixels, spread
 
@@ -55,7 +56,7 @@ def real_batch(folder: Path, spec: PreprocessSpec, limit: int = 64) -> tuple[np.
     """Up to `limit` images spread evenly over the folder's sorted files, preprocessed by the shared core."""
     paths = find_images(folder)
     if not paths:
-        raise FileNotFoundError(f"no images under {folder} for the parity check")
+        raise InputNotFoundError(f"no images under {folder} for the parity check")
     pixels, names = decodable_pixels(spread(paths, limit), spec)
     return normalize(pixels, spec), names
 

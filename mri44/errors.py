@@ -33,4 +33,5 @@ class CheckpointError(MRI44Error):
 
 
 class InputNotFoundError(MRI44Error, FileNotFoundError):
-    """An input folder (images to score, training data) that does not exist: one type wherever it is asked for."""
+    """An input that is not there (a folder to score or train on, a weights file, usable images in a folder): one
+    type wherever it is asked for, and a FileNotFoundError for callers that catch the builtin."""

