@@ -176,3 +176,61 @@ def test_resume_takes_a_run_folder_by_any_name_of_its_own(tmp_path: Path) -> Non
     other = tmp_path / "elsewhere"
     with pytest.raises(ValueError, match="split_file"):  # a different file is still a different setting
         check_resume_settings(real / "fold-5", fold_config(other))
+
+
+def test_soft_label_teachers_are_a_tuple_from_every_source_and_old_runs_still_resume(tmp_path: Path) -> None:
+    """--soft-labels A --soft-labels B (an ensemble teacher) from the command line, a TOML file and a config.json;
+    a config.json written before ensembles (one path, or null) reads as one teacher or none and resumes."""
+    import json
+
+    from mri44.stages.train.config import (
+        TrainConfig,
+        config_from_settings,
+        read_toml_settings,
+        same_setting,
+    )
+
+    cfg = config_from_settings(None, data=tmp_path, out=tmp_path / "run", soft_labels=["a", tmp_path / "b"])
+    assert cfg.soft_labels == (Path("a"), tmp_path / "b")
+    assert config_from_settings(None, data=tmp_path, out=tmp_path / "run").soft_labels == ()
+    (tmp_path / "run.toml").write_text('soft-labels = ["t50", "/abs/s18"]\n')
+    assert read_toml_settings(tmp_path / "run.toml")["soft_labels"] == (tmp_path / "t50", Path("/abs/s18"))
+    for old, teachers in (("/x/t50", (Path("/x/t50"),)), (None, ())):
+        saved = json.loads(cfg.to_json()) | {"soft_labels": old}
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        assert TrainConfig.read_json(tmp_path / "config.json").soft_labels == teachers
+    assert same_setting("/x/t50", ["/x/t50"], is_path=True) and same_setting(None, [], is_path=True)
+    assert not same_setting(["/x/t50"], ["/x/t50", "/x/s18"], is_path=True)
+    assert not same_setting("/x/t50", ["/x/s18"], is_path=True)
+
+
+def test_an_ensemble_teacher_gives_the_geometric_mean_of_its_members_probabilities() -> None:
+    from mri44.stages.train.augment import apply_params
+    from mri44.stages.train.distill import Teacher
+    from mri44.stages.train.soft_labels import compute_soft_labels
+
+    spec = PreprocessSpec(size=16)
+    scale, bias = (torch.as_tensor(v) for v in spec.scale_bias())
+
+    def teacher(seed: int) -> Teacher:
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5)).eval()
+        return Teacher(net, spec, scale, bias, f"teacher {seed}", 5)
+
+    members = [teacher(1), teacher(2)]
+    pixels = (torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    train_idx, temperature = np.arange(4), 2.0
+    saved = compute_soft_labels(members, pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0)
+    assert saved["teacher"] == "geometric mean of teacher 1 + teacher 2"
+    for view in range(2):
+        raw = apply_params(pixels[:4].float(), saved["params"][view, :4])
+        probs = [torch.softmax(m.logits(raw) / temperature, 1) for m in members]
+        geometric = (probs[0] * probs[1]).sqrt()
+        geometric /= geometric.sum(1, keepdim=True)
+        stored = torch.zeros(4, 5).scatter_(
+            1, saved["top_index"][view, :4].long(), saved["top_prob"][view, :4].float()
+        )
+        torch.testing.assert_close(stored, geometric, atol=2e-3, rtol=0)  # stored as fp16
+        assert (stored - probs[0]).abs().max() > 0.01  # not simply the first member
+    single = compute_soft_labels(members[:1], pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0)
+    assert single["teacher"] == "teacher 1"

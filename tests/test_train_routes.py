@@ -82,7 +82,7 @@ def test_frozen_route_refuses_what_it_cannot_mean(synthetic_data: Path, tmp_path
                 tmp_path / "d",
                 freeze_through="layer3",
                 weights="x",
-                soft_labels=tmp_path,
+                soft_labels=(tmp_path,),
                 recipe=get_recipe("distill"),
             )  # fmt: skip
         )
@@ -108,7 +108,7 @@ def test_student_trains_on_soft_labels_computed_once(
 ) -> None:
     cfg = tiny_run_config(
         synthetic_data, tmp_path / "student", recipe=get_recipe("distill"), image_size=32, epochs=6,
-        soft_labels=trained_run, soft_label_views=3, split_file=trained_run / "split.parquet",
+        soft_labels=(trained_run,), soft_label_views=3, split_file=trained_run / "split.parquet",
     )  # fmt: skip
     result = run_training(cfg)
     assert result["val"]["accuracy"] >= 0.7

@@ -110,11 +110,12 @@ ResumeOpt = Annotated[
     bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
 ]
 SoftLabelsOpt = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Option(
-        help="Distil from this teacher run's soft labels, computed once before training on "
-        "--soft-label-views stored augmented views per training image (RUN_DIR/soft_labels.pt; FKD), "
-        "instead of running the teacher every step (--teacher). Needs a recipe with kd_weight > 0: distill."
+        help="Distil from this teacher's soft labels (a run folder, checkpoint or ONNX model), computed once before "
+        "training on --soft-label-views stored augmented views per training image (RUN_DIR/soft_labels.pt; FKD), "
+        "instead of running the teacher every step (--teacher). Give it more than once for an ensemble teacher: "
+        "the geometric mean of their probabilities. Needs a recipe with kd_weight > 0: distill."
     ),
 ]
 SoftLabelViewsOpt = Annotated[int, typer.Option(help="With --soft-labels: stored views per training image.")]

@@ -37,6 +37,8 @@ RESUME_FIXED = (
     "holdout",
 )
 PATH_SETTINGS = frozenset({"data", "split_file", "teacher", "soft_labels", "holdout"})
+# Settings that name one file or folder (soft_labels names several: see with_paths).
+SINGLE_PATHS = ("data", "out", "split_file", "teacher", "temperature_from", "holdout")
 
 
 @dataclass
@@ -67,9 +69,8 @@ class TrainConfig:
         "none"  # train only the stages after this one, on its output cached once (train/frozen.py)
     )
     feature_views: int = 1  # cached views per image with --freeze-through: view 0 plain, the others augmented
-    soft_labels: Path | None = (
-        None  # teacher run whose soft labels on K stored views this run trains on (FKD)
-    )
+    # Teachers whose soft labels on K stored views this run trains on (FKD); several: their geometric mean.
+    soft_labels: tuple[Path, ...] = ()
     soft_label_views: int = 8  # K: stored augmented views per training image
     folds: int = 0  # K > 1: grouped K-fold cross-validation into OUT/fold-1..K (train/cv.py)
     holdout: Path | None = (
@@ -107,11 +108,28 @@ class TrainConfig:
             values["split"] = SplitConfig(**saved["split"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SettingError(f"--config {path}: not a readable run config.json ({exc})") from exc
-        for name in ("data", "out", "split_file", "teacher", "temperature_from", "soft_labels", "holdout"):
-            if values.get(name) is not None:
-                values[name] = Path(values[name])
         values["resume"] = False
-        return cls(**values)
+        return cls(**with_paths(values))
+
+
+def with_paths(settings: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """The path settings as Paths (relative ones under root, a TOML file's folder, when given): one rule for the
+    command line, a TOML file and a run's config.json. soft_labels becomes a tuple; the single path (or null) of a
+    config.json written before ensembles reads as one teacher (or none)."""
+
+    def path(value: Any) -> Path:
+        return Path(value) if root is None else root / value
+
+    out = dict(settings)
+    for name in SINGLE_PATHS:
+        if out.get(name) is not None:
+            out[name] = path(out[name])
+    if "soft_labels" in out:
+        teachers = out["soft_labels"]
+        if teachers is None or isinstance(teachers, str | Path):
+            teachers = () if teachers is None else (teachers,)
+        out["soft_labels"] = tuple(path(teacher) for teacher in teachers)
+    return out
 
 
 def read_toml_settings(path: Path) -> dict[str, Any]:
@@ -126,11 +144,7 @@ def read_toml_settings(path: Path) -> dict[str, Any]:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise SettingError(f"--config {path}: not a readable TOML file ({exc})") from exc
-    settings = {key.replace("-", "_"): value for key, value in raw.items()}
-    for name in ("data", "out", "split_file", "teacher", "temperature_from", "soft_labels", "holdout"):
-        if isinstance(settings.get(name), str):
-            settings[name] = Path(path).parent / settings[name]
-    return settings
+    return with_paths({key.replace("-", "_"): value for key, value in raw.items()}, Path(path).parent)
 
 
 # The python -m train options that are SplitConfig fields, by option name -> field name.
@@ -169,10 +183,8 @@ def config_from_settings(base: TrainConfig | None = None, **settings: Any) -> Tr
     split["train"] = 1.0 - split["val"] - split["test"]
     if values["arch"] not in ARCHS:
         raise SettingError(f"unknown --arch {values['arch']!r}; choose one of: {', '.join(ARCHS)}")
-    for name in ("out", "split_file", "teacher", "temperature_from", "soft_labels", "holdout"):
-        if values[name] is not None:
-            values[name] = Path(values[name])
-    values["data"] = Path(values["data"]).absolute()  # export and reruns find it from any folder
+    values = with_paths(values)
+    values["data"] = values["data"].absolute()  # export and reruns find it from any folder
     values["split"] = SplitConfig(**split)
     return TrainConfig(**values)
 
@@ -241,6 +253,12 @@ def same_setting(saved: object, now: object, *, is_path: bool) -> bool:
     that still points at it) resumes rather than failing on a spelling of its own path."""
     if saved == now:
         return True
+    if is_path and isinstance(now, list) and (saved is None or isinstance(saved, str)):
+        saved = [] if saved is None else [saved]  # none or one teacher, saved before ensembles
+    if is_path and isinstance(saved, list) and isinstance(now, list):
+        return len(saved) == len(now) and all(
+            same_setting(a, b, is_path=True) for a, b in zip(saved, now, strict=True)
+        )
     if is_path and isinstance(saved, str) and isinstance(now, str):
         return Path(saved).resolve() == Path(now).resolve()
     return False

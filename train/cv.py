@@ -63,11 +63,10 @@ def fold_split(folds: pl.DataFrame, fold: int) -> pl.DataFrame:
     )
 
 
-def _teacher_fold(source: Path | None, folds: pl.DataFrame, fold: int) -> Path | None:
+def _teacher_fold(source: Path, folds: pl.DataFrame, fold: int) -> Path:
     """A CV teacher's run for this fold (its folds must be ours); any other teacher as it is."""
     if not is_cv_folder(source):
         return source
-    assert source is not None
     theirs = pl.read_parquet(RunFolder(source).folds).select("path", "fold").sort("path")
     if not theirs.equals(folds.select("path", "fold").sort("path")):
         raise SettingError(
@@ -84,8 +83,8 @@ def fold_config(cfg: TrainConfig, folds: pl.DataFrame, fold: int) -> TrainConfig
         out=out.root,
         folds=0,
         split_file=RunFolder(cfg.out).fold_split(fold),
-        soft_labels=_teacher_fold(cfg.soft_labels, folds, fold),
-        teacher=_teacher_fold(cfg.teacher, folds, fold),
+        soft_labels=tuple(_teacher_fold(source, folds, fold) for source in cfg.soft_labels),
+        teacher=None if cfg.teacher is None else _teacher_fold(cfg.teacher, folds, fold),
         resume=out.last.is_file(),
     )
 

@@ -4,11 +4,13 @@ The teacher (in practice the ImageNet-initialised ResNet-50 fine-tuned on our da
 as the student, resized to its own input size and normalised by its own spec, so the student learns the
 teacher's view of exactly the image it is trained on. A teacher is a run folder, a checkpoint or a shipped ONNX
 model (its metadata carries the classes and preprocessing), so a student can learn from models/mri44-resnet50.onnx
-without the teacher's run folder.
+without the teacher's run folder. Several teachers make an ensemble: the geometric mean of their probabilities
+(averaging two shipped models gained 1.8 points of accuracy on the project owners' held-out set).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +97,22 @@ def load_teacher(
         description=f"{arch} {path} sha256 {file_sha256(path)}",
         num_classes=len(teacher_classes),
     )
+
+
+@torch.no_grad()
+def ensemble_logits(teachers: Sequence[Teacher], raw: torch.Tensor) -> torch.Tensor:
+    """One teacher's logits; for several, the mean of their log-probabilities, whose softmax at any distillation
+    temperature T is the normalised geometric mean of the members' probabilities at T."""
+    if len(teachers) == 1:
+        return teachers[0].logits(raw)
+    return torch.stack([F.log_softmax(teacher.logits(raw).float(), 1) for teacher in teachers]).mean(0)
+
+
+def ensemble_description(teachers: Sequence[Teacher]) -> str:
+    """Which teacher or teachers, by content: recorded in the soft-label file and the student's checkpoint."""
+    if len(teachers) == 1:
+        return teachers[0].description
+    return "geometric mean of " + " + ".join(teacher.description for teacher in teachers)
 
 
 def distillation_loss(

@@ -56,7 +56,7 @@ from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from .cv import cv_calibration, is_cv_folder
 from .data import RunData, prepare_data
 from .dataset import class_folders, load_or_scan
-from .distill import Teacher, distillation_loss, load_teacher
+from .distill import Teacher, distillation_loss, ensemble_description, load_teacher
 from .distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
 from .frozen import (
     check_freeze_settings,
@@ -560,7 +560,7 @@ def _teacher_for(
 ) -> Teacher | None:
     """The frozen on-the-fly teacher when the run distils with --teacher, after checking that the distillation
     source (--teacher or --soft-labels, one of them) and the recipe go together."""
-    sources = (cfg.teacher is not None) + (cfg.soft_labels is not None)
+    sources = (cfg.teacher is not None) + bool(cfg.soft_labels)
     if sources > 1 or (sources == 1) != (cfg.recipe.kd_weight > 0):
         raise SettingError(
             "distillation needs one of --teacher RUN_DIR or --soft-labels RUN_DIR and a recipe with "
@@ -578,16 +578,18 @@ def _teacher_for(
 def _soft_labels_for(
     cfg: TrainConfig, data: RunData, spec: PreprocessSpec, device: torch.device, bf16: bool
 ) -> SoftLabels | None:
-    """With --soft-labels TEACHER_RUN: the teacher's soft labels on this run's training views, computed once
-    into RUN_DIR/soft_labels.pt (train/soft_labels.py); the teacher is released before training starts."""
-    if cfg.soft_labels is None:
+    """With --soft-labels TEACHER (once, or more for an ensemble): the teacher's soft labels on this run's training
+    views, computed once into RUN_DIR/soft_labels.pt (train/soft_labels.py); the teachers are released before
+    training starts."""
+    if not cfg.soft_labels:
         return None
-    teacher = load_teacher(cfg.soft_labels, data.classes, spec, device)
-    log.info("soft labels from teacher %s", teacher.description)
+    teachers = [load_teacher(source, data.classes, spec, device) for source in cfg.soft_labels]
+    description = ensemble_description(teachers)
+    log.info("soft labels from teacher %s", description)
     return load_or_compute(
         cfg.out / SOFT_LABELS_FILE,
         lambda: compute_soft_labels(
-            teacher,
+            teachers,
             data.pixels,
             data.train_idx,
             data.val_idx,
@@ -597,7 +599,7 @@ def _soft_labels_for(
             cfg.seed,
             bf16,
         ),
-        teacher.description,
+        description,
         cfg.recipe.kd_temperature,
     )
 
