@@ -1,6 +1,12 @@
 """Give an exported ONNX model the out-of-distribution check (issue 23), without its checkpoint.
 
     python scripts/fit_ood.py MODEL.onnx --data DATA --split SPLIT.csv --out MODEL-ood.onnx [--k 5]
+    python scripts/fit_ood.py MODEL.onnx --data DATA --split SPLIT.csv --out NEW.onnx --calibration-from CV_DIR
+
+With --calibration-from, the temperature and the threshold's pass rate both come from the recipe's cross-validation
+(CV_DIR/cv_result.json: the temperature fitted on all out-of-fold logits and the leave-one-out pass rate that let
+97 % of the unseen images through), as `python -m train --temperature-from CV_DIR` gives a model at the end of
+training: for a model fitted on all images before its recipe's cross-validation had finished.
 
 Adds the `features` output (the last stage's feature map; export/onnx_export.add_feature_output), runs the model on
 the split's train images (the reference set, at most mri44.ood.MAX_REFERENCE, evenly spread) and val images (the
@@ -15,6 +21,7 @@ end of training (train/loop.evaluate_best) and carry it through onnx-export.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +35,7 @@ from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate,
 from mri44.orientation import QUARTER_TURNS, fit_orientation
 from mri44.preprocess import normalize
 from mri44.readers import list_items
+from mri44.run_folder import RunFolder
 from mri44.runtime import make_session
 from mri44.stages.export.onnx_export import add_feature_output
 from mri44.stages.score.pipeline import decoded_batches
@@ -76,11 +84,26 @@ def main() -> None:
         help="for a split without val (an all-data model): the selection model whose leave-one-out pass rate "
         "sets the threshold's quantile (mri44.ood.leave_one_out_pass_rate)",
     )
+    parser.add_argument(
+        "--calibration-from",
+        type=Path,
+        help="a cross-validation folder of the model's recipe: its out-of-fold temperature and leave-one-out "
+        "pass rate (cv_result.json) replace the model's temperature and --pass-rate",
+    )
     args = parser.parse_args()
     if args.out.resolve() == args.model.resolve() or args.out.exists():
         raise SystemExit(f"error: {args.out} exists or is the input model; choose a new file")
     proto = add_feature_output(onnx.load(str(args.model)))
     meta = ModelMetadata.from_proto(proto, str(args.model))
+    if args.calibration_from is not None:
+        cv = json.loads(RunFolder(args.calibration_from).cv_result.read_text())
+        args.pass_rate = cv["ood"]["loo_pass_rate"]
+        print(
+            f"temperature {meta.temperature:.4f} -> {cv['temperature']:.4f} (out-of-fold ECE "
+            f"{cv['ece_before_temperature']:.4f} -> {cv['ece']:.4f}), pass rate {args.pass_rate:.4f}, "
+            f"from {args.calibration_from}"
+        )
+        meta = replace(meta, temperature=float(cv["temperature"]))
     session = make_session(proto.SerializeToString(), "cpu")
     split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
     paths = {

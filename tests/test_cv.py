@@ -13,7 +13,14 @@ from synthetic import make_dataset, tiny_run_config
 from mri44.errors import SettingError
 from mri44.preprocess import PreprocessSpec
 from mri44.run_folder import RunFolder
-from mri44.stages.train.cv import _teacher_fold, compare, make_folds, mcnemar_exact
+from mri44.stages.train.cv import (
+    _teacher_fold,
+    compare,
+    ensemble_cv,
+    make_folds,
+    mcnemar_exact,
+    summarise,
+)
 from mri44.stages.train.dataset import scan_dataset
 from mri44.stages.train.split import SplitConfig
 
@@ -97,6 +104,55 @@ def test_a_cv_teacher_must_have_the_same_folds(tmp_path: Path) -> None:
     assert _teacher_fold(plain, folds, 2) == plain  # not a CV folder: the same teacher for every fold
     with pytest.raises(SettingError, match="other folds"):
         _teacher_fold(teacher, folds.with_columns(fold=pl.Series([2, 1, 1])), 1)
+
+
+def _logits_cv(folder: Path, logits: np.ndarray, folds: list[int], labels: list[str]) -> Path:
+    """A CV folder as training leaves it, without weights: folds, each fold's test logits, fold 1's classes."""
+    import torch
+
+    from mri44.checkpoint import Checkpoint
+
+    frame = pl.DataFrame({"path": [f"x{i}.jpg" for i in range(len(folds))], "label": labels, "fold": folds})
+    folder.mkdir()
+    frame.with_columns(group=pl.int_range(pl.len())).write_parquet(RunFolder(folder).folds)
+    for fold in set(folds):
+        RunFolder(folder).fold(fold).root.mkdir()
+        rows = [i for i, f in enumerate(folds) if f == fold]
+        part = frame[rows].select("path", "label").with_columns(logits=pl.Series(logits[rows]))
+        part.write_parquet(RunFolder(folder).fold(fold).logits("test"))
+    Checkpoint({"w": torch.zeros(1)}, ["A T1", "B T1", "C T1"], PreprocessSpec()).save(
+        RunFolder(folder).fold(1).best
+    )
+    return folder
+
+
+def test_an_ensemble_of_cv_runs_scores_each_image_by_the_geometric_mean(tmp_path: Path) -> None:
+    """Two members that each get a different half wrong: their geometric mean gets every image right, and the
+    result is a CV folder compare() pairs with its members."""
+    from scipy.special import log_softmax
+
+    folds, labels = [1, 2] * 4, ["A T1", "B T1"] * 4
+    truth = np.array([0, 1] * 4)
+    sure = np.eye(3, dtype=np.float32)[truth] * 4.0  # 4 logits for the right class
+    a_logits, b_logits = sure.copy(), sure.copy()
+    a_logits[:4, 2] = 5.0  # a: images 0-3 prefer C, but only just
+    b_logits[4:, 2] = 5.0
+    a = _logits_cv(tmp_path / "a", a_logits, folds, labels)
+    b = _logits_cv(tmp_path / "b", b_logits, folds, labels)
+    result = ensemble_cv([a, b], tmp_path / "ens")
+    oof = pl.read_parquet(RunFolder(tmp_path / "ens").out_of_fold)
+    assert result["pooled"]["accuracy"] == 1.0 and oof["correct"].all() and result["ood"] is None
+    expected = (log_softmax(a_logits.astype(np.float64), 1) + log_softmax(b_logits.astype(np.float64), 1)) / 2
+    got = np.stack(oof.sort("path")["logits"].to_list())
+    order = np.argsort([f"x{i}.jpg" for i in range(8)])
+    np.testing.assert_allclose(got, expected[order], atol=1e-5)
+    summarise(a, pl.read_parquet(RunFolder(a).folds))  # a member's own tables, paired with the ensemble's
+    summary, _ = compare(a, tmp_path / "ens")
+    assert (summary["only_a"], summary["only_b"]) == (0, 4)  # a is wrong on images 0-3 only
+    with pytest.raises(SettingError, match="exists"):
+        ensemble_cv([a, b], tmp_path / "ens")
+    with pytest.raises(SettingError, match="other folds"):
+        ensemble_cv([a, _logits_cv(tmp_path / "c", a_logits, [2, 1] * 4, labels)], tmp_path / "ens2")
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.special import log_softmax
 
 from mri44.atomic import atomic_path, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
@@ -63,16 +64,20 @@ def fold_split(folds: pl.DataFrame, fold: int) -> pl.DataFrame:
     )
 
 
+def _require_same_folds(source: Path, folds: pl.DataFrame) -> None:
+    theirs = pl.read_parquet(RunFolder(source).folds).select("path", "fold").sort("path")
+    if not theirs.equals(folds.select("path", "fold").sort("path")):
+        raise SettingError(
+            f"{source} was cross-validated on other folds: a fold's model would have seen its test images; "
+            "use the same data, --seed and split settings"
+        )
+
+
 def _teacher_fold(source: Path, folds: pl.DataFrame, fold: int) -> Path:
     """A CV teacher's run for this fold (its folds must be ours); any other teacher as it is."""
     if not is_cv_folder(source):
         return source
-    theirs = pl.read_parquet(RunFolder(source).folds).select("path", "fold").sort("path")
-    if not theirs.equals(folds.select("path", "fold").sort("path")):
-        raise SettingError(
-            f"{source} was cross-validated on other folds: a fold's teacher would have seen its test images; "
-            "use the same data, --seed and split settings"
-        )
+    _require_same_folds(source, folds)
     return RunFolder(source).fold(fold).root
 
 
@@ -164,11 +169,13 @@ FIGURES = (
 )
 
 
-def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
-    """oof.parquet, cv_metrics/ (the pooled out-of-fold tables plus per-fold figures) and cv_result.json."""
+def summarise(out: Path, folds: pl.DataFrame, classes: list[str] | None = None) -> dict[str, Any]:
+    """oof.parquet, cv_metrics/ (the pooled out-of-fold tables plus per-fold figures) and cv_result.json. classes:
+    given for an ensemble (ensemble_cv), whose folds hold logits but no model; else fold 1's."""
     oof = out_of_fold(out, folds)
     logits = np.stack(oof["logits"].to_list()).astype(np.float32)
-    classes = Checkpoint.load(RunFolder(out).fold(1).best).classes
+    has_models = classes is None
+    classes = Checkpoint.load(RunFolder(out).fold(1).best).classes if classes is None else classes
     labels = oof["label"].replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64)
     temperature = fit_temperature(logits, labels.to_numpy().copy())
     probs = softmax(logits, temperature)
@@ -205,7 +212,7 @@ def summarise(out: Path, folds: pl.DataFrame) -> dict[str, Any]:
         .filter(pl.col("n") > 0, pl.col("recall") == 0)["class"]
         .to_list(),
     }
-    result["ood"] = held_out_ood(out, folds)
+    result["ood"] = held_out_ood(out, folds) if has_models else None
     write_text_atomic(RunFolder(out).cv_result, json.dumps(result, indent=2))
     log.info(
         "out-of-fold (%d images, %d folds): accuracy %.4f +- %.4f, macro-F1 %.4f +- %.4f; temperature %.3f",
@@ -248,6 +255,37 @@ def cv_calibration(folder: Path) -> tuple[float, float | None]:
     result = json.loads(RunFolder(folder).cv_result.read_text())
     ood = result.get("ood") or {}
     return float(result["temperature"]), ood.get("loo_pass_rate")
+
+
+def ensemble_cv(members: list[Path], out: Path) -> dict[str, Any]:
+    """The out-of-fold figures of the geometric mean of several CV runs on the same folds (issue 29: what an
+    ensemble teacher offers, measured before a student learns from it). Fold k's members never saw fold k, so the
+    ensemble's out-of-fold predictions are as honest as theirs. OUT gets folds.parquet, each fold's test logits
+    (the mean of the members' log-probabilities) and the usual oof.parquet, cv_metrics/ and cv_result.json, so
+    scripts/cv_compare.py compares it with any run on the same folds."""
+    if len(members) < 2:
+        raise SettingError("an ensemble needs at least two cross-validation folders")
+    folds = pl.read_parquet(RunFolder(members[0]).folds)
+    for member in members[1:]:
+        _require_same_folds(member, folds)
+    if out.exists():
+        raise SettingError(f"{out} exists: choose a new folder for the ensemble")
+    out.mkdir(parents=True)
+    with atomic_path(RunFolder(out).folds) as tmp:
+        folds.write_parquet(tmp)
+    for fold in sorted(folds["fold"].unique().to_list()):
+        parts = [pl.read_parquet(RunFolder(m).fold(fold).logits("test")).sort("path") for m in members]
+        if any(not part["path"].equals(parts[0]["path"]) for part in parts):
+            raise SettingError(f"fold {fold}: the members scored other images")
+        log_probs = [log_softmax(np.stack(part["logits"].to_list()).astype(np.float64), 1) for part in parts]
+        mean = np.mean(log_probs, axis=0).astype(np.float32)
+        RunFolder(out).fold(fold).root.mkdir()
+        with atomic_path(RunFolder(out).fold(fold).logits("test")) as tmp:
+            parts[0].select("path", "label").with_columns(logits=pl.Series(mean)).write_parquet(tmp)
+    result = summarise(out, folds, Checkpoint.load(RunFolder(members[0]).fold(1).best).classes)
+    result["members"] = [str(m) for m in members]
+    write_text_atomic(RunFolder(out).cv_result, json.dumps(result, indent=2))
+    return result
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
