@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from mri44.detail import DetailError, DetailFloor, input_detail
 from mri44.errors import MRI44Error
 from mri44.orientation import OrientationError, OrientationProbe
 
@@ -65,6 +67,7 @@ class OodSpec:
     method: str = METHOD
     source: str = ""  # how the threshold was chosen, for the model card
     orientation: OrientationProbe | None = None  # flags turned slices (mri44.orientation); None: not fitted
+    detail: DetailFloor | None = None  # flags images without fine detail (mri44.detail); None: not fitted
 
     def scores(self, feature_map: np.ndarray) -> np.ndarray:
         """ood_score per image (higher = less like the training images) from the (N, C, h, w) feature map."""
@@ -79,12 +82,17 @@ class OodSpec:
             )
         return normalised(pooled(feature_map))
 
-    def fill(self, rows: OodRows, positions: list[int] | np.ndarray, feature_map: np.ndarray) -> None:
-        """Both checks' scores for one batch's rows, from the feature map of its forward pass."""
+    def fill(
+        self, rows: OodRows, positions: list[int] | np.ndarray, feature_map: np.ndarray, inputs: Any = None
+    ) -> None:
+        """The checks' scores for one batch's rows, from the feature map of its forward pass and, for the detail
+        check, the batch it ran on (N, C, S, S; normalised or raw)."""
         unit = self._unit(feature_map)
         rows.distance[positions] = knn_distance(unit, self.reference, self.k)
         if rows.turned is not None and self.orientation is not None:
             rows.turned[positions] = self.orientation.turned_scores(unit)
+        if rows.detail is not None and inputs is not None:
+            rows.detail[positions] = input_detail(inputs)
 
     def to_json(self) -> str:
         ref = np.ascontiguousarray(self.reference, dtype=np.float16)
@@ -97,6 +105,7 @@ class OodSpec:
                 "shape": list(ref.shape),
                 "reference_fp16_b64": base64.b64encode(ref.tobytes()).decode("ascii"),
                 **({"orientation": self.orientation.to_dict()} if self.orientation is not None else {}),
+                **({"detail": self.detail.to_dict()} if self.detail is not None else {}),
             }
         )
 
@@ -123,7 +132,8 @@ class OodSpec:
             )
         try:
             probe = OrientationProbe.from_dict(data["orientation"], source) if "orientation" in data else None
-        except OrientationError as exc:
+            detail = DetailFloor.from_dict(data["detail"], source) if "detail" in data else None
+        except (OrientationError, DetailError) as exc:
             raise OodSpecError(str(exc)) from exc
         if probe is not None and probe.weights.shape[1] != shape[1]:
             raise OodSpecError(
@@ -135,6 +145,7 @@ class OodSpec:
             threshold=threshold,
             source=str(data.get("source", "")),
             orientation=probe,
+            detail=detail,
         )
 
 
@@ -147,16 +158,20 @@ class OodRows:
     turned: np.ndarray | None  # float32 (N,); None: the model has no orientation probe
     threshold: float | None  # the distance's: the model's own or --ood-threshold
     turned_threshold: float | None
+    detail: np.ndarray | None = None  # float32 (N,); None: the model has no detail floor
+    detail_threshold: float | None = None  # rows under it are flagged
 
     @classmethod
     def empty(cls, n: int, spec: OodSpec, threshold: float | None = None) -> OodRows:
         """Rows for n images under spec; threshold overrides the distance threshold (--ood-threshold)."""
-        probe = spec.orientation
+        probe, floor = spec.orientation, spec.detail
         return cls(
             distance=np.full(n, np.nan, np.float32),
             turned=np.full(n, np.nan, np.float32) if probe is not None else None,
             threshold=spec.threshold if threshold is None else threshold,
             turned_threshold=probe.threshold if probe is not None else None,
+            detail=np.full(n, np.nan, np.float32) if floor is not None else None,
+            detail_threshold=floor.threshold if floor is not None else None,
         )
 
 

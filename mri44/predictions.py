@@ -52,8 +52,10 @@ PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
     TOP_K: "per --top-k",
     "ood_score": pl.Float64(),  # 1 - cosine similarity to the nearest training image's features (mri44.ood)
     "turned_score": pl.Float64(),  # 1 - P(upright) from the model's orientation probe (mri44.orientation)
-    "ood": pl.Boolean(),  # flagged: either score above its threshold, or a DICOM modality other than MR
-    "ood_reason": pl.String(),  # why: "modality CT", "feature distance", "turned", joined by "; "; null if not flagged
+    "detail_score": pl.Float64(),  # fine detail of the model's input (mri44.detail): low for blurred or tiny images
+    "ood": pl.Boolean(),  # flagged: a check above (detail: under) its threshold, or a DICOM modality other than MR
+    # why: "modality CT", "feature distance", "turned", "low detail", joined by "; "; null if not flagged
+    "ood_reason": pl.String(),
     "seen_in_training": pl.Boolean(),  # the model trained on this very file (its bytes); null: no manifest
     "near_training": pl.Boolean(),  # ... or on the same picture re-encoded, resized or turned grey (mri44.fingerprint)
     "true_class": pl.String(),  # the nearest enclosing folder named like a class
@@ -97,33 +99,13 @@ def prediction_frame(
     training: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> pl.DataFrame:
     """One row per image: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
-    flags (mri44.ood; null when the model has no reference set or the check is off; turned_score null when it has
-    no orientation probe), the folder's label if known, the series tags and every class's probability. members: the frame and slice columns (mri44.readers
-    .member_columns), null when not given; training: (seen_in_training, near_training) per row
-    (mri44.fingerprint.training_flags), null when the model has no manifest."""
-    classes = np.asarray(class_names)
-    parsed = [parse_label(c) for c in class_names]
-    tumors = sorted({p.tumor_type for p in parsed})
-    contrasts = sorted({p.contrast for p in parsed})
-    tumor_of = np.array([tumors.index(p.tumor_type) for p in parsed])
-    contrast_of = np.array([contrasts.index(p.contrast) for p in parsed])
-    tumor_probs = probs @ np.eye(len(tumors))[tumor_of]
-    contrast_probs = probs @ np.eye(len(contrasts))[contrast_of]
-    k = min(top_k, len(classes))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    pred = order[:, 0]
-    rows = np.arange(len(rel_paths))
-    predicted: dict[str, pl.Series] = {
-        "pred_class": pl.Series(classes[pred]),
-        "pred_tumor_type": pl.Series(np.asarray(tumors)[tumor_of[pred]]),
-        "pred_contrast": pl.Series(np.asarray(contrasts)[contrast_of[pred]]),
-        "confidence": pl.Series(probs[rows, pred].astype(np.float64)),
-        "pred_tumor_type_prob": pl.Series(tumor_probs[rows, tumor_of[pred]].astype(np.float64)),
-        "pred_contrast_prob": pl.Series(contrast_probs[rows, contrast_of[pred]].astype(np.float64)),
-    }
-    for j in range(k):
-        predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
-        predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
+    flags (mri44.ood; null when the model has no reference set or the check is off; turned_score and detail_score
+    null when it has no orientation probe or detail floor), the folder's label if known, the series tags and every
+    class's probability. members: the frame and slice columns (mri44.readers.member_columns), null when not given;
+    training: (seen_in_training, near_training) per row (mri44.fingerprint.training_flags), null when the model
+    has no manifest."""
+    k = min(top_k, len(class_names))
+    predicted = _class_columns(probs, class_names, k)
     predicted |= _ood_scores(ood, len(rel_paths))
     seen, near = (
         pl.Series(v, dtype=pl.Boolean)
@@ -141,6 +123,7 @@ def prediction_frame(
     ).with_columns(
         by_features=_above("ood_score", ood.threshold if ood else None),
         by_turn=_above("turned_score", ood.turned_threshold if ood else None),
+        by_detail=_below("detail_score", ood.detail_threshold if ood else None),
     )
     # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
     # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
@@ -154,7 +137,10 @@ def prediction_frame(
             status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
             error="error",
             # Predictions of files that failed are meaningless zeros: null them.
-            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, "by_features", "by_turn"]},
+            **{
+                name: pl.when("ok").then(pl.col(name))
+                for name in [*predicted, "by_features", "by_turn", "by_detail"]
+            },
             seen_in_training=pl.when("ok").then(seen),
             near_training=pl.when("ok").then(near),
             note=notes,
@@ -166,10 +152,41 @@ def prediction_frame(
     return with_flags(rows_out).select(prediction_schema(k, len(class_names)).names())
 
 
+def _class_columns(probs: np.ndarray, class_names: list[str], k: int) -> dict[str, pl.Series]:
+    """The predicted class, its tumour type and contrast with their marginal probabilities, and the top k."""
+    classes = np.asarray(class_names)
+    parsed = [parse_label(c) for c in class_names]
+    tumors = sorted({p.tumor_type for p in parsed})
+    contrasts = sorted({p.contrast for p in parsed})
+    tumor_of = np.array([tumors.index(p.tumor_type) for p in parsed])
+    contrast_of = np.array([contrasts.index(p.contrast) for p in parsed])
+    tumor_probs = probs @ np.eye(len(tumors))[tumor_of]
+    contrast_probs = probs @ np.eye(len(contrasts))[contrast_of]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    pred = order[:, 0]
+    rows = np.arange(len(probs))
+    predicted: dict[str, pl.Series] = {
+        "pred_class": pl.Series(classes[pred]),
+        "pred_tumor_type": pl.Series(np.asarray(tumors)[tumor_of[pred]]),
+        "pred_contrast": pl.Series(np.asarray(contrasts)[contrast_of[pred]]),
+        "confidence": pl.Series(probs[rows, pred].astype(np.float64)),
+        "pred_tumor_type_prob": pl.Series(tumor_probs[rows, tumor_of[pred]].astype(np.float64)),
+        "pred_contrast_prob": pl.Series(contrast_probs[rows, contrast_of[pred]].astype(np.float64)),
+    }
+    for j in range(k):
+        predicted[f"top{j + 1}_class"] = pl.Series(classes[order[:, j]])
+        predicted[f"top{j + 1}_prob"] = pl.Series(probs[rows, order[:, j]].astype(np.float64))
+    return predicted
+
+
 def _ood_scores(ood: OodRows | None, n: int) -> dict[str, pl.Series]:
-    """ood_score and turned_score (null where not scored, or when the check or the probe is absent)."""
+    """ood_score, turned_score and detail_score (null where not scored, or when the check is absent)."""
     nothing = np.full(n, np.nan)
-    values = {"ood_score": ood.distance if ood else None, "turned_score": ood.turned if ood else None}
+    values = {
+        "ood_score": ood.distance if ood else None,
+        "turned_score": ood.turned if ood else None,
+        "detail_score": ood.detail if ood else None,
+    }
     return {
         column: pl.Series(nothing if v is None else np.asarray(v, np.float64), dtype=pl.Float64).fill_nan(
             None
@@ -184,21 +201,29 @@ def _above(column: str, threshold: float | None) -> pl.Expr:
     return pl.when(pl.col(column).is_not_null()).then(flag)
 
 
+def _below(column: str, threshold: float | None) -> pl.Expr:
+    """The detail check's flag: under its floor; null where its score is null or it has no floor."""
+    flag = pl.col(column) < threshold if threshold is not None else pl.lit(None, pl.Boolean)
+    return pl.when(pl.col(column).is_not_null()).then(flag)
+
+
 def with_flags(frame: pl.DataFrame) -> pl.DataFrame:
-    """ood and ood_reason from the three checks: the feature distance (by_features), the orientation probe
-    (by_turn; each null when it did not run) and the DICOM modality (null for other files). A row is flagged when
-    any says so; its flag is null only when none could speak, and always for error rows."""
+    """ood and ood_reason from the four checks: the feature distance (by_features), the orientation probe
+    (by_turn), the image's fine detail (by_detail; each null when it did not run) and the DICOM modality (null for
+    other files). A row is flagged when any says so; its flag is null only when none could speak, and always for
+    error rows."""
     other = pl.col("modality").is_not_null() & (pl.col("modality") != SCORED_MODALITY)
-    features, turned = pl.col("by_features").fill_null(False), pl.col("by_turn").fill_null(False)
+    features, turned, flat = (pl.col(c).fill_null(False) for c in ("by_features", "by_turn", "by_detail"))
     reasons = pl.concat_list(
         pl.when(other).then(pl.lit("modality ") + pl.col("modality")),
         pl.when(features).then(pl.lit("feature distance")),
         pl.when(turned).then(pl.lit("turned")),
+        pl.when(flat).then(pl.lit("low detail")),
     ).list.drop_nulls()
-    spoken = pl.any_horizontal(pl.col("by_features", "by_turn", "modality").is_not_null())
+    spoken = pl.any_horizontal(pl.col("by_features", "by_turn", "by_detail", "modality").is_not_null())
     ok = pl.col("status") == "ok"
     return frame.with_columns(
-        ood=pl.when(ok & other).then(True).when(ok & spoken).then(features | turned),
+        ood=pl.when(ok & other).then(True).when(ok & spoken).then(features | turned | flat),
         ood_reason=pl.when(ok & (reasons.list.len() > 0)).then(reasons.list.join("; ")),
     )
 

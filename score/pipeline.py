@@ -118,7 +118,7 @@ def score_batch(
         spec, run_features = backend.meta.ood, backend.run_features
         assert spec is not None and run_features is not None  # ood_check() decided
         logits, features = run_features(x)
-        spec.fill(ood, positions, features)
+        spec.fill(ood, positions, features, x)
     else:
         logits = backend.run(x)
     finite = np.isfinite(logits).all(1)

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 import polars as pl
 
+from mri44.detail import fit_detail, input_detail
 from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised, reference_rows
@@ -43,18 +44,21 @@ from mri44.stages.score.pipeline import decoded_batches
 
 def pooled_features(
     session, paths: list[Path], meta: ModelMetadata, batch: int = 32, turns: tuple[int, ...] = (0,)
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], np.ndarray]:
     """(N, C) pooled last-stage features of the readable images (unreadable ones are left out), one array per
-    quarter turn in `turns` (np.rot90 of the model's input pixels)."""
+    quarter turn in `turns` (np.rot90 of the model's input pixels), and their (N,) detail scores (mri44.detail)."""
     out: list[list[np.ndarray]] = [[] for _ in turns]
+    detail: list[np.ndarray] = []
     for _, pixels, _, _ in decoded_batches(list_items(paths), meta.preprocess, batch, 2, 2 * batch, Limits()):
         if pixels is None:
             continue
         for t, k in enumerate(turns):
-            turned = np.ascontiguousarray(np.rot90(pixels, k, axes=(1, 2)))
-            (features,) = session.run([FEATURES_NAME], {INPUT_NAME: normalize(turned, meta.preprocess)})
+            x = normalize(np.ascontiguousarray(np.rot90(pixels, k, axes=(1, 2))), meta.preprocess)
+            (features,) = session.run([FEATURES_NAME], {INPUT_NAME: x})
             out[t].append(features.reshape(*features.shape[:2], -1).mean(-1))
-    return [np.concatenate(parts) for parts in out]
+            if k == 0:
+                detail.append(input_detail(x))
+    return [np.concatenate(parts) for parts in out], np.concatenate(detail)
 
 
 def main() -> None:
@@ -112,20 +116,22 @@ def main() -> None:
     train = paths["train"]
     rows = reference_rows(len(train))
     turns = QUARTER_TURNS if args.orientation else (0,)
-    by_turn = pooled_features(session, [train[i] for i in rows], meta, turns=turns)
+    by_turn, train_detail = pooled_features(session, [train[i] for i in rows], meta, turns=turns)
     reference = by_turn[0]
     if len(reference) != len(rows):
         raise SystemExit(f"error: {len(rows) - len(reference)} reference images could not be read")
-    val = pooled_features(session, paths["val"], meta)[0] if paths["val"] else None
+    val = pooled_features(session, paths["val"], meta)[0][0] if paths["val"] else None
     rate = PASS_RATE if args.pass_rate is None else args.pass_rate
     if args.pass_rate_from is not None:
         selection = read_metadata(args.pass_rate_from).ood
         if selection is None:
             raise SystemExit(f"error: {args.pass_rate_from} has no out-of-distribution reference set")
         rate = leave_one_out_pass_rate(selection)
-    spec = fit_ood(reference, val, args.k, loo_pass_rate=rate)
+    floor = fit_detail(train_detail)
+    spec = replace(fit_ood(reference, val, args.k, loo_pass_rate=rate), detail=floor)
     print(
-        f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source})"
+        f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source}); "
+        f"detail floor {floor.threshold:.4f} ({floor.source})"
     )
     if args.orientation:
         train_rows = split.filter(split="train")
@@ -136,10 +142,11 @@ def main() -> None:
         spec = replace(spec, orientation=probe)
         print(f"orientation probe: threshold {probe.threshold:.4f} ({probe.source})")
     if paths["test"]:
-        test = pooled_features(session, paths["test"], meta, turns=turns)
+        test, test_detail = pooled_features(session, paths["test"], meta, turns=turns)
         scores = knn_distance(normalised(test[0]), spec.reference, spec.k)
         print(
-            f"test images flagged by feature distance: {(scores > spec.threshold).mean():.3f} of {len(scores)}"
+            f"test images flagged by feature distance: {(scores > spec.threshold).mean():.3f} of {len(scores)}; "
+            f"by low detail: {(test_detail < floor.threshold).mean():.3f}"
         )
         if spec.orientation is not None:
             probe = spec.orientation

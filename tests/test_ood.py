@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -132,8 +133,11 @@ def test_ood_off_and_threshold_override(exported_model: Path, synthetic_data: Pa
     rows = pl.read_parquet(tmp_path / "off.parquet")
     assert rows["ood_score"].null_count() == rows["ood"].null_count() == rows.height
     result = mri44.score(synthetic_data, model=exported_model, ood_threshold=10.0)
-    assert result.predictions is not None and not result.predictions["ood"].any()
-    assert result.tables is not None and result.tables["summary"]["ood_flagged"][0] == 0
+    assert result.predictions is not None and result.tables is not None
+    # The threshold moves the feature distance only; the other checks flag what they flag on their own.
+    reasons = result.predictions["ood_reason"].drop_nulls()
+    assert not reasons.str.contains("feature distance").any()
+    assert result.tables["summary"]["ood_flagged"][0] == reasons.len() == result.predictions["ood"].sum()
     strict = mri44.score(synthetic_data, model=exported_model, ood_threshold=-1.0)
     summary = strict.tables["summary"]  # type: ignore[index]
     assert summary["ood_flagged"][0] == summary["n"][0] and summary["accuracy_without_ood"][0] is None
@@ -222,7 +226,7 @@ def test_a_turned_flag_reaches_every_row_with_its_reason(
     for name, bias in (("turned", -5.0), ("upright", 5.0)):
         write_with_metadata(
             proto,
-            replace(meta, ood=replace(meta.ood, orientation=_probe(channels, bias))),
+            replace(meta, ood=replace(meta.ood, orientation=_probe(channels, bias), detail=None)),
             tmp_path / f"{name}.onnx",
         )
     # --ood-threshold moves the feature distance's threshold only: here no row is flagged by distance.
@@ -247,3 +251,55 @@ def test_a_turned_flag_reaches_every_row_with_its_reason(
     own = mri44.score(synthetic_data, model=exported_model).predictions
     assert meta.ood.orientation is not None and "grouped" in meta.ood.orientation.source
     assert own is not None and own["turned_score"].null_count() == 0
+
+
+def test_an_image_without_fine_detail_is_flagged_by_every_entry_point(
+    exported_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """A slice shrunk to a thumbnail and scaled back, or a tiny image, has no fine detail (mri44.detail): flagged
+    "low detail" from files and from arrays alike, while the training images pass the floor fitted on them."""
+    from mri44.detail import DETAIL_PASS, detail_scores
+    from mri44.onnx_meta import ModelMetadata, write_with_metadata
+
+    proto = onnx.load(str(exported_model))
+    meta = ModelMetadata.from_proto(proto)
+    assert meta.ood is not None and meta.ood.detail is not None  # training fitted it (evaluate_best)
+    assert f"{DETAIL_PASS:.1%}" in meta.ood.detail.source
+    write_with_metadata(
+        proto, replace(meta, ood=replace(meta.ood, orientation=None)), tmp_path / "plain.onnx"
+    )
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = sorted(synthetic_data.rglob("*.png"))[::12]
+    for i, source in enumerate(sources):
+        image = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
+        h, w = image.shape
+        cv2.imwrite(str(folder / f"{i:02d}-plain.png"), image)
+        shrunk = cv2.resize(cv2.resize(image, (6, 6), interpolation=cv2.INTER_AREA), (w, h))
+        cv2.imwrite(str(folder / f"{i:02d}-shrunk.png"), shrunk)
+        cv2.imwrite(
+            str(folder / f"{i:02d}-tiny.png"), cv2.resize(image, (6, 6), interpolation=cv2.INTER_AREA)
+        )
+    rows = mri44.score(folder, model=tmp_path / "plain.onnx", ood_threshold=10.0).predictions
+    assert rows is not None and rows["detail_score"].null_count() == 0
+    altered = rows.filter(~pl.col("path").str.contains("plain"))
+    assert set(altered["ood_reason"]) == {"low detail"} and altered["ood"].all()
+    plain = rows.filter(pl.col("path").str.contains("plain"))
+    assert plain["detail_score"].min() > altered["detail_score"].max()
+    assert plain["ood"].sum() <= 1  # training images: at most the 0.5 % under the floor, of 10
+    both = mri44.score(folder, model=tmp_path / "plain.onnx", ood_threshold=-1.0).predictions
+    assert both is not None and set(both.filter(pl.col("path").str.contains("tiny"))["ood_reason"]) == {
+        "feature distance; low detail"
+    }
+    model = mri44.load_model(tmp_path / "plain.onnx")
+    image = cv2.imread(str(sources[0]), cv2.IMREAD_GRAYSCALE)
+    arrays = model.predict(
+        [cv2.resize(image, (6, 6), interpolation=cv2.INTER_AREA), image], ood_threshold=10.0
+    )
+    assert arrays["ood_reason"][0] == "low detail" and arrays["detail_score"][1] > arrays["detail_score"][0]
+    off = mri44.score(folder, model=tmp_path / "plain.onnx", ood="off").predictions
+    assert off is not None and off["ood"].null_count() == off.height  # --ood off: no check speaks
+    # The statistic itself: blind to a per-channel affine scaling, zero for a flat image.
+    x = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(detail_scores(x), detail_scores(3.0 * x - 7.0), rtol=1e-5)
+    assert detail_scores(np.full((1, 32, 32), 9.0))[0] == 0.0

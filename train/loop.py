@@ -26,6 +26,7 @@ from tqdm import tqdm
 from mri44.atomic import OutputExistsError, atomic_path, held, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
 from mri44.checkpoint import Checkpoint
+from mri44.detail import fit_detail, input_detail
 from mri44.errors import SettingError
 from mri44.files import checkpoint_path
 from mri44.fingerprint import THUMB, TrainingManifest
@@ -676,7 +677,9 @@ def write_split_results(
     raw, probs = softmax(logits), softmax(logits, temperature)
     correct = probs.argmax(1) == data.labels[idx]
     evidence = OodRows.empty(len(idx), ood)
-    ood.fill(evidence, np.arange(len(idx)), pooled[:, :, None, None])  # pooled features: a 1 x 1 feature map
+    for start in range(0, len(idx), 256):  # pooled features: a 1 x 1 feature map; the detail check's pixels
+        rows = np.arange(start, min(start + 256, len(idx)))
+        ood.fill(evidence, rows, pooled[rows, :, None, None], data.pixels[idx[rows]])
     preds = prediction_frame(
         data.split["path"][idx].to_list(),
         probs,
@@ -755,11 +758,23 @@ def evaluate_best(
             *turned_features(model, batch_of, reference, device, cfg, bf16),
         ]
         ood = replace(ood, orientation=fit_orientation([normalised(x) for x in pooled_by_turn], groups))
+    train_detail = np.concatenate(
+        [input_detail(data.pixels[data.train_idx[s : s + 256]]) for s in range(0, len(data.train_idx), 256)]
+    )
+    ood = replace(ood, detail=fit_detail(train_detail))
     training = training_manifest(data.split[data.train_idx])
     best = best.with_fit(temperature, source, ood, training)
     best.save(best_path)
     result: dict[str, Any] = {"best_epoch": best.epoch + 1, "temperature": temperature}
-    log.info("temperature %.3f (%s); ood threshold %.4f (%s)", temperature, source, ood.threshold, ood.source)
+    log.info(
+        "temperature %.3f (%s); ood threshold %.4f (%s); detail floor %.4f (%s)",
+        temperature,
+        source,
+        ood.threshold,
+        ood.source,
+        ood.detail.threshold if ood.detail else float("nan"),
+        ood.detail.source if ood.detail else "",
+    )
     for name in ("val", "test"):
         if name in outputs:
             result[name] = write_split_results(
