@@ -7,10 +7,11 @@ image lacks is fine detail:
     detail = mean |x - x seen at a quarter of the input side| / std(x)
 
 on one channel of the model's input (any per-channel scaling gives the same value, so it reads the normalised
-batch the model gets). Measured at 256 px on every third of the 3,811 data images (1,270): 0.058-0.219, 0.5th
-percentile 0.070; the same slices shrunk to 32 px and back: 0.013-0.050; to 64 px: 0.025-0.088; a quarter of the
-slice enlarged 2x: 0.022-0.176. A model's floor lets DETAIL_PASS of its training images through; it travels in the
-model's OodSpec (mri44.ood). An image statistic, not a learned one: unseen slices pass it as often as training ones.
+batch the model gets). Measured at 256 px on every third of the 3,811 data images (1,271; scripts/detail_probe.py):
+0.046-0.223, 0.5th percentile 0.068; the same slices shrunk to 32 px and back: 0.012-0.057; to 64 px: 0.025-0.096
+(median 0.048); a quarter of the slice enlarged 2x: 0.020-0.162 (median 0.068). A model's floor lets DETAIL_PASS of
+its training images through; it travels in the model's OodSpec (mri44.ood). An image statistic, not a learned one:
+unseen slices pass it as often as training ones.
 """
 
 from __future__ import annotations
