@@ -28,9 +28,11 @@ from mri44.orientation import OrientationError, OrientationProbe
 
 METHOD = "knn-cosine"
 PASS_RATE = 0.95  # the share of in-distribution validation images the threshold lets through
-HELD_OUT_PASS = (
-    0.97  # with cross-validation: the share of out-of-fold (unseen, in-distribution) images let through
-)
+# With cross-validation, the share of out-of-fold (unseen, in-distribution) images a check lets through. Issue 32
+# allows 3 % of them flagged in all: the feature distance gets 2 %, the orientation probe 0.5 % (and the detail
+# check 0.5 % of training images, mri44.detail.DETAIL_PASS). Out-of-fold figures: docs/ood.md.
+HELD_OUT_PASS = 0.98
+TURNED_HELD_OUT_PASS = 0.995
 MAX_REFERENCE = 2048  # reference images kept in the model (evenly spread over the training set)
 
 

@@ -3,10 +3,12 @@
     python scripts/fit_ood.py MODEL.onnx --data DATA --split SPLIT.csv --out MODEL-ood.onnx [--k 5]
     python scripts/fit_ood.py MODEL.onnx --data DATA --split SPLIT.csv --out NEW.onnx --calibration-from CV_DIR
 
-With --calibration-from, the temperature and the threshold's pass rate both come from the recipe's cross-validation
-(CV_DIR/cv_result.json: the temperature fitted on all out-of-fold logits and the leave-one-out pass rate that let
-97 % of the unseen images through), as `python -m train --temperature-from CV_DIR` gives a model at the end of
-training: for a model fitted on all images before its recipe's cross-validation had finished.
+With --calibration-from, the temperature, the distance threshold's pass rate and the orientation probe's threshold
+come from the recipe's cross-validation, measured on its out-of-fold images with the current rules
+(train/cv.held_out_ood: the temperature fitted on all out-of-fold logits, the leave-one-out pass rate that lets
+mri44.ood.HELD_OUT_PASS of the unseen images through, the TURNED_HELD_OUT_PASS quantile of their turned scores), as
+`python -m train --temperature-from CV_DIR` gives a model at the end of training: for a model fitted on all images
+before its recipe's cross-validation had finished.
 
 Adds the `features` output (the last stage's feature map; export/onnx_export.add_feature_output), runs the model on
 the split's train images (the reference set, at most mri44.ood.MAX_REFERENCE, evenly spread) and val images (the
@@ -40,6 +42,7 @@ from mri44.run_folder import RunFolder
 from mri44.runtime import make_session
 from mri44.stages.export.onnx_export import add_feature_output
 from mri44.stages.score.pipeline import decoded_batches
+from mri44.stages.train.cv import held_out_ood
 
 
 def pooled_features(
@@ -99,13 +102,20 @@ def main() -> None:
         raise SystemExit(f"error: {args.out} exists or is the input model; choose a new file")
     proto = add_feature_output(onnx.load(str(args.model)))
     meta = ModelMetadata.from_proto(proto, str(args.model))
+    turned_threshold = None
     if args.calibration_from is not None:
         cv = json.loads(RunFolder(args.calibration_from).cv_result.read_text())
-        args.pass_rate = cv["ood"]["loo_pass_rate"]
+        unseen = held_out_ood(args.calibration_from, pl.read_parquet(RunFolder(args.calibration_from).folds))
+        if unseen is None:
+            raise SystemExit(f"error: {args.calibration_from}'s fold models carry no reference set")
+        args.pass_rate, turned_threshold = unseen["loo_pass_rate"], unseen.get("turned_threshold")
         print(
             f"temperature {meta.temperature:.4f} -> {cv['temperature']:.4f} (out-of-fold ECE "
-            f"{cv['ece_before_temperature']:.4f} -> {cv['ece']:.4f}), pass rate {args.pass_rate:.4f}, "
-            f"from {args.calibration_from}"
+            f"{cv['ece_before_temperature']:.4f} -> {cv['ece']:.4f}); from {args.calibration_from}'s "
+            f"out-of-fold images: pass rate {args.pass_rate:.4f} ({unseen['passing']:.1%} of them pass), turned "
+            f"threshold {turned_threshold} ({unseen.get('turned_passing')}); its folds' own thresholds flagged "
+            f"{np.round(unseen['flagged_at_fold_thresholds'], 3).tolist()} by distance, "
+            f"{np.round(unseen.get('turned_flagged_at_fold_thresholds', []), 3).tolist()} as turned"
         )
         meta = replace(meta, temperature=float(cv["temperature"]))
     session = make_session(proto.SerializeToString(), "cpu")
@@ -139,6 +149,12 @@ def main() -> None:
             train_rows["group"].to_numpy()[rows] if "group" in train_rows.columns else np.arange(len(rows))
         )
         probe = fit_orientation([normalised(x) for x in by_turn], groups)
+        if turned_threshold is not None:
+            probe = replace(
+                probe,
+                threshold=turned_threshold,
+                source=f"{probe.source}; threshold from the out-of-fold turned scores of {args.calibration_from}",
+            )
         spec = replace(spec, orientation=probe)
         print(f"orientation probe: threshold {probe.threshold:.4f} ({probe.source})")
     if paths["test"]:

@@ -11,6 +11,7 @@ import pytest
 from synthetic import make_dataset, tiny_run_config
 
 from mri44.errors import SettingError
+from mri44.ood import HELD_OUT_PASS, TURNED_HELD_OUT_PASS
 from mri44.preprocess import PreprocessSpec
 from mri44.run_folder import RunFolder
 from mri44.stages.train.cv import (
@@ -187,10 +188,18 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
     # The threshold rule measured on unseen images, and an all-data fit that takes it with the temperature.
     ood = result["ood"]
     assert (
-        ood["passing"] == 0.97
+        ood["passing"] == HELD_OUT_PASS
         and 0 < ood["loo_pass_rate"] <= 1
         and len(ood["flagged_at_fold_thresholds"]) == 3
     )
+    # The probe's threshold: the quantile of the folds' out-of-fold turned scores that lets 99.5 % of them pass.
+    turned = np.concatenate(
+        [
+            pl.read_parquet(tmp_path / "cv" / f"fold-{k}" / "test_predictions.parquet")["turned_score"]
+            for k in (1, 2, 3)
+        ]
+    )
+    assert ood["turned_threshold"] == pytest.approx(np.quantile(turned, TURNED_HELD_OUT_PASS))
     final = run_training(
         tiny_run_config(data, tmp_path / "all", epochs=1, all_data=True, temperature_from=tmp_path / "cv")
     )
@@ -200,6 +209,7 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
     best = Checkpoint.load(tmp_path / "all" / "best.pt")
     assert best.ood is not None and "out-of-fold" in best.temperature_source
     assert f"{ood['loo_pass_rate']:.1%}" in best.ood.source
+    assert best.ood.orientation is not None and best.ood.orientation.threshold == ood["turned_threshold"]
 
 
 def test_holdout_keeps_whole_groups_out_of_an_all_data_fit(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from mri44.calibration import fit_temperature, softmax
 from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
 from mri44.metrics import expected_calibration_error, metric_tables, write_tables
-from mri44.ood import HELD_OUT_PASS, pass_rate_for
+from mri44.ood import HELD_OUT_PASS, TURNED_HELD_OUT_PASS, pass_rate_for
 from mri44.run_folder import RunFolder
 
 from .config import TrainConfig
@@ -226,35 +226,51 @@ def summarise(out: Path, folds: pl.DataFrame, classes: list[str] | None = None) 
 
 
 def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
-    """The out-of-distribution threshold rule measured on unseen images (issue 32): per fold, the leave-one-out
-    pass rate of its reference at the threshold that lets HELD_OUT_PASS of its test images through
-    (mri44.ood.pass_rate_for), their mean for an all-data fit (--temperature-from this folder), and the share of
-    out-of-fold images each fold's own threshold flagged. None when the folds carry no reference set."""
-    rates, flagged = [], []
-    for fold in sorted(folds["fold"].unique().to_list()):
+    """The out-of-distribution thresholds measured on unseen images (issue 32), for an all-data fit
+    (--temperature-from this folder, scripts/fit_ood.py --calibration-from):
+    - the feature distance: per fold, the leave-one-out pass rate of its reference at the threshold that lets
+      HELD_OUT_PASS of its test images through (mri44.ood.pass_rate_for), and their mean;
+    - the orientation probe: the TURNED_HELD_OUT_PASS quantile of every fold's out-of-fold turned scores. The probe's
+      output is a probability, comparable between models of one recipe, whereas its own threshold (held-out groups
+      of the training images) let 3-6 % of unseen upright slices through;
+    and the share of out-of-fold images each fold's own thresholds flagged. None when the folds carry no reference
+    set."""
+    rates, flagged, turned, turned_flagged = [], [], [], []
+    fold_numbers = sorted(folds["fold"].unique().to_list())
+    for fold in fold_numbers:
         ood = Checkpoint.load(RunFolder(out).fold(fold).best).ood
         if ood is None:
             return None
-        scores = (
-            pl.read_parquet(RunFolder(out).fold(fold).predictions("test"))["ood_score"]
-            .drop_nulls()
-            .to_numpy()
-        )
+        rows = pl.read_parquet(RunFolder(out).fold(fold).predictions("test"))
+        scores = rows["ood_score"].drop_nulls().to_numpy()
         rates.append(pass_rate_for(ood, scores))
         flagged.append(float((scores > ood.threshold).mean()))
-    return {
+        if ood.orientation is not None and "turned_score" in rows.columns:
+            turned.append(rows["turned_score"].drop_nulls().to_numpy())
+            turned_flagged.append(float((turned[-1] > ood.orientation.threshold).mean()))
+    result: dict[str, Any] = {
         "passing": HELD_OUT_PASS,
         "loo_pass_rate": float(np.mean(rates)),
         "loo_pass_rate_per_fold": rates,
         "flagged_at_fold_thresholds": flagged,
     }
+    if len(turned) == len(fold_numbers):
+        result |= {
+            "turned_passing": TURNED_HELD_OUT_PASS,
+            "turned_threshold": float(
+                np.clip(np.quantile(np.concatenate(turned), TURNED_HELD_OUT_PASS), 1e-6, 1 - 1e-6)
+            ),
+            "turned_flagged_at_fold_thresholds": turned_flagged,
+        }
+    return result
 
 
-def cv_calibration(folder: Path) -> tuple[float, float | None]:
-    """(temperature, leave-one-out pass rate or None) that a CV folder measured, for an all-data fit."""
+def cv_calibration(folder: Path) -> tuple[float, float | None, float | None]:
+    """(temperature, leave-one-out pass rate, orientation threshold; each None where not measured) that a CV
+    folder measured on its out-of-fold images, for an all-data fit."""
     result = json.loads(RunFolder(folder).cv_result.read_text())
     ood = result.get("ood") or {}
-    return float(result["temperature"]), ood.get("loo_pass_rate")
+    return float(result["temperature"]), ood.get("loo_pass_rate"), ood.get("turned_threshold")
 
 
 def ensemble_cv(members: list[Path], out: Path) -> dict[str, Any]:

@@ -102,8 +102,9 @@ def choose_split(cfg: TrainConfig, manifest: pl.DataFrame, resuming: bool) -> pl
         return load_split(RunFolder(cfg.out).split, manifest)
     if cfg.all_data and cfg.holdout is not None:
         return holdout_split(manifest, cfg.holdout, cfg.split)
-    if cfg.all_data:
-        return manifest.with_columns(group=pl.lit(-1, pl.Int64), split=pl.lit("train"))
+    if cfg.all_data:  # the groups still serve: the orientation probe's threshold is set on held-out groups
+        groups = group_ids(manifest, cfg.split.phash_distance, cfg.split.max_group_share)
+        return manifest.with_columns(group=pl.Series(groups, dtype=pl.Int64), split=pl.lit("train"))
     if cfg.split_file:
         return load_split(cfg.split_file, manifest)
     return make_split(manifest, cfg.split)

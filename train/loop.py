@@ -636,7 +636,7 @@ def choose_temperature(
 def _loo_pass_rate(cfg: TrainConfig) -> float:
     """For a run without validation images: the selection run's (--temperature-from) leave-one-out pass rate,
     so the all-data fit's out-of-distribution threshold is calibrated like its selection run's (mri44.ood); from
-    a cross-validation folder, the rate that let 97 % of its out-of-fold images through."""
+    a cross-validation folder, the rate that let mri44.ood.HELD_OUT_PASS of its out-of-fold images through."""
     if cfg.temperature_from is None:
         return PASS_RATE
     if is_cv_folder(cfg.temperature_from):  # measured on unseen images, fold by fold
@@ -757,7 +757,19 @@ def evaluate_best(
             outputs["reference"][1],
             *turned_features(model, batch_of, reference, device, cfg, bf16),
         ]
-        ood = replace(ood, orientation=fit_orientation([normalised(x) for x in pooled_by_turn], groups))
+        probe = fit_orientation([normalised(x) for x in pooled_by_turn], groups)
+        turned_threshold = (
+            cv_calibration(cfg.temperature_from)[2]
+            if cfg.temperature_from is not None and is_cv_folder(cfg.temperature_from)
+            else None
+        )
+        if turned_threshold is not None:  # measured on unseen slices (train/cv.held_out_ood)
+            probe = replace(
+                probe,
+                threshold=turned_threshold,
+                source=f"{probe.source}; threshold from the out-of-fold turned scores of {cfg.temperature_from}",
+            )
+        ood = replace(ood, orientation=probe)
     train_detail = np.concatenate(
         [input_detail(data.pixels[data.train_idx[s : s + 256]]) for s in range(0, len(data.train_idx), 256)]
     )
