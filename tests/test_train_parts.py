@@ -234,3 +234,28 @@ def test_an_ensemble_teacher_gives_the_geometric_mean_of_its_members_probabiliti
         assert (stored - probs[0]).abs().max() > 0.01  # not simply the first member
     single = compute_soft_labels(members[:1], pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0)
     assert single["teacher"] == "teacher 1"
+
+
+def test_tumour_and_contrast_heads_learn_from_the_shared_features_and_never_leave_training() -> None:
+    """The factored head's training-only heads (train/aux_heads.py): their loss reaches the body, their
+    weights are kept out of the plain network's."""
+    from mri44.stages.train.aux_heads import attach_aux_heads, aux_loss, without_aux
+
+    classes = ["Carcinoma T1", "Carcinoma T1C+", "Meningioma T1C+", "_NORMAL T2"]
+    torch.manual_seed(0)
+    model = build_model(len(classes), "resnet18")
+    heads = attach_aux_heads(model, classes)
+    assert (
+        heads.tumor.out_features == 3 and heads.contrast.out_features == 3
+    )  # Carcinoma, Meningioma, _NORMAL
+    assert heads.tumor_of.tolist() == [0, 0, 1, 2] and heads.contrast_of.tolist() == [0, 1, 1, 2]
+    logits = model(torch.randn(4, 3, 32, 32))
+    assert logits.shape == (4, 4) and heads.pooled is not None and heads.pooled.shape == (4, 512)
+    loss = aux_loss(model, torch.tensor([0, 1, 2, 3]), 0.0)
+    loss.backward()
+    assert torch.isfinite(loss) and heads.tumor.weight.grad is not None
+    assert model.layer4[1].conv2.weight.grad is not None and model.layer4[1].conv2.weight.grad.abs().sum() > 0
+    assert model.fc.weight.grad is None  # the 44-way head plays no part in this loss
+    plain = build_model(len(classes), "resnet18")
+    plain.load_state_dict(without_aux(model.state_dict()))  # strict: exactly the plain network's weights
+    assert any(k.startswith("aux.") for k in model.state_dict())

@@ -16,6 +16,7 @@ from synthetic import tiny_run_config
 
 from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
+from mri44.labels import parse_label
 from mri44.model import build_model
 from mri44.stages.train.augment import apply_params, draw_params
 from mri44.stages.train.loop import run_training
@@ -154,3 +155,27 @@ def test_an_exported_model_teaches_like_its_checkpoint(trained_run: Path, export
     assert from_onnx.description.endswith(file_sha256(exported_model))
     with pytest.raises(SettingError, match="other classes"):
         load_teacher(exported_model, ckpt.classes[::-1], spec, cpu)
+
+
+@pytest.mark.slow
+def test_a_run_with_tumour_and_contrast_heads_keeps_them_in_last_pt_only_and_resumes(
+    synthetic_data: Path, tmp_path: Path
+) -> None:
+    # The heads without a teacher; two warm-up epochs, so a run stopped after epoch 1 followed the 2-epoch schedule.
+    recipe = replace(get_recipe("distill-aux"), name="aux", kd_weight=0.0, warmup_epochs=2.0)
+    cfg = tiny_run_config(synthetic_data, tmp_path / "straight", recipe=recipe, image_size=32, epochs=2)
+    run_training(cfg)
+    last = Checkpoint.load(tmp_path / "straight" / "last.pt")
+    types = {parse_label(name).tumor_type for name in last.classes}
+    assert last.weights["aux.tumor.weight"].shape == (len(types), 512)
+    best = Checkpoint.load(tmp_path / "straight" / "best.pt")
+    assert not any(k.startswith("aux.") for k in best.weights)
+    best.model()  # the plain network loads strictly: export and scoring never see the heads
+    stopped = replace(cfg, out=tmp_path / "stopped")
+    run_training(replace(stopped, epochs=1))
+    run_training(replace(stopped, resume=True))
+    resumed = Checkpoint.load(tmp_path / "stopped" / "last.pt").weights
+    for key in ("aux.tumor.weight", "aux.contrast.bias", "fc.weight", "layer4.1.conv2.weight"):
+        torch.testing.assert_close(resumed[key], last.weights[key], msg=key)
+    with pytest.raises(SettingError, match="aux_weight"):
+        run_training(replace(cfg, out=tmp_path / "frozen", freeze_through="layer3", weights="x"))

@@ -19,6 +19,8 @@ from torch.optim.swa_utils import AveragedModel
 from mri44.checkpoint import Checkpoint
 from mri44.errors import SettingError
 
+from .aux_heads import without_aux
+
 # What last.pt must hold beyond the card to resume a run exactly ("ema" too when the recipe averages weights).
 NEEDED_TO_RESUME = ("optimizer", "scheduler", "generator", "aug_generator", "mix_rng", "history")
 
@@ -64,7 +66,8 @@ class RunState:
         replace(card, weights=self.model.state_dict(), epoch=self.epoch, resume=resume).save(path)
 
     def save_best(self, path: Path, card: Checkpoint, summary: dict[str, Any]) -> None:
-        weights = {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()}
+        # the plain network: training-only heads (train/aux_heads.py) stay in last.pt
+        weights = {k: v.detach().cpu() for k, v in without_aux(self.eval_model.state_dict()).items()}
         replace(card, weights=weights, epoch=self.epoch, val_summary=summary).save(path)
 
     def restore(self, path: Path, classes: list[str]) -> None:

@@ -52,6 +52,7 @@ from mri44.run_folder import RunFolder
 from mri44.torch_input import to_input
 
 from .augment import apply_params, random_affine_intensity
+from .aux_heads import AUX_PREFIX, attach_aux_heads, aux_loss
 from .checkpoint import RunState
 from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from .cv import cv_calibration, is_cv_folder
@@ -97,7 +98,7 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.o
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        group_lr = lr if name.startswith("fc.") else lr * recipe.backbone_lr_factor
+        group_lr = lr if name.startswith(("fc.", AUX_PREFIX)) else lr * recipe.backbone_lr_factor
         decay = recipe.weight_decay if recipe.optimizer == "sgd" or param.ndim > 1 else 0.0
         groups.setdefault((group_lr, decay), []).append(param)
     param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
@@ -273,6 +274,8 @@ def train_one_epoch(
             loss = loss + (1.0 - lam) * F.cross_entropy(
                 logits, y_partner, label_smoothing=recipe.label_smoothing
             )
+        if recipe.aux_weight > 0:
+            loss = loss + recipe.aux_weight * aux_loss(state.model, y, recipe.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -426,6 +429,10 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
         data = prepare_data(cfg, spec, device, resuming, write=False)
     model = build_model(len(data.classes), cfg.arch)
     init_note = init_weights(model, cfg.weights, cfg.allow_random_init, cfg.arch)
+    if (
+        cfg.recipe.aux_weight > 0
+    ):  # training-only heads (train/aux_heads.py), before the optimiser sees the model
+        attach_aux_heads(model, data.classes)
     log.info(
         "model: %s, %d classes, %s; device %s x %d, %s",
         cfg.arch,
@@ -496,6 +503,11 @@ def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
         raise SettingError(
             "--freeze-through trains in one process without distillation: drop torchrun, --teacher or "
             "--soft-labels"
+        )
+    if cfg.recipe.aux_weight > 0 and (ranks.active or cfg.freeze_through != "none" or cfg.recipe.mixup_alpha):
+        raise SettingError(
+            "a recipe with tumour-type and contrast heads (aux_weight > 0) trains the whole network in one "
+            "process without mixup: drop torchrun, --freeze-through or the mixup recipe"
         )
 
 

@@ -36,6 +36,9 @@ class Recipe:
     kd_weight: float = 0.0
     kd_temperature: float = 2.0
     backbone_lr_factor: float = 1.0  # the pretrained body's lr as a share of the head's (fc) lr
+    # > 0: tumour-type and contrast heads beside the 44-way one, their cross-entropy at this weight in the loss
+    # (train/aux_heads.py; training only, the exported network is the plain one)
+    aux_weight: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +80,8 @@ RECIPES["default"] = replace(RECIPES["adamw"], name="default", resize="stretch")
 
 # The shipped ResNet-18: `default` plus distillation from the fine-tuned ImageNet ResNet-50 (--teacher).
 RECIPES["distill"] = replace(RECIPES["default"], name="distill", kd_weight=0.7, kd_temperature=2.0, epochs=15)
+# The student with tumour-type and contrast heads beside its 44-way one (issue 29's factored head).
+RECIPES["distill-aux"] = replace(RECIPES["distill"], name="distill-aux", aux_weight=0.3)
 # Fine-tuning ImageNet weights (the ResNet-50 teacher): a tenth of the from-scratch learning rate, short.
 RECIPES["finetune"] = replace(RECIPES["default"], name="finetune", lr=5e-4, epochs=8, warmup_epochs=1.0)
 # The late stages of an ImageNet network on cached frozen features (--freeze-through layer3): the project owners'
