@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mri44.atomic import atomic_path
 from mri44.discover import UNLISTABLE, find_images, require_folder
 from mri44.errors import SettingError
-from mri44.fingerprint import perceptual_hash, thumbnail
+from mri44.fingerprint import signature
 from mri44.imageio import ImageDecodeError, decode_bytes
 from mri44.labels import parse_label
 from mri44.preprocess import PreprocessSpec, to_model_pixels
@@ -81,14 +81,15 @@ def _scan_one(
     except (ImageDecodeError, OSError) as exc:
         return rel, str(exc)
     parsed = parse_label(label)
+    phash, thumb = signature(image)
     row = {
         "path": rel,
         "label": label,
         "tumor_type": parsed.tumor_type,
         "contrast": parsed.contrast,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "phash": perceptual_hash(image),
-        "thumb": thumbnail(image).tobytes(),  # the training manifest's thumbnail (mri44.fingerprint)
+        "phash": phash,
+        "thumb": thumb.tobytes(),  # the training manifest's thumbnail (mri44.fingerprint)
         "width": int(image.shape[1]),
         "height": int(image.shape[0]),
         "bytes": len(data),
