@@ -64,6 +64,26 @@ def pooled_features(
     return [np.concatenate(parts) for parts in out], np.concatenate(detail)
 
 
+def add_detail_floor(proto: onnx.ModelProto, meta: ModelMetadata, args: argparse.Namespace) -> None:
+    """--detail-only: the model's OOD spec as it is, plus the detail floor of the split's training images."""
+    if meta.ood is None:
+        raise SystemExit(f"error: {args.model} has no out-of-distribution spec to add the detail floor to")
+    split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
+    train = [args.data / p for p in split.filter(split="train")["path"]]
+    reference = [train[i] for i in reference_rows(len(train))]
+    batches = decoded_batches(list_items(reference), meta.preprocess, 64, 2, 128, Limits())
+    detail = np.concatenate(
+        [
+            input_detail(normalize(pixels, meta.preprocess))
+            for _, pixels, _, _ in batches
+            if pixels is not None
+        ]
+    )
+    floor = fit_detail(detail)
+    write_with_metadata(proto, replace(meta, ood=replace(meta.ood, detail=floor)), args.out)
+    print(f"detail floor {floor.threshold:.4f} ({floor.source}); wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,11 +117,20 @@ def main() -> None:
         help="a cross-validation folder of the model's recipe: its out-of-fold temperature and leave-one-out "
         "pass rate (cv_result.json) replace the model's temperature and --pass-rate",
     )
+    parser.add_argument(
+        "--detail-only",
+        action="store_true",
+        help="keep the model's reference, thresholds and probe; only add the detail floor (mri44.detail) fitted "
+        "on the split's training images (decoding only, no forward pass)",
+    )
     args = parser.parse_args()
     if args.out.resolve() == args.model.resolve() or args.out.exists():
         raise SystemExit(f"error: {args.out} exists or is the input model; choose a new file")
     proto = add_feature_output(onnx.load(str(args.model)))
     meta = ModelMetadata.from_proto(proto, str(args.model))
+    if args.detail_only:
+        add_detail_floor(proto, meta, args)
+        return
     turned_threshold = None
     if args.calibration_from is not None:
         cv = json.loads(RunFolder(args.calibration_from).cv_result.read_text())
