@@ -259,3 +259,14 @@ def test_tumour_and_contrast_heads_learn_from_the_shared_features_and_never_leav
     plain = build_model(len(classes), "resnet18")
     plain.load_state_dict(without_aux(model.state_dict()))  # strict: exactly the plain network's weights
     assert any(k.startswith("aux.") for k in model.state_dict())
+
+
+def test_a_mixup_view_is_taught_the_same_mix_of_its_two_soft_labels() -> None:
+    from mri44.stages.train.distill import mix_log_probs
+
+    rng = np.random.default_rng(0)
+    p, q = (torch.softmax(torch.as_tensor(rng.normal(0, 3, (4, 6))), 1) for _ in range(2))
+    for lam in (0.0, 0.3, 1.0):
+        mixed = mix_log_probs(p.log(), q.log(), lam).exp()
+        torch.testing.assert_close(mixed, lam * p + (1 - lam) * q)
+        torch.testing.assert_close(mixed.sum(1), torch.ones(4, dtype=mixed.dtype))

@@ -115,6 +115,13 @@ def ensemble_description(teachers: Sequence[Teacher]) -> str:
     return "geometric mean of " + " + ".join(teacher.description for teacher in teachers)
 
 
+def mix_log_probs(log_p: torch.Tensor, log_q: torch.Tensor, lam: float) -> torch.Tensor:
+    """log(lam * p + (1 - lam) * q) from log-probabilities: the soft label of a mixup view when the teacher's labels
+    were stored per view (train/soft_labels.py) and it cannot see the mixed image itself."""
+    weights = torch.log(torch.tensor([lam, 1.0 - lam], dtype=log_p.dtype, device=log_p.device))
+    return torch.logaddexp(log_p + weights[0], log_q + weights[1])
+
+
 def distillation_loss(
     student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
 ) -> torch.Tensor:

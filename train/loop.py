@@ -58,7 +58,7 @@ from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from .cv import cv_calibration, is_cv_folder
 from .data import RunData, prepare_data
 from .dataset import class_folders, load_or_scan
-from .distill import Teacher, distillation_loss, ensemble_description, load_teacher
+from .distill import Teacher, distillation_loss, ensemble_description, load_teacher, mix_log_probs
 from .distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
 from .frozen import (
     check_freeze_settings,
@@ -255,6 +255,10 @@ def train_one_epoch(
             lam = float(state.mix_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha))
             partner = torch.randperm(len(sel), device=device, generator=state.augment)
             x, y_partner = lam * x + (1.0 - lam) * x[partner], y[partner]
+            # The distillation target of the mixed view: an on-the-fly teacher sees the mixed pixels themselves;
+            # stored soft labels mix as probabilities.
+            raw = None if raw is None else lam * raw + (1.0 - lam) * raw[partner]
+            soft = None if soft is None else mix_log_probs(soft, soft[partner], lam)
         if ranks.active:  # this rank's share of the global batch
             x, y = x[part], y[part]
             raw = raw[part] if raw is not None else None
@@ -265,15 +269,15 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()
         loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        if y_partner is not None:
+            loss = loss + (1.0 - lam) * F.cross_entropy(
+                logits, y_partner, label_smoothing=recipe.label_smoothing
+            )
         if teacher is not None and raw is not None:
             soft = F.log_softmax(teacher.logits(raw) / recipe.kd_temperature, 1)
         if soft is not None:
             kd = distillation_loss(logits, soft, recipe.kd_temperature)
             loss = (1.0 - recipe.kd_weight) * loss + recipe.kd_weight * kd
-        if y_partner is not None:
-            loss = loss + (1.0 - lam) * F.cross_entropy(
-                logits, y_partner, label_smoothing=recipe.label_smoothing
-            )
         if recipe.aux_weight > 0:
             loss = loss + recipe.aux_weight * aux_loss(state.model, y, recipe.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
@@ -579,8 +583,6 @@ def _teacher_for(
             "distillation needs one of --teacher RUN_DIR or --soft-labels RUN_DIR and a recipe with "
             "kd_weight > 0 (e.g. --recipe distill)"
         )
-    if sources and cfg.recipe.mixup_alpha > 0:
-        raise SettingError("distillation and mixup do not combine: choose a recipe without mixup")
     if cfg.teacher is None:
         return None
     teacher = load_teacher(cfg.teacher, classes, spec, device)

@@ -82,6 +82,9 @@ RECIPES["default"] = replace(RECIPES["adamw"], name="default", resize="stretch")
 RECIPES["distill"] = replace(RECIPES["default"], name="distill", kd_weight=0.7, kd_temperature=2.0, epochs=15)
 # The student with tumour-type and contrast heads beside its 44-way one (issue 29's factored head).
 RECIPES["distill-aux"] = replace(RECIPES["distill"], name="distill-aux", aux_weight=0.3)
+# The student on mixed views (issue 29's "more patient student"): mixup at alpha 0.2 on the stored views, the
+# soft label of a mixed view the same mix of the two views' soft labels (train/distill.py mix_log_probs).
+RECIPES["distill-mix"] = replace(RECIPES["distill"], name="distill-mix", mixup_alpha=0.2)
 # Fine-tuning ImageNet weights (the ResNet-50 teacher): a tenth of the from-scratch learning rate, short.
 RECIPES["finetune"] = replace(RECIPES["default"], name="finetune", lr=5e-4, epochs=8, warmup_epochs=1.0)
 # The late stages of an ImageNet network on cached frozen features (--freeze-through layer3): the project owners'
