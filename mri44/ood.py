@@ -219,11 +219,13 @@ def fit_ood(
     k: int,
     max_reference: int = MAX_REFERENCE,
     loo_pass_rate: float = PASS_RATE,
+    rate_source: str | None = None,
 ) -> OodSpec:
     """Reference = the training images' features (at most max_reference, evenly spread); threshold = the score
     that PASS_RATE of the validation images stay under. Without validation images (an all-data run), the
     loo_pass_rate quantile of the training images' own leave-one-out scores: give the selection run's
-    leave_one_out_pass_rate, else 95 % is used, which flags more unseen in-distribution images than 5 %."""
+    leave_one_out_pass_rate, else 95 % is used, which flags more unseen in-distribution images than 5 %.
+    rate_source says where loo_pass_rate came from; it travels in the spec's source."""
     train = normalised(train_pooled)
     reference = train[reference_rows(len(train), max_reference)]
     if val_pooled is not None and len(val_pooled):
@@ -231,7 +233,7 @@ def fit_ood(
         source = f"{rate:.0%} of {len(scores)} validation images pass"
     else:
         scores, rate = knn_distance(reference, reference, k, skip_self=True), loo_pass_rate
-        source = f"{rate:.1%} of {len(scores)} training images pass, leave-one-out (no validation split)"
+        source = f"{rate:.2%} of {len(scores)} training images pass, leave-one-out ({rate_source or 'default rate'})"
     return OodSpec(
         reference=reference.astype(np.float16),
         k=k,

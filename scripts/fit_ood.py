@@ -34,7 +34,15 @@ import polars as pl
 from mri44.detail import fit_detail, input_detail
 from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
-from mri44.ood import PASS_RATE, fit_ood, knn_distance, leave_one_out_pass_rate, normalised, reference_rows
+from mri44.ood import (
+    HELD_OUT_PASS,
+    PASS_RATE,
+    fit_ood,
+    knn_distance,
+    leave_one_out_pass_rate,
+    normalised,
+    reference_rows,
+)
 from mri44.orientation import QUARTER_TURNS, fit_orientation
 from mri44.preprocess import normalize
 from mri44.readers import list_items
@@ -161,13 +169,16 @@ def main() -> None:
         raise SystemExit(f"error: {len(rows) - len(reference)} reference images could not be read")
     val = pooled_features(session, paths["val"], meta)[0][0] if paths["val"] else None
     rate = PASS_RATE if args.pass_rate is None else args.pass_rate
+    rate_source = "default rate" if args.pass_rate is None else "--pass-rate"
+    if args.calibration_from is not None:
+        rate_source = f"the rate at which {args.calibration_from.name}'s fold models pass {HELD_OUT_PASS:.0%} of unseen images"
     if args.pass_rate_from is not None:
         selection = read_metadata(args.pass_rate_from).ood
         if selection is None:
             raise SystemExit(f"error: {args.pass_rate_from} has no out-of-distribution reference set")
-        rate = leave_one_out_pass_rate(selection)
+        rate, rate_source = leave_one_out_pass_rate(selection), f"the rate of {args.pass_rate_from.name}"
     floor = fit_detail(train_detail)
-    spec = replace(fit_ood(reference, val, args.k, loo_pass_rate=rate), detail=floor)
+    spec = replace(fit_ood(reference, val, args.k, loo_pass_rate=rate, rate_source=rate_source), detail=floor)
     print(
         f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source}); "
         f"detail floor {floor.threshold:.4f} ({floor.source})"

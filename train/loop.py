@@ -37,6 +37,7 @@ from mri44.model import (
     logits_and_features,
 )
 from mri44.ood import (
+    HELD_OUT_PASS,
     PASS_RATE,
     OodRows,
     OodSpec,
@@ -647,17 +648,25 @@ def choose_temperature(
     return 1.0, "none (no val split and no --temperature)"
 
 
-def _loo_pass_rate(cfg: TrainConfig) -> float:
+def _loo_pass_rate(cfg: TrainConfig) -> tuple[float, str]:
     """For a run without validation images: the selection run's (--temperature-from) leave-one-out pass rate,
     so the all-data fit's out-of-distribution threshold is calibrated like its selection run's (mri44.ood); from
-    a cross-validation folder, the rate that let mri44.ood.HELD_OUT_PASS of its out-of-fold images through."""
+    a cross-validation folder, the rate that let mri44.ood.HELD_OUT_PASS of its out-of-fold images through.
+    Returns the rate and where it came from."""
     if cfg.temperature_from is None:
-        return PASS_RATE
+        return PASS_RATE, "default rate"
     if is_cv_folder(cfg.temperature_from):  # measured on unseen images, fold by fold
         rate = cv_calibration(cfg.temperature_from)[1]
-        return PASS_RATE if rate is None else rate
+        if rate is None:
+            return PASS_RATE, "default rate"
+        return (
+            rate,
+            f"the rate at which {cfg.temperature_from.name}'s fold models pass {HELD_OUT_PASS:.0%} of unseen images",
+        )
     spec = Checkpoint.load(cfg.temperature_from).ood
-    return leave_one_out_pass_rate(spec) if spec is not None else PASS_RATE
+    if spec is None:
+        return PASS_RATE, "default rate"
+    return leave_one_out_pass_rate(spec), f"the rate of selection run {cfg.temperature_from.name}"
 
 
 def predict_with_features(
@@ -764,7 +773,10 @@ def evaluate_best(
     }
     val = outputs.get("val")
     temperature, source = choose_temperature(cfg, val[0] if val else None, data.labels[data.val_idx])
-    ood = fit_ood(outputs["reference"][1], val[1] if val else None, OOD_K, loo_pass_rate=_loo_pass_rate(cfg))
+    rate, rate_source = _loo_pass_rate(cfg)
+    ood = fit_ood(
+        outputs["reference"][1], val[1] if val else None, OOD_K, loo_pass_rate=rate, rate_source=rate_source
+    )
     groups = data.split["group"].to_numpy()[reference]
     if len(np.unique(groups)) >= 2:  # the probe's threshold is set on held-out groups
         pooled_by_turn = [
