@@ -135,7 +135,9 @@ def test_student_trains_on_soft_labels_computed_once(
     torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(4), atol=1e-3, rtol=0)
     # Mixed views (recipe distill-mix): the stored labels mixed as probabilities still teach the student.
     mixed = run_training(replace(cfg, out=tmp_path / "mixed", recipe=get_recipe("distill-mix")))
-    assert mixed["val"]["accuracy"] >= 0.5  # 5 classes, chance 0.2; mixup learns slower in 6 epochs (0.65 seen)
+    assert (
+        mixed["val"]["accuracy"] >= 0.5
+    )  # 5 classes, chance 0.2; mixup learns slower in 6 epochs (0.65 seen)
     with pytest.raises(SettingError, match="one of --teacher RUN_DIR or --soft-labels"):
         run_training(replace(cfg, out=tmp_path / "both", teacher=trained_run))
     with pytest.raises(SettingError, match="kd_weight"):
