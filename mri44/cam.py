@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mri44.errors import MRI44Error
+from mri44.onnx_meta import ENSEMBLE_SECOND
 
 
 def onnx_classifier_weights(path: str | os.PathLike[str]) -> np.ndarray:
@@ -29,7 +30,8 @@ def onnx_classifier_weights(path: str | os.PathLike[str]) -> np.ndarray:
     graph = onnx.load(str(path)).graph
     inits = {i.name: i for i in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
-    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    # An ensemble file holds a second member's classifier too: the map is the first member's (its features).
+    gemms = [n for n in graph.node if n.op_type == "Gemm" and not n.input[1].startswith(ENSEMBLE_SECOND)]
     if len(gemms) != 1:
         raise MRI44Error(
             f"{path}: expected one classifier layer (Gemm), found {len(gemms)}; not a ResNet export?"

@@ -1,0 +1,105 @@
+"""Two exported models as one file scoring their geometric mean (export/ensemble.py)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mri44.calibration import softmax
+from mri44.cam import onnx_classifier_weights
+from mri44.checkpoint import Checkpoint
+from mri44.discover import find_images
+from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, write_with_metadata
+from mri44.preprocess import normalize
+from mri44.runtime import make_session
+from mri44.samples import decodable_pixels
+from mri44.stages.export.ensemble import EnsembleError, ensemble_onnx, ensemble_parity
+from mri44.stages.export.onnx_export import export_onnx
+
+
+def restamped(source: Path, out: Path, **changes: object) -> Path:
+    """The same network with other metadata: a second member that preprocesses differently."""
+    proto = onnx.load(source)
+    meta = ModelMetadata.from_proto(proto)
+    write_with_metadata(proto, replace(meta, **changes), out)
+    return out
+
+
+def test_an_ensemble_of_a_model_with_itself_scores_like_the_model(
+    exported_model: Path, synthetic_data: Path
+) -> None:
+    model, meta = ensemble_onnx(exported_model, exported_model, temperature=0.8)
+    alone = ModelMetadata.from_proto(onnx.load(exported_model))
+    assert meta.preprocess == alone.preprocess and meta.ood is not None and alone.ood is not None
+    np.testing.assert_array_equal(meta.ood.reference, alone.ood.reference)
+    assert meta.training is not None and alone.training is not None
+    assert meta.training.sha256 == alone.training.sha256
+    assert meta.arch == f"ensemble({alone.arch}+{alone.arch})" and meta.temperature == 0.8
+    pixels, _ = decodable_pixels(find_images(synthetic_data)[:16], meta.preprocess)
+    x = normalize(pixels, meta.preprocess)
+    joint = make_session(model.SerializeToString(), "cpu").run(None, {INPUT_NAME: x})
+    single = make_session(exported_model, "cpu").run(None, {INPUT_NAME: x})
+    # mean of two equal log-softmaxes = the log-softmax: the same probabilities at any temperature, same features
+    np.testing.assert_allclose(softmax(joint[0], 0.8), softmax(single[0], 0.8), atol=1e-5)
+    np.testing.assert_allclose(joint[1], single[1], atol=1e-6)
+
+
+def test_the_second_member_gets_its_own_normalisation_and_size_inside_the_graph(
+    exported_model: Path, trained_run: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    alone = ModelMetadata.from_proto(onnx.load(exported_model))
+    spec = replace(
+        alone.preprocess, size=alone.preprocess.size - 8, mean=(0.3, 0.3, 0.3), std=(0.2, 0.2, 0.2)
+    )
+    # The same weights exported for a smaller input with other normalisation constants: a second member.
+    replace(Checkpoint.load(trained_run), preprocess=spec).save(tmp_path / "best.pt")
+    proto, _, second_meta = export_onnx(tmp_path / "best.pt")
+    second = tmp_path / "second.onnx"
+    write_with_metadata(proto, second_meta, second)
+    model, meta = ensemble_onnx(exported_model, second, temperature=1.0)
+    # The graph, step by step: the first member on its input; the second on that input mapped back to pixels,
+    # normalised with its own constants and resized linearly (half-pixel centres) to its side.
+    pixels, _ = decodable_pixels(find_images(synthetic_data)[:40], alone.preprocess)
+    x1 = normalize(pixels, alone.preprocess)
+    (scale1, bias1), (scale2, bias2) = alone.preprocess.scale_bias(), spec.scale_bias()
+    shape = (1, 3, 1, 1)
+    raw = (x1 - bias1.reshape(shape)) / scale1.reshape(shape)
+    x2 = F.interpolate(
+        torch.from_numpy(raw * scale2.reshape(shape) + bias2.reshape(shape)),
+        size=(spec.size, spec.size),
+        mode="bilinear",
+        align_corners=False,
+    ).numpy()
+    logits1 = make_session(exported_model, "cpu").run([OUTPUT_NAME], {INPUT_NAME: x1})[0]
+    logits2 = make_session(second, "cpu").run([OUTPUT_NAME], {INPUT_NAME: x2})[0]
+    expected = (np.log(softmax(logits1)) + np.log(softmax(logits2))) / 2
+    joint = make_session(model.SerializeToString(), "cpu").run([OUTPUT_NAME], {INPUT_NAME: x1})[0]
+    np.testing.assert_allclose(joint, expected, atol=1e-4)
+    assert np.abs(softmax(logits2) - softmax(logits1)).max() > 0.05  # the members differ: the test can tell
+    # Against the members scored separately, each from the file (area resizing): close, not identical.
+    parity = ensemble_parity(model, meta, (exported_model, second), find_images(synthetic_data)[:40])
+    assert parity["images"] == 40 and parity["top1_agreement"] >= 0.9
+    # The class activation map uses the first member's classifier, not the second's.
+    path = tmp_path / "ensemble.onnx"
+    write_with_metadata(model, meta, path)
+    np.testing.assert_array_equal(onnx_classifier_weights(path), onnx_classifier_weights(exported_model))
+
+
+def test_models_that_cannot_be_averaged_are_refused(exported_model: Path, tmp_path: Path) -> None:
+    alone = ModelMetadata.from_proto(onnx.load(exported_model))
+    other_classes = restamped(exported_model, tmp_path / "classes.onnx", classes=alone.classes[::-1])
+    with pytest.raises(EnsembleError, match="different classes"):
+        ensemble_onnx(exported_model, other_classes, 1.0)
+    larger = replace(alone.preprocess, size=alone.preprocess.size + 16)
+    bigger = restamped(exported_model, tmp_path / "bigger.onnx", preprocess=larger)
+    with pytest.raises(EnsembleError, match="larger input first"):
+        ensemble_onnx(exported_model, bigger, 1.0)
+    rgb = restamped(
+        exported_model, tmp_path / "rgb.onnx", preprocess=replace(alone.preprocess, channels="rgb")
+    )
+    with pytest.raises(EnsembleError, match="channels or resizing"):
+        ensemble_onnx(exported_model, rgb, 1.0)
