@@ -23,8 +23,6 @@ from mri44.fingerprint import TrainingManifest
 from mri44.onnx_meta import ENSEMBLE_SECOND, FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from mri44.preprocess import PreprocessSpec
 
-SECOND = ENSEMBLE_SECOND
-
 
 class EnsembleError(MRI44Error):
     """Two models that cannot be averaged in one graph."""
@@ -33,7 +31,7 @@ class EnsembleError(MRI44Error):
 def _check_members(first: ModelMetadata, second: ModelMetadata) -> None:
     if first.classes != second.classes:
         raise EnsembleError(
-            "the two models have different classes: an ensemble needs the same 44, in one order"
+            "the two models have different classes: an ensemble needs the same classes in the same order"
         )
     a, b = first.preprocess, second.preprocess
     if (a.channels, a.resize) != (b.channels, b.resize):
@@ -54,7 +52,7 @@ def _member_input(first: PreprocessSpec, second: PreprocessSpec) -> tuple[list[A
     mul = (scale2 / scale1).reshape(1, 3, 1, 1).astype(np.float32)  # pixels = (x1 - bias1) / scale1
     add = (bias2 - bias1 * scale2 / scale1).reshape(1, 3, 1, 1).astype(np.float32)
     inits = [numpy_helper.from_array(mul, "ens/mul"), numpy_helper.from_array(add, "ens/add")]
-    normalised = "ens/normalised" if second.size != first.size else SECOND + INPUT_NAME
+    normalised = "ens/normalised" if second.size != first.size else ENSEMBLE_SECOND + INPUT_NAME
     nodes = [
         helper.make_node("Mul", [INPUT_NAME, "ens/mul"], ["ens/scaled"], name="ens/Mul"),
         helper.make_node("Add", ["ens/scaled", "ens/add"], [normalised], name="ens/Add"),
@@ -77,7 +75,7 @@ def _member_input(first: PreprocessSpec, second: PreprocessSpec) -> tuple[list[A
             helper.make_node(
                 "Resize",
                 [normalised, "", "", "ens/sizes"],
-                [SECOND + INPUT_NAME],
+                [ENSEMBLE_SECOND + INPUT_NAME],
                 mode="linear",
                 coordinate_transformation_mode="half_pixel",
                 name="ens/Resize",
@@ -109,7 +107,7 @@ def ensemble_onnx(first_path: Path, second_path: Path, temperature: float) -> tu
     meta2 = ModelMetadata.from_proto(second, str(second_path))
     _check_members(meta1, meta2)
     training = _union(meta1.training, meta2.training)
-    second = compose.add_prefix(second, SECOND)
+    second = compose.add_prefix(second, ENSEMBLE_SECOND)
     g1, g2 = first.graph, second.graph
     logits1 = "member1/" + OUTPUT_NAME
     for node in g1.node:  # the first member's logits become an inner tensor
@@ -117,7 +115,9 @@ def ensemble_onnx(first_path: Path, second_path: Path, temperature: float) -> tu
     bridge, bridge_inits = _member_input(meta1.preprocess, meta2.preprocess)
     combine = [
         helper.make_node("LogSoftmax", [logits1], ["ens/logp1"], axis=1, name="ens/LogSoftmax1"),
-        helper.make_node("LogSoftmax", [SECOND + OUTPUT_NAME], ["ens/logp2"], axis=1, name="ens/LogSoftmax2"),
+        helper.make_node(
+            "LogSoftmax", [ENSEMBLE_SECOND + OUTPUT_NAME], ["ens/logp2"], axis=1, name="ens/LogSoftmax2"
+        ),
         helper.make_node("Add", ["ens/logp1", "ens/logp2"], ["ens/sum"], name="ens/Sum"),
         helper.make_node("Mul", ["ens/sum", "ens/half"], [OUTPUT_NAME], name="ens/Mean"),
     ]
