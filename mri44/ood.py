@@ -36,6 +36,12 @@ TURNED_HELD_OUT_PASS = 0.995
 MAX_REFERENCE = 2048  # reference images kept in the model (evenly spread over the training set)
 
 
+def held_out_rate_source(cv_name: str) -> str:
+    """Where a distance threshold's pass rate came from when a cross-validation measured it (travels in the spec's
+    source): training's --temperature-from CV_DIR and scripts/fit_ood.py --calibration-from CV_DIR say it alike."""
+    return f"the rate at which {cv_name}'s fold models pass {HELD_OUT_PASS:.0%} of unseen images"
+
+
 class OodSpecError(MRI44Error):
     """Out-of-distribution settings in a model that cannot be used; the message says which."""
 

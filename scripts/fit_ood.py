@@ -35,9 +35,9 @@ from mri44.detail import fit_detail, input_detail
 from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.ood import (
-    HELD_OUT_PASS,
     PASS_RATE,
     fit_ood,
+    held_out_rate_source,
     knn_distance,
     leave_one_out_pass_rate,
     normalised,
@@ -171,7 +171,7 @@ def main() -> None:
     rate = PASS_RATE if args.pass_rate is None else args.pass_rate
     rate_source = "default rate" if args.pass_rate is None else "--pass-rate"
     if args.calibration_from is not None:
-        rate_source = f"the rate at which {args.calibration_from.name}'s fold models pass {HELD_OUT_PASS:.0%} of unseen images"
+        rate_source = held_out_rate_source(args.calibration_from.name)
     if args.pass_rate_from is not None:
         selection = read_metadata(args.pass_rate_from).ood
         if selection is None:

@@ -37,11 +37,11 @@ from mri44.model import (
     logits_and_features,
 )
 from mri44.ood import (
-    HELD_OUT_PASS,
     PASS_RATE,
     OodRows,
     OodSpec,
     fit_ood,
+    held_out_rate_source,
     leave_one_out_pass_rate,
     normalised,
     reference_rows,
@@ -661,7 +661,7 @@ def _loo_pass_rate(cfg: TrainConfig) -> tuple[float, str]:
             return PASS_RATE, "default rate"
         return (
             rate,
-            f"the rate at which {cfg.temperature_from.name}'s fold models pass {HELD_OUT_PASS:.0%} of unseen images",
+            held_out_rate_source(cfg.temperature_from.name),
         )
     spec = Checkpoint.load(cfg.temperature_from).ood
     if spec is None:
