@@ -25,6 +25,7 @@ from mri44.readers import list_items  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from mri44.stages.score.backends import onnx_backend  # noqa: E402
 from mri44.stages.score.pipeline import decoded_batches, score_items  # noqa: E402
+from mri44.stages.score.run import resolve_model  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=["mri44-resnet18.onnx", "mri44-resnet18-int8.onnx", "mri44-resnet50.onnx"],
+        default=["default", "int8", "resnet50"],
+        help="shipped model names (mri44.models.SHIPPED) or ONNX files",
     )
     args = parser.parse_args()
     paths = spread(find_images(args.data), args.images)
@@ -43,7 +45,7 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.models:
-        backend = onnx_backend(REPO / "models" / name, "cpu")
+        backend = onnx_backend(resolve_model(name), "cpu")
         spec = backend.meta.preprocess
         ready = [
             normalize(pixels, spec)

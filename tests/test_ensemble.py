@@ -1,4 +1,4 @@
-"""Two exported models as one file scoring their geometric mean (export/ensemble.py)."""
+"""Two exported models as one graph scoring their geometric mean (mri44/ensemble.py), shipped as a recipe."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -13,11 +13,13 @@ from mri44.calibration import softmax
 from mri44.cam import onnx_classifier_weights
 from mri44.checkpoint import Checkpoint
 from mri44.discover import find_images
-from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, write_with_metadata
+from mri44.ensemble import EnsembleError, build_from_recipe, ensemble_onnx, write_recipe
+from mri44.errors import SettingError
+from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.preprocess import normalize
 from mri44.runtime import make_session
 from mri44.samples import decodable_pixels
-from mri44.stages.export.ensemble import EnsembleError, ensemble_onnx, ensemble_parity
+from mri44.stages.export.ensemble import ensemble_parity
 from mri44.stages.export.onnx_export import export_onnx
 
 
@@ -103,3 +105,48 @@ def test_models_that_cannot_be_averaged_are_refused(exported_model: Path, tmp_pa
     )
     with pytest.raises(EnsembleError, match="channels or resizing"):
         ensemble_onnx(exported_model, rgb, 1.0)
+
+
+def test_a_recipe_builds_its_graph_once_into_the_cache_and_refuses_a_changed_member(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    first = folder / "first.onnx"
+    first.write_bytes(exported_model.read_bytes())
+    second = restamped(exported_model, folder / "second.onnx", temperature=2.0)
+    parity = {"images": 40.0, "top1_agreement": 1.0, "max_prob_diff": 0.0}
+    recipe = folder / "ensemble.json"
+    write_recipe(first, second, 0.7, "a test", parity, recipe)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MRI44_CACHE_DIR", str(cache))
+    built = build_from_recipe(recipe)
+    assert built.parent == cache and read_metadata(built).temperature == 0.7
+    direct, _ = ensemble_onnx(first, second, 0.7)
+    assert onnx.load(built).graph == direct.graph
+    stamp = built.stat().st_mtime_ns
+    assert build_from_recipe(recipe) == built and built.stat().st_mtime_ns == stamp  # found, not rebuilt
+    # A recipe names members beside it, and only the very files it was measured with.
+    with pytest.raises(SettingError, match="not beside"):
+        write_recipe(exported_model, second, 0.7, "a test", parity, folder / "other.json")
+    restamped(exported_model, tmp_path / "changed.onnx", temperature=3.0).replace(second)
+    with pytest.raises(EnsembleError, match="not the model the recipe"):
+        build_from_recipe(recipe)
+    (folder / "broken.json").write_text("{}")
+    with pytest.raises(EnsembleError, match="not a readable ensemble recipe"):
+        build_from_recipe(folder / "broken.json")
+
+
+def test_an_unwritable_cache_says_which_setting_fixes_it(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    member = folder / "m.onnx"
+    member.write_bytes(exported_model.read_bytes())
+    parity = {"images": 1.0, "top1_agreement": 1.0, "max_prob_diff": 0.0}
+    write_recipe(member, member, 1.0, "a test", parity, folder / "e.json")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MRI44_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(SettingError, match="MRI44_CACHE_DIR"):
+        build_from_recipe(folder / "e.json")
