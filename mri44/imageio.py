@@ -154,9 +154,14 @@ def decode_bytes(
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_raster(path: Path, member: int | None, max_pixels: int) -> tuple[np.ndarray, None]:
-    """The raster reader of mri44.readers: a picture file's pixels (decode_bytes) and no series tags."""
-    return decode_bytes(read_file(path, max_pixels), path, max_pixels), None
+def read_raster(path: Path, member: int | None, max_pixels: int) -> tuple[np.ndarray, dict[str, str]]:
+    """The raster reader of mri44.readers: a picture file's pixels (decode_bytes) and, from the same read, the
+    SHA-256 of its bytes (what seen_in_training matches; hashing the file again would cost a second read and could
+    hash other bytes than were decoded). No series tags."""
+    from mri44.fingerprint import sha256_of
+
+    data = read_file(path, max_pixels)
+    return decode_bytes(data, path, max_pixels), {"sha256": sha256_of(data)}
 
 
 def check_file(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> int:

@@ -163,9 +163,11 @@ def load_item(item: Item, spec: PreprocessSpec, limits: Limits = Limits()) -> tu
     from mri44.readers import read_item
 
     pixels, tags = read_item(item, limits)
-    # What matches it against a model's training images (mri44.fingerprint); the file's bytes when it is one image.
-    raw = item.path.read_bytes() if item.member is None else None
-    return to_model_pixels(pixels, spec), {**(tags or {}), **fingerprint_tags(pixels, raw)}
+    tags = tags or {}
+    # What matches it against a model's training images (mri44.fingerprint): the SHA-256 of the file's bytes when it
+    # is one image, which the raster reader hashes from its own read; other single-image files are read again.
+    raw = item.path.read_bytes() if item.member is None and "sha256" not in tags else None
+    return to_model_pixels(pixels, spec), {**tags, **fingerprint_tags(pixels, raw)}
 
 
 def load_pixels(

@@ -125,7 +125,7 @@ def item_for(path: str | os.PathLike[str]) -> Item:
 
 def read_item(item: Item, limits: Limits = Limits()) -> tuple[np.ndarray, Tags | None]:
     """(pixels, tags) of one image, from one read of its file: uint8 H x W or H x W x 3 RGB, and for DICOM its
-    series tags (mri44.predictions.TAG_SCHEMA), for a NIfTI slice its number; None for plain images. Whatever goes
+    series tags (mri44.predictions.TAG_SCHEMA), for a NIfTI slice its number, for a picture file its bytes' sha256. Whatever goes
     wrong with this one file is an ImageDecodeError naming the item (one error row), never a crash or a hang."""
     reader = READERS[item.format]
     imageio.check_file(item.path, reader.file_factor * limits.max_pixels)  # a regular file, of a sane size
