@@ -36,6 +36,7 @@ from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, read_metadat
 from mri44.ood import OodSpec, knn_distance, normalised, pooled  # noqa: E402
 from mri44.preprocess import normalize, to_model_pixels  # noqa: E402
 from mri44.readers import read_image  # noqa: E402
+from mri44.run_folder import read_split  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
 
 
@@ -193,7 +194,7 @@ def main() -> None:
     if meta.ood is None:
         raise SystemExit("error: the model has no out-of-distribution reference set (scripts/fit_ood.py)")
     session = make_session(args.model, "cpu")
-    split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
+    split = read_split(args.split)
     test = [read_image(args.data / p) for p in split.filter(split="test")["path"]]
     families = {
         "synthetic": synthetic(np.random.default_rng(0)),

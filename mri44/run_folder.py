@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,10 @@ class RunFolder:
 
     def fold_split(self, k: int) -> Path:  # fold k's split file (train = the other folds, test = fold k)
         return self.root / f"fold-{k}-split.parquet"
+
+
+def read_split(path: Path) -> pl.DataFrame:
+    """A split table (path, label, split, group, ...) from a run's split.parquet or its split.csv copy."""
+    import polars as pl  # here: reading a run's file names must not pay for Polars
+
+    return pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)

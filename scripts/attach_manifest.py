@@ -23,6 +23,7 @@ from mri44.discover import find_images
 from mri44.fingerprint import THUMB, TrainingManifest, fingerprint_tags
 from mri44.imageio import decode_bytes, read_file
 from mri44.onnx_meta import ModelMetadata, write_with_metadata
+from mri44.run_folder import read_split
 
 
 def manifest_of(files: list[Path]) -> TrainingManifest:
@@ -53,7 +54,7 @@ def main() -> None:
     if args.split is None:
         files = find_images(args.data)
     else:
-        split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
+        split = read_split(args.split)
         files = [args.data / p for p in split.filter(pl.col("split") == "train")["path"]]
     manifest = manifest_of(files)
     proto = onnx.load(str(args.model))

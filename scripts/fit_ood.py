@@ -46,7 +46,7 @@ from mri44.ood import (
 from mri44.orientation import QUARTER_TURNS, fit_orientation
 from mri44.preprocess import normalize
 from mri44.readers import list_items
-from mri44.run_folder import RunFolder
+from mri44.run_folder import RunFolder, read_split
 from mri44.runtime import make_session
 from mri44.stages.export.onnx_export import add_feature_output
 from mri44.stages.score.pipeline import decoded_batches
@@ -72,11 +72,12 @@ def pooled_features(
     return [np.concatenate(parts) for parts in out], np.concatenate(detail)
 
 
-def add_detail_floor(proto: onnx.ModelProto, meta: ModelMetadata, args: argparse.Namespace) -> None:
+def add_detail_floor(
+    proto: onnx.ModelProto, meta: ModelMetadata, split: pl.DataFrame, args: argparse.Namespace
+) -> None:
     """--detail-only: the model's OOD spec as it is, plus the detail floor of the split's training images."""
     if meta.ood is None:
         raise SystemExit(f"error: {args.model} has no out-of-distribution spec to add the detail floor to")
-    split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
     train = [args.data / p for p in split.filter(split="train")["path"]]
     reference = [train[i] for i in reference_rows(len(train))]
     batches = decoded_batches(list_items(reference), meta.preprocess, 64, 2, 128, Limits())
@@ -136,8 +137,9 @@ def main() -> None:
         raise SystemExit(f"error: {args.out} exists or is the input model; choose a new file")
     proto = add_feature_output(onnx.load(str(args.model)))
     meta = ModelMetadata.from_proto(proto, str(args.model))
+    split = read_split(args.split)
     if args.detail_only:
-        add_detail_floor(proto, meta, args)
+        add_detail_floor(proto, meta, split, args)
         return
     turned_threshold = None
     if args.calibration_from is not None:
@@ -156,7 +158,6 @@ def main() -> None:
         )
         meta = replace(meta, temperature=float(cv["temperature"]))
     session = make_session(proto.SerializeToString(), "cpu")
-    split = pl.read_parquet(args.split) if args.split.suffix == ".parquet" else pl.read_csv(args.split)
     paths = {
         name: [args.data / p for p in split.filter(split=name)["path"]] for name in ("train", "val", "test")
     }

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-
-def read_split(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+from mri44.run_folder import read_split
 
 
 def link_split(run: Path, data: Path, out: Path, split: str = "test", other: Path | None = None) -> int:

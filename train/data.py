@@ -18,7 +18,7 @@ import torch
 from mri44.atomic import atomic_path
 from mri44.errors import SettingError
 from mri44.preprocess import PreprocessSpec
-from mri44.run_folder import RunFolder
+from mri44.run_folder import RunFolder, read_split
 
 from .config import TrainConfig
 from .dataset import load_or_scan
@@ -44,7 +44,7 @@ class RunData:
 def load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     """Reuse a split table from an earlier run (its split.parquet or split.csv); every scanned image must be in it."""
     try:
-        given = pl.read_parquet(split_file) if split_file.suffix == ".parquet" else pl.read_csv(split_file)
+        given = read_split(split_file)
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise SettingError(f"cannot read split file {split_file}: {exc}") from exc
     if not {"path", "split"} <= set(given.columns):
