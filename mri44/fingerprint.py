@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 THUMB = 16  # thumbnail side, pixels
+THUMB_SOURCE = 32  # the grey image is area-resized to this side first; hash and thumbnail both come from it
 NEAR_BITS = (
     4  # perceptual-hash distance a re-encoded copy stays within (measured: scripts/fingerprint_probe.py)
 )
@@ -39,7 +40,7 @@ def signature(image: np.ndarray) -> tuple[int, np.ndarray]:
     second time took longer than decoding it."""
     import cv2  # here, not at the top: reading a model's metadata must not pay for OpenCV
 
-    small = cv2.resize(grey(image), (32, 32), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(grey(image), (THUMB_SOURCE, THUMB_SOURCE), interpolation=cv2.INTER_AREA)
     low = cv2.dct(small.astype(np.float32))[:8, :8].flatten()
     bits = low > np.median(low[1:])
     thumb = cv2.resize(small, (THUMB, THUMB), interpolation=cv2.INTER_AREA)

@@ -18,17 +18,18 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from mri44.fingerprint import THUMB_SOURCE, fingerprint_tags, sha256_of
 from mri44.imageio import check_encoded, file_error, read_file
 from mri44.limits import Limits
 from mri44.preprocess import PreprocessSpec, load_item
 from mri44.readers import Item, Tags
-from mri44.torch_input import to_input, to_model_pixels
+from mri44.torch_input import resize, to_channels, to_input, to_model_pixels
 
 JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
 
 Prepared = tuple[
     str, torch.Tensor | np.ndarray, Tags | None
-]  # ("jpeg", bytes, None) or ("pixels", uint8, tags)
+]  # ("jpeg", bytes, {"sha256": ...}) or ("pixels", uint8, tags)
 
 
 def prepare(item: Item, spec: PreprocessSpec, limits: Limits) -> Prepared:
@@ -37,7 +38,15 @@ def prepare(item: Item, spec: PreprocessSpec, limits: Limits) -> Prepared:
         return ("pixels", *load_item(item, spec, limits))
     data = read_file(item.path, limits.max_pixels)
     check_encoded(data, item.path, limits.max_pixels)
-    return "jpeg", torch.from_numpy(data), None
+    return "jpeg", torch.from_numpy(data), {"sha256": sha256_of(data)}
+
+
+def device_fingerprint(image: torch.Tensor) -> dict[str, object]:
+    """fingerprint_tags of an image decoded on the device, without bringing it to the host: the grey image is
+    area-resized there to the 32 px the perceptual hash starts from (OpenCV's rule, within a grey level), and
+    only those 32 x 32 pixels travel."""
+    small = resize(to_channels(image, "grey"), THUMB_SOURCE, THUMB_SOURCE, "area")
+    return fingerprint_tags(small[0].cpu().numpy(), None)
 
 
 def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -84,10 +93,11 @@ def _batch(
     for (i, _), image in zip(jpegs, decoded, strict=True):
         try:
             if image is None or image.shape[0] not in (1, 3):  # refused, or CMYK/grey+alpha: the CPU decoder
-                cpu = load_item(items[i], spec, limits)[0]
+                cpu, found[i] = load_item(items[i], spec, limits)
                 results[i] = torch.from_numpy(np.ascontiguousarray(cpu)).permute(2, 0, 1).to(device)
             else:
                 results[i] = to_model_pixels(image, spec)
+                found[i] = {**(found[i] or {}), **device_fingerprint(image)}
         except Exception as exc:  # about this one file: its error row
             errors.append((i, file_error(exc)))
     positions = sorted(results)

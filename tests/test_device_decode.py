@@ -87,3 +87,10 @@ def test_device_decoding_scores_like_the_cpu_path_with_the_same_error_rows(
     # Inputs differ by at most one grey level, so the bound is the fp16 export's, not fp32's rounding-level one.
     row = compare_predictions("real device decode", cpu, device, "fp16")
     assert row.passed and row.top1_agreement == 1.0, row
+    # The training-set flags hold on the device path too. The JPEGs re-encode the synthetic set, whose training
+    # part is in the model's manifest: those are near (not seen); the PNGs are the files themselves.
+    flags = ["path", "seen_in_training", "near_training"]
+    assert cpu.select(flags).equals(device.select(flags))
+    jpegs = device.filter(pl.col("path").str.ends_with(".jpg") & (pl.col("status") == "ok"))
+    assert jpegs["near_training"].sum() >= 5 and not jpegs["seen_in_training"].any()
+    assert device.filter(pl.col("path").str.ends_with(".png"))["seen_in_training"].any()
