@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from mri44.detail import input_detail  # noqa: E402
+from mri44.detail import input_statistics  # noqa: E402
 from mri44.imageio import ImageDecodeError  # noqa: E402
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, read_metadata  # noqa: E402
 from mri44.ood import OodSpec, knn_distance, normalised, pooled  # noqa: E402
@@ -120,9 +120,9 @@ def altered(slices: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
 
 def run_model(
     session, meta, images: list[np.ndarray], batch: int = 32
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, pooled features, detail scores) of decoded images."""
-    logits, feats, detail = [], [], []
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(logits, pooled features, (detail, border) scores) of decoded images."""
+    logits, feats, stats = [], [], []
     for start in range(0, len(images), batch):
         x = normalize(
             np.stack([to_model_pixels(i, meta.preprocess) for i in images[start : start + batch]]),
@@ -131,14 +131,15 @@ def run_model(
         out, features = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
         logits.append(out)
         feats.append(pooled(features))
-        detail.append(input_detail(x))
-    return np.concatenate(logits), np.concatenate(feats), np.concatenate(detail)
+        stats.append(input_statistics(x))
+    detail, border = (np.concatenate(parts) for parts in zip(*stats, strict=True))
+    return np.concatenate(logits), np.concatenate(feats), (detail, border)
 
 
 def candidate_scores(
     logits: np.ndarray,
     feats: np.ndarray,
-    detail: np.ndarray,
+    statistics: tuple[np.ndarray, np.ndarray],
     spec: OodSpec,
     ks: list[int],
     temperature: float,
@@ -154,13 +155,15 @@ def candidate_scores(
         scores[f"kNN k={k}"] = knn_distance(normalised(feats), spec.reference, k)
     if spec.orientation is not None:
         scores[TURNED] = spec.orientation.turned_scores(normalised(feats))
-    scores[FLAT] = -detail  # higher = less fine detail
+    scores[FLAT] = -statistics[0]  # higher = less fine detail
+    scores[BRIGHT] = statistics[1]
     return scores
 
 
 TURNED = "turned (orientation probe)"
 FLAT = "low detail (image statistic)"
-SHIPPED = "shipped flag (kNN, turned or low detail)"
+BRIGHT = "bright border (image statistic)"
+SHIPPED = "shipped flag (kNN, turned, low detail or bright border)"
 
 
 def flagged(scores: dict[str, np.ndarray], spec: OodSpec, chosen: str) -> dict[str, np.ndarray]:
@@ -170,6 +173,8 @@ def flagged(scores: dict[str, np.ndarray], spec: OodSpec, chosen: str) -> dict[s
         out[TURNED] = scores[TURNED] > spec.orientation.threshold
     if spec.detail is not None:
         out[FLAT] = -scores[FLAT] < spec.detail.threshold
+    if spec.border is not None:
+        out[BRIGHT] = scores[BRIGHT] > spec.border.threshold
     if len(out) > 1:
         out[SHIPPED] = np.logical_or.reduce(list(out.values()))
     return out
@@ -205,18 +210,18 @@ def main() -> None:
     families = {name: images for name, images in families.items() if images}
 
     t0 = time.perf_counter()
-    id_logits, id_feats, id_detail = run_model(session, meta, test)
+    id_logits, id_feats, id_stats = run_model(session, meta, test)
     forward_s = (time.perf_counter() - t0) / len(test)
     t0 = time.perf_counter()
     knn_distance(normalised(id_feats), meta.ood.reference, meta.ood.k)
     knn_s = (time.perf_counter() - t0) / len(test)
-    id_scores = candidate_scores(id_logits, id_feats, id_detail, meta.ood, args.k, meta.temperature)
+    id_scores = candidate_scores(id_logits, id_feats, id_stats, meta.ood, args.k, meta.temperature)
     id_flags = flagged(id_scores, meta.ood, f"kNN k={meta.ood.k}")
     rows, chosen = [], f"kNN k={meta.ood.k}"
     per_family_scores = {}
     for name, images in families.items():
-        logits, feats, detail = run_model(session, meta, images)
-        scores = candidate_scores(logits, feats, detail, meta.ood, args.k, meta.temperature)
+        logits, feats, stats = run_model(session, meta, images)
+        scores = candidate_scores(logits, feats, stats, meta.ood, args.k, meta.temperature)
         flags = flagged(scores, meta.ood, chosen)
         per_family_scores[name] = scores[chosen]
         for method, values in scores.items():

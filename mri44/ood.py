@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from mri44.detail import DetailError, DetailFloor, input_detail
+from mri44.detail import ImageLimit, ImageLimitError, input_statistics
 from mri44.errors import MRI44Error
 from mri44.orientation import OrientationError, OrientationProbe
 
 METHOD = "knn-cosine"
 PASS_RATE = 0.95  # the share of in-distribution validation images the threshold lets through
 # With cross-validation, the share of out-of-fold (unseen, in-distribution) images a check lets through. Issue 32
-# allows 3 % of them flagged in all: the feature distance gets 2 %, the orientation probe 0.5 % (and the detail
-# check 0.5 % of training images, mri44.detail.DETAIL_PASS). Out-of-fold figures: docs/ood.md.
+# allows 3 % of them flagged in all: the feature distance gets 2 %, the orientation probe 0.5 % (and the image
+# statistics 0.5 % and 0.1 % of training images, mri44.detail.DETAIL_PASS and BORDER_PASS). Out-of-fold figures:
+# docs/ood.md.
 HELD_OUT_PASS = 0.98
 TURNED_HELD_OUT_PASS = 0.995
 MAX_REFERENCE = 2048  # reference images kept in the model (evenly spread over the training set)
@@ -77,7 +78,8 @@ class OodSpec:
     method: str = METHOD
     source: str = ""  # how the threshold was chosen, for the model card
     orientation: OrientationProbe | None = None  # flags turned slices (mri44.orientation); None: not fitted
-    detail: DetailFloor | None = None  # flags images without fine detail (mri44.detail); None: not fitted
+    detail: ImageLimit | None = None  # flags images without fine detail (mri44.detail); None: not fitted
+    border: ImageLimit | None = None  # flags images whose border is not dark (mri44.detail); None: not fitted
 
     @functools.cached_property
     def reference32(self) -> np.ndarray:
@@ -100,14 +102,18 @@ class OodSpec:
     def fill(
         self, rows: OodRows, positions: list[int] | np.ndarray, feature_map: np.ndarray, inputs: Any = None
     ) -> None:
-        """The checks' scores for one batch's rows, from the feature map of its forward pass and, for the detail
-        check, the batch it ran on (N, C, S, S; normalised or raw)."""
+        """The checks' scores for one batch's rows, from the feature map of its forward pass and, for the image
+        statistics, the batch it ran on (N, C, S, S; normalised or raw)."""
         unit = self._unit(feature_map)
         rows.distance[positions] = knn_distance(unit, self.reference32, self.k)
         if rows.turned is not None and self.orientation is not None:
             rows.turned[positions] = self.orientation.turned_scores(unit)
-        if rows.detail is not None and inputs is not None:
-            rows.detail[positions] = input_detail(inputs)
+        if (rows.detail is not None or rows.border is not None) and inputs is not None:
+            detail, border = input_statistics(inputs)
+            if rows.detail is not None:
+                rows.detail[positions] = detail
+            if rows.border is not None:
+                rows.border[positions] = border
 
     def to_json(self) -> str:
         ref = np.ascontiguousarray(self.reference, dtype=np.float16)
@@ -121,6 +127,7 @@ class OodSpec:
                 "reference_fp16_b64": base64.b64encode(ref.tobytes()).decode("ascii"),
                 **({"orientation": self.orientation.to_dict()} if self.orientation is not None else {}),
                 **({"detail": self.detail.to_dict()} if self.detail is not None else {}),
+                **({"border": self.border.to_dict()} if self.border is not None else {}),
             }
         )
 
@@ -147,8 +154,11 @@ class OodSpec:
             )
         try:
             probe = OrientationProbe.from_dict(data["orientation"], source) if "orientation" in data else None
-            detail = DetailFloor.from_dict(data["detail"], source) if "detail" in data else None
-        except (OrientationError, DetailError) as exc:
+            detail = ImageLimit.from_dict(data["detail"], source) if "detail" in data else None
+            border = (
+                ImageLimit.from_dict(data["border"], source, "border ceiling") if "border" in data else None
+            )
+        except (OrientationError, ImageLimitError) as exc:
             raise OodSpecError(str(exc)) from exc
         if probe is not None and probe.weights.shape[1] != shape[1]:
             raise OodSpecError(
@@ -161,6 +171,7 @@ class OodSpec:
             source=str(data.get("source", "")),
             orientation=probe,
             detail=detail,
+            border=border,
         )
 
 
@@ -175,11 +186,13 @@ class OodRows:
     turned_threshold: float | None
     detail: np.ndarray | None = None  # float32 (N,); None: the model has no detail floor
     detail_threshold: float | None = None  # rows under it are flagged
+    border: np.ndarray | None = None  # float32 (N,); None: the model has no border ceiling
+    border_threshold: float | None = None  # rows over it are flagged
 
     @classmethod
     def empty(cls, n: int, spec: OodSpec, threshold: float | None = None) -> OodRows:
         """Rows for n images under spec; threshold overrides the distance threshold (--ood-threshold)."""
-        probe, floor = spec.orientation, spec.detail
+        probe, floor, ceiling = spec.orientation, spec.detail, spec.border
         return cls(
             distance=np.full(n, np.nan, np.float32),
             turned=np.full(n, np.nan, np.float32) if probe is not None else None,
@@ -187,6 +200,8 @@ class OodRows:
             turned_threshold=probe.threshold if probe is not None else None,
             detail=np.full(n, np.nan, np.float32) if floor is not None else None,
             detail_threshold=floor.threshold if floor is not None else None,
+            border=np.full(n, np.nan, np.float32) if ceiling is not None else None,
+            border_threshold=ceiling.threshold if ceiling is not None else None,
         )
 
 

@@ -53,8 +53,10 @@ PREDICTION_SCHEMA: dict[str, pl.DataType | str] = {
     "ood_score": pl.Float64(),  # 1 - cosine similarity to the nearest training image's features (mri44.ood)
     "turned_score": pl.Float64(),  # 1 - P(upright) from the model's orientation probe (mri44.orientation)
     "detail_score": pl.Float64(),  # fine detail of the model's input (mri44.detail): low for blurred or tiny images
+    "border_score": pl.Float64(),  # how bright the input's border is (mri44.detail): high for photographs, screenshots
     "ood": pl.Boolean(),  # flagged: a check above (detail: under) its threshold, or a DICOM modality other than MR
-    # why: "modality CT", "feature distance", "turned", "low detail", joined by "; "; null if not flagged
+    # why: "modality CT", "feature distance", "turned", "low detail", "bright border", joined by "; "; null if not
+    # flagged
     "ood_reason": pl.String(),
     "seen_in_training": pl.Boolean(),  # the model trained on this very file (its bytes); null: no manifest
     "near_training": pl.Boolean(),  # ... or on the same picture re-encoded, resized or turned grey (mri44.fingerprint)
@@ -99,8 +101,8 @@ def prediction_frame(
     training: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> pl.DataFrame:
     """One row per image: status, prediction, top-k, tumour/contrast marginals, the out-of-distribution score and
-    flags (mri44.ood; null when the model has no reference set or the check is off; turned_score and detail_score
-    null when it has no orientation probe or detail floor), the folder's label if known, the series tags and every
+    flags (mri44.ood; null when the model has no reference set or the check is off; turned_score, detail_score and
+    border_score null when it has no orientation probe, detail floor or border ceiling), the folder's label if known, the series tags and every
     class's probability. members: the frame and slice columns (mri44.readers.member_columns), null when not given;
     training: (seen_in_training, near_training) per row (mri44.fingerprint.training_flags), null when the model
     has no manifest."""
@@ -124,6 +126,7 @@ def prediction_frame(
         by_features=_above("ood_score", ood.threshold if ood else None),
         by_turn=_above("turned_score", ood.turned_threshold if ood else None),
         by_detail=_below("detail_score", ood.detail_threshold if ood else None),
+        by_border=_above("border_score", ood.border_threshold if ood else None),
     )
     # The label is the nearest enclosing folder named like a class, so CLASS/case01/series2/x.jpg is labelled
     # CLASS, as training labels every file under DATA/CLASS/ (a run's folders are its classes).
@@ -137,10 +140,7 @@ def prediction_frame(
             status=pl.when("ok").then(pl.lit("ok")).otherwise(pl.lit("error")),
             error="error",
             # Predictions of files that failed are meaningless zeros: null them.
-            **{
-                name: pl.when("ok").then(pl.col(name))
-                for name in [*predicted, "by_features", "by_turn", "by_detail"]
-            },
+            **{name: pl.when("ok").then(pl.col(name)) for name in [*predicted, *CHECKS]},
             seen_in_training=pl.when("ok").then(seen),
             near_training=pl.when("ok").then(near),
             note=notes,
@@ -180,12 +180,14 @@ def _class_columns(probs: np.ndarray, class_names: list[str], k: int) -> dict[st
 
 
 def _ood_scores(ood: OodRows | None, n: int) -> dict[str, pl.Series]:
-    """ood_score, turned_score and detail_score (null where not scored, or when the check is absent)."""
+    """ood_score, turned_score, detail_score and border_score (null where not scored, or when the check is
+    absent)."""
     nothing = np.full(n, np.nan)
     values = {
         "ood_score": ood.distance if ood else None,
         "turned_score": ood.turned if ood else None,
         "detail_score": ood.detail if ood else None,
+        "border_score": ood.border if ood else None,
     }
     return {
         column: pl.Series(nothing if v is None else np.asarray(v, np.float64), dtype=pl.Float64).fill_nan(
@@ -207,23 +209,29 @@ def _below(column: str, threshold: float | None) -> pl.Expr:
     return pl.when(pl.col(column).is_not_null()).then(flag)
 
 
+# The image checks' flag columns and the reason each gives in ood_reason, in the order reasons are listed.
+CHECKS = {
+    "by_features": "feature distance",
+    "by_turn": "turned",
+    "by_detail": "low detail",
+    "by_border": "bright border",
+}
+
+
 def with_flags(frame: pl.DataFrame) -> pl.DataFrame:
-    """ood and ood_reason from the four checks: the feature distance (by_features), the orientation probe
-    (by_turn), the image's fine detail (by_detail; each null when it did not run) and the DICOM modality (null for
-    other files). A row is flagged when any says so; its flag is null only when none could speak, and always for
-    error rows."""
+    """ood and ood_reason from the checks: the feature distance, the orientation probe, the image's fine detail
+    and its border (CHECKS; each null when it did not run) and the DICOM modality (null for other files). A row is
+    flagged when any says so; its flag is null only when none could speak, and always for error rows."""
     other = pl.col("modality").is_not_null() & (pl.col("modality") != SCORED_MODALITY)
-    features, turned, flat = (pl.col(c).fill_null(False) for c in ("by_features", "by_turn", "by_detail"))
+    said = {column: pl.col(column).fill_null(False) for column in CHECKS}
     reasons = pl.concat_list(
         pl.when(other).then(pl.lit("modality ") + pl.col("modality")),
-        pl.when(features).then(pl.lit("feature distance")),
-        pl.when(turned).then(pl.lit("turned")),
-        pl.when(flat).then(pl.lit("low detail")),
+        *(pl.when(said[column]).then(pl.lit(reason)) for column, reason in CHECKS.items()),
     ).list.drop_nulls()
-    spoken = pl.any_horizontal(pl.col("by_features", "by_turn", "by_detail", "modality").is_not_null())
+    spoken = pl.any_horizontal(pl.col(*CHECKS, "modality").is_not_null())
     ok = pl.col("status") == "ok"
     return frame.with_columns(
-        ood=pl.when(ok & other).then(True).when(ok & spoken).then(features | turned | flat),
+        ood=pl.when(ok & other).then(True).when(ok & spoken).then(pl.any_horizontal(*said.values())),
         ood_reason=pl.when(ok & (reasons.list.len() > 0)).then(reasons.list.join("; ")),
     )
 

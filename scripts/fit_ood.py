@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import polars as pl
 
-from mri44.detail import fit_detail, input_detail
+from mri44.detail import ImageLimit, fit_border, fit_detail, input_statistics
 from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.ood import (
@@ -55,11 +55,12 @@ from mri44.stages.train.cv import held_out_ood
 
 def pooled_features(
     session, paths: list[Path], meta: ModelMetadata, batch: int = 32, turns: tuple[int, ...] = (0,)
-) -> tuple[list[np.ndarray], np.ndarray]:
+) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(N, C) pooled last-stage features of the readable images (unreadable ones are left out), one array per
-    quarter turn in `turns` (np.rot90 of the model's input pixels), and their (N,) detail scores (mri44.detail)."""
+    quarter turn in `turns` (np.rot90 of the model's input pixels), and their (N,) detail and border scores
+    (mri44.detail)."""
     out: list[list[np.ndarray]] = [[] for _ in turns]
-    detail: list[np.ndarray] = []
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
     for _, pixels, _, _ in decoded_batches(list_items(paths), meta.preprocess, batch, 2, 2 * batch, Limits()):
         if pixels is None:
             continue
@@ -68,29 +69,37 @@ def pooled_features(
             (features,) = session.run([FEATURES_NAME], {INPUT_NAME: x})
             out[t].append(features.reshape(*features.shape[:2], -1).mean(-1))
             if k == 0:
-                detail.append(input_detail(x))
-    return [np.concatenate(parts) for parts in out], np.concatenate(detail)
+                stats.append(input_statistics(x))
+    detail, border = (np.concatenate(parts) for parts in zip(*stats, strict=True))
+    return [np.concatenate(parts) for parts in out], (detail, border)
 
 
-def add_detail_floor(
+def image_limits(detail: np.ndarray, border: np.ndarray) -> tuple[ImageLimit, ImageLimit]:
+    """The detail floor and border ceiling of these training images, printed as they are fitted."""
+    floor, ceiling = fit_detail(detail), fit_border(border)
+    print(
+        f"detail floor {floor.threshold:.4f} ({floor.source}); border ceiling {ceiling.threshold:.4f} "
+        f"({ceiling.source})"
+    )
+    return floor, ceiling
+
+
+def add_image_limits(
     proto: onnx.ModelProto, meta: ModelMetadata, split: pl.DataFrame, args: argparse.Namespace
 ) -> None:
-    """--detail-only: the model's OOD spec as it is, plus the detail floor of the split's training images."""
+    """--image-limits-only: the model's OOD spec as it is, plus the detail floor and border ceiling of the split's
+    training images (decoding only, no forward pass)."""
     if meta.ood is None:
-        raise SystemExit(f"error: {args.model} has no out-of-distribution spec to add the detail floor to")
+        raise SystemExit(f"error: {args.model} has no out-of-distribution spec to add image limits to")
     train = [args.data / p for p in split.filter(split="train")["path"]]
     reference = [train[i] for i in reference_rows(len(train))]
     batches = decoded_batches(list_items(reference), meta.preprocess, 64, 2, 128, Limits())
-    detail = np.concatenate(
-        [
-            input_detail(normalize(pixels, meta.preprocess))
-            for _, pixels, _, _ in batches
-            if pixels is not None
-        ]
-    )
-    floor = fit_detail(detail)
-    write_with_metadata(proto, replace(meta, ood=replace(meta.ood, detail=floor)), args.out)
-    print(f"detail floor {floor.threshold:.4f} ({floor.source}); wrote {args.out}")
+    stats = [
+        input_statistics(pixels.transpose(0, 3, 1, 2)) for _, pixels, _, _ in batches if pixels is not None
+    ]
+    floor, ceiling = image_limits(*(np.concatenate(parts) for parts in zip(*stats, strict=True)))
+    write_with_metadata(proto, replace(meta, ood=replace(meta.ood, detail=floor, border=ceiling)), args.out)
+    print(f"wrote {args.out}")
 
 
 def main() -> None:
@@ -127,10 +136,10 @@ def main() -> None:
         "pass rate (cv_result.json) replace the model's temperature and --pass-rate",
     )
     parser.add_argument(
-        "--detail-only",
+        "--image-limits-only",
         action="store_true",
-        help="keep the model's reference, thresholds and probe; only add the detail floor (mri44.detail) fitted "
-        "on the split's training images (decoding only, no forward pass)",
+        help="keep the model's reference, thresholds and probe; only add the detail floor and border ceiling "
+        "(mri44.detail) fitted on the split's training images (decoding only, no forward pass)",
     )
     args = parser.parse_args()
     if args.out.resolve() == args.model.resolve() or args.out.exists():
@@ -138,8 +147,8 @@ def main() -> None:
     proto = add_feature_output(onnx.load(str(args.model)))
     meta = ModelMetadata.from_proto(proto, str(args.model))
     split = read_split(args.split)
-    if args.detail_only:
-        add_detail_floor(proto, meta, split, args)
+    if args.image_limits_only:
+        add_image_limits(proto, meta, split, args)
         return
     turned_threshold = None
     if args.calibration_from is not None:
@@ -164,7 +173,7 @@ def main() -> None:
     train = paths["train"]
     rows = reference_rows(len(train))
     turns = QUARTER_TURNS if args.orientation else (0,)
-    by_turn, train_detail = pooled_features(session, [train[i] for i in rows], meta, turns=turns)
+    by_turn, train_stats = pooled_features(session, [train[i] for i in rows], meta, turns=turns)
     reference = by_turn[0]
     if len(reference) != len(rows):
         raise SystemExit(f"error: {len(rows) - len(reference)} reference images could not be read")
@@ -178,11 +187,14 @@ def main() -> None:
         if selection is None:
             raise SystemExit(f"error: {args.pass_rate_from} has no out-of-distribution reference set")
         rate, rate_source = leave_one_out_pass_rate(selection), f"the rate of {args.pass_rate_from.name}"
-    floor = fit_detail(train_detail)
-    spec = replace(fit_ood(reference, val, args.k, loo_pass_rate=rate, rate_source=rate_source), detail=floor)
+    floor, ceiling = image_limits(*train_stats)
+    spec = replace(
+        fit_ood(reference, val, args.k, loo_pass_rate=rate, rate_source=rate_source),
+        detail=floor,
+        border=ceiling,
+    )
     print(
-        f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source}); "
-        f"detail floor {floor.threshold:.4f} ({floor.source})"
+        f"reference {len(spec.reference)} images, k {spec.k}, threshold {spec.threshold:.4f} ({spec.source})"
     )
     if args.orientation:
         train_rows = split.filter(split="train")
@@ -199,11 +211,12 @@ def main() -> None:
         spec = replace(spec, orientation=probe)
         print(f"orientation probe: threshold {probe.threshold:.4f} ({probe.source})")
     if paths["test"]:
-        test, test_detail = pooled_features(session, paths["test"], meta, turns=turns)
+        test, (test_detail, test_border) = pooled_features(session, paths["test"], meta, turns=turns)
         scores = knn_distance(normalised(test[0]), spec.reference, spec.k)
         print(
             f"test images flagged by feature distance: {(scores > spec.threshold).mean():.3f} of {len(scores)}; "
-            f"by low detail: {(test_detail < floor.threshold).mean():.3f}"
+            f"by low detail: {(test_detail < floor.threshold).mean():.3f}; by bright border: "
+            f"{(test_border > ceiling.threshold).mean():.3f}"
         )
         if spec.orientation is not None:
             probe = spec.orientation

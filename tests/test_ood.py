@@ -226,7 +226,9 @@ def test_a_turned_flag_reaches_every_row_with_its_reason(
     for name, bias in (("turned", -5.0), ("upright", 5.0)):
         write_with_metadata(
             proto,
-            replace(meta, ood=replace(meta.ood, orientation=_probe(channels, bias), detail=None)),
+            replace(
+                meta, ood=replace(meta.ood, orientation=_probe(channels, bias), detail=None, border=None)
+            ),
             tmp_path / f"{name}.onnx",
         )
     # --ood-threshold moves the feature distance's threshold only: here no row is flagged by distance.
@@ -266,7 +268,7 @@ def test_an_image_without_fine_detail_is_flagged_by_every_entry_point(
     assert meta.ood is not None and meta.ood.detail is not None  # training fitted it (evaluate_best)
     assert f"{DETAIL_PASS:.1%}" in meta.ood.detail.source
     write_with_metadata(
-        proto, replace(meta, ood=replace(meta.ood, orientation=None)), tmp_path / "plain.onnx"
+        proto, replace(meta, ood=replace(meta.ood, orientation=None, border=None)), tmp_path / "plain.onnx"
     )
     folder = tmp_path / "in"
     folder.mkdir()
@@ -303,3 +305,49 @@ def test_an_image_without_fine_detail_is_flagged_by_every_entry_point(
     x = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(detail_scores(x), detail_scores(3.0 * x - 7.0), rtol=1e-5)
     assert detail_scores(np.full((1, 32, 32), 9.0))[0] == 0.0
+
+
+def test_an_image_with_a_bright_border_is_flagged_by_every_entry_point(
+    exported_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """An MRI slice sits on dark air: the same slice inverted, or shown on a bright viewer page, is flagged
+    "bright border" from files and from arrays alike, while the training images pass the ceiling fitted on them."""
+    from mri44.detail import BORDER_PASS, border_scores
+    from mri44.onnx_meta import ModelMetadata, write_with_metadata
+
+    proto = onnx.load(str(exported_model))
+    meta = ModelMetadata.from_proto(proto)
+    assert meta.ood is not None and meta.ood.border is not None  # training fitted it (evaluate_best)
+    assert f"{BORDER_PASS:.1%}" in meta.ood.border.source
+    only_border = replace(meta.ood, orientation=None, detail=None)
+    write_with_metadata(proto, replace(meta, ood=only_border), tmp_path / "border.onnx")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = sorted(synthetic_data.rglob("*.png"))[::3]
+    for i, source in enumerate(sources):
+        image = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(folder / f"{i:02d}-plain.png"), image)
+        cv2.imwrite(str(folder / f"{i:02d}-inverted.png"), 255 - image)
+        page = np.full((image.shape[0] * 2, image.shape[1] * 3), 230, np.uint8)
+        page[10 : 10 + image.shape[0], 10 : 10 + image.shape[1]] = image
+        cv2.imwrite(str(folder / f"{i:02d}-page.png"), page)
+    rows = mri44.score(folder, model=tmp_path / "border.onnx", ood_threshold=10.0).predictions
+    assert rows is not None and rows["border_score"].null_count() == 0
+    altered = rows.filter(~pl.col("path").str.contains("plain"))
+    assert set(altered["ood_reason"]) == {"bright border"} and altered["ood"].all()
+    plain = rows.filter(pl.col("path").str.contains("plain"))
+    assert plain["border_score"].max() < altered["border_score"].min()
+    assert plain["ood"].sum() <= 1  # training and held-out synthetic slices: the ceiling is their 99.9 %
+    model = mri44.load_model(tmp_path / "border.onnx")
+    image = cv2.imread(str(sources[0]), cv2.IMREAD_GRAYSCALE)
+    arrays = model.predict([255 - image, image], ood_threshold=10.0)
+    assert arrays["ood_reason"].to_list() == ["bright border", None]
+    # The statistic itself: blind to a per-channel affine scaling, 0 for a flat image, 0 / 1 for a dark / bright
+    # frame around a different middle.
+    x = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(border_scores(x), border_scores(3.0 * x - 7.0), rtol=1e-5)
+    assert border_scores(np.full((1, 32, 32), 9.0))[0] == 0.0
+    framed = np.zeros((2, 32, 32), np.float32)
+    framed[0, 4:-4, 4:-4] = 1.0
+    framed[1] = 1.0 - framed[0]
+    np.testing.assert_array_equal(border_scores(framed), [0.0, 1.0])

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mri44.atomic import OutputExistsError, atomic_path, held, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
 from mri44.checkpoint import Checkpoint
-from mri44.detail import fit_detail, input_detail
+from mri44.detail import ImageLimit, fit_border, fit_detail, input_statistics
 from mri44.errors import SettingError
 from mri44.files import checkpoint_path
 from mri44.fingerprint import THUMB, TrainingManifest
@@ -754,6 +754,17 @@ def turned_features(
     ]
 
 
+def image_limits(data: RunData) -> tuple[ImageLimit, ImageLimit]:
+    """The detail floor and border ceiling (mri44.detail) of the training images, for the model's OodSpec."""
+    parts = [
+        input_statistics(data.pixels[data.train_idx[s : s + 256]]) for s in range(0, len(data.train_idx), 256)
+    ]
+    return (
+        fit_detail(np.concatenate([detail for detail, _ in parts])),
+        fit_border(np.concatenate([border for _, border in parts])),
+    )
+
+
 def evaluate_best(
     best_path: Path, data: RunData, cfg: TrainConfig, device: torch.device, bf16: bool
 ) -> dict[str, Any]:
@@ -796,22 +807,21 @@ def evaluate_best(
                 source=f"{probe.source}; threshold from the out-of-fold turned scores of {cfg.temperature_from}",
             )
         ood = replace(ood, orientation=probe)
-    train_detail = np.concatenate(
-        [input_detail(data.pixels[data.train_idx[s : s + 256]]) for s in range(0, len(data.train_idx), 256)]
-    )
-    ood = replace(ood, detail=fit_detail(train_detail))
+    floor, ceiling = image_limits(data)
+    ood = replace(ood, detail=floor, border=ceiling)
     training = training_manifest(data.split[data.train_idx])
     best = best.with_fit(temperature, source, ood, training)
     best.save(best_path)
     result: dict[str, Any] = {"best_epoch": best.epoch + 1, "temperature": temperature}
     log.info(
-        "temperature %.3f (%s); ood threshold %.4f (%s); detail floor %.4f (%s)",
+        "temperature %.3f (%s); ood threshold %.4f (%s); detail floor %.4f (%s); border ceiling %.4f",
         temperature,
         source,
         ood.threshold,
         ood.source,
         ood.detail.threshold if ood.detail else float("nan"),
         ood.detail.source if ood.detail else "",
+        ood.border.threshold if ood.border else float("nan"),
     )
     for name in ("val", "test"):
         if name in outputs:
