@@ -260,9 +260,16 @@ def decode_dicom(data: bytes | np.ndarray, frame: int | None, max_pixels: int) -
 def read_frame(
     path: Path, frame: int | None, max_pixels: int
 ) -> tuple[np.ndarray, dict[str, str | int | None]]:
-    """One frame of a DICOM file as a viewer shows it, and the file's series tags from the same header read."""
-    pixels, ds = _decode(path, path.stat().st_size, frame, max_pixels)
-    return pixels, tags_of(ds)
+    """One frame of a DICOM file as a viewer shows it, and the file's series tags from the same header read. A
+    file that is one image is read into memory once, so its bytes' SHA-256 (seen_in_training) comes with it."""
+    if frame is not None:
+        pixels, ds = _decode(path, path.stat().st_size, frame, max_pixels)
+        return pixels, tags_of(ds)
+    from mri44.fingerprint import sha256_of
+
+    data = path.read_bytes()  # read_item checked the file's size against max_pixels first
+    pixels, ds = _decode(io.BytesIO(data), len(data), None, max_pixels)
+    return pixels, {**tags_of(ds), "sha256": sha256_of(data)}
 
 
 def _decode(

@@ -165,7 +165,7 @@ def load_item(item: Item, spec: PreprocessSpec, limits: Limits = Limits()) -> tu
     pixels, tags = read_item(item, limits)
     tags = tags or {}
     # What matches it against a model's training images (mri44.fingerprint): the SHA-256 of the file's bytes when it
-    # is one image, which the raster reader hashes from its own read; other single-image files are read again.
+    # is one image, which the raster and DICOM readers hash from their own read; a one-slice NIfTI is read again.
     raw = item.path.read_bytes() if item.member is None and "sha256" not in tags else None
     return to_model_pixels(pixels, spec), {**tags, **fingerprint_tags(pixels, raw)}
 

@@ -3,7 +3,9 @@ they were made from; compressed pixel data without its codec is one clear error 
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
+import io
 import re
 import sys
 from pathlib import Path
@@ -542,3 +544,28 @@ def test_a_decode_error_names_every_codec_that_failed() -> None:
         _reason(ValueError("cannot reshape array")) == "cannot reshape array"
         and _reason(ValueError()) == "ValueError"
     )
+
+
+def test_a_one_image_dicom_file_is_read_once_and_hashed_from_that_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SHA-256 that seen_in_training matches comes from the bytes that were decoded: one read of the file,
+    not a second one to hash it (which could also see other bytes)."""
+    from mri44.files import file_sha256
+    from mri44.preprocess import PreprocessSpec, load_item
+
+    write_dicom(tmp_path / "one.dcm", [np.full((8, 8), 40, np.uint16)], "MONOCHROME2", None, series="1.2.3.9")
+    (item,) = list_items([tmp_path / "one.dcm"])
+    expected = file_sha256(tmp_path / "one.dcm")
+    opened: list[str] = []
+    real = io.open
+
+    def counting_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    _, tags = load_item(item, PreprocessSpec(size=16))
+    assert tags is not None and tags["sha256"] == expected and tags["series_uid"] == "1.2.3.9"
+    assert opened.count(str(tmp_path / "one.dcm")) == 1
