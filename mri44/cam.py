@@ -30,8 +30,10 @@ def onnx_classifier_weights(path: str | os.PathLike[str]) -> np.ndarray:
     graph = onnx.load(str(path)).graph
     inits = {i.name: i for i in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
-    # An ensemble file holds a second member's classifier too: the map is the first member's (its features).
-    gemms = [n for n in graph.node if n.op_type == "Gemm" and not n.input[1].startswith(ENSEMBLE_SECOND)]
+    # An ensemble graph holds two classifiers: the map is the second member's, whose features the graph outputs.
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    if len(gemms) == 2:
+        gemms = [n for n in gemms if n.input[1].startswith(ENSEMBLE_SECOND)]
     if len(gemms) != 1:
         raise MRI44Error(
             f"{path}: expected one classifier layer (Gemm), found {len(gemms)}; not a ResNet export?"

@@ -1,12 +1,14 @@
 """Two exported models as one ONNX graph that scores their geometric mean (issue 29: the most accurate model we
 have is the mean of the teacher's and the student's probabilities), built from the two files and a small recipe.
 
-The graph is an ordinary mri44 model, so every engine, the API and the report use it unchanged: one input, the
-first member's preprocessing, its `features` output and out-of-distribution spec, and `logits` = the mean of the
-members' log-probabilities (whose softmax is the normalised geometric mean of their probabilities, exactly what
-`scripts/cv_ensemble.py` measures out of fold). The second member sees the first member's input mapped back to
-pixels, re-normalised with its own constants and resized to its own side inside the graph: one decode, two
-networks.
+The graph is an ordinary mri44 model, so every engine, the API and the report use it unchanged: one input with
+the first member's preprocessing, `logits` = the mean of the members' log-probabilities (whose softmax is the
+normalised geometric mean of their probabilities, exactly what `scripts/cv_ensemble.py` measures out of fold),
+and the second member's `features`, so its out-of-distribution check and class activation maps: the teacher, put
+second, has the features that tell non-MRI images apart (docs/ood.md), and the image statistics (detail, border)
+stay the first member's, fitted on the input the graph receives. The second member sees the first member's input
+mapped back to pixels, re-normalised with its own constants and resized to its own side inside the graph: one
+decode, two networks.
 
 Why a recipe and not a file: the graph repeats both members' weights, so shipping it would ship them twice. The
 shipped `models/mri44-ensemble.json` names the members by file and sha256 and carries the temperature fitted out of
@@ -32,7 +34,7 @@ from mri44.preprocess import PreprocessSpec
 
 RECIPE_FORMAT = "mri44-ensemble-recipe/1"
 # Part of every cached graph's name: raise it when ensemble_onnx changes what it builds, so no stale graph is used.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: features and the distance check from the second member
 
 
 class EnsembleError(MRI44Error):
@@ -107,9 +109,10 @@ def _union(a: TrainingManifest | None, b: TrainingManifest | None) -> TrainingMa
 
 
 def ensemble_onnx(first_path: Path, second_path: Path, temperature: float) -> tuple[Any, ModelMetadata]:
-    """One graph scoring the geometric mean of two exported models, and its metadata: the first member's input,
-    features, out-of-distribution spec and training manifest, `temperature` for the mean (fit it on the
-    ensemble's out-of-fold logits: scripts/cv_ensemble.py)."""
+    """One graph scoring the geometric mean of two exported models, and its metadata: the first member's input and
+    image-statistic limits, the second member's features, distance check and orientation probe, both members'
+    training manifests, `temperature` for the mean (fit it on the ensemble's out-of-fold logits:
+    scripts/cv_ensemble.py)."""
     import onnx
     from onnx import compose, helper
 
@@ -117,12 +120,22 @@ def ensemble_onnx(first_path: Path, second_path: Path, temperature: float) -> tu
     meta1 = ModelMetadata.from_proto(first, str(first_path))
     meta2 = ModelMetadata.from_proto(second, str(second_path))
     _check_members(meta1, meta2)
+    if meta2.ood is None:
+        raise EnsembleError(
+            f"{second_path} carries no out-of-distribution check: the ensemble's is the second's"
+        )
     training = _union(meta1.training, meta2.training)
+    ood = replace(
+        meta2.ood,
+        detail=meta1.ood.detail if meta1.ood else None,
+        border=meta1.ood.border if meta1.ood else None,
+    )
     second = compose.add_prefix(second, ENSEMBLE_SECOND)
     g1, g2 = first.graph, second.graph
-    logits1 = "member1/" + OUTPUT_NAME
-    for node in g1.node:  # the first member's logits become an inner tensor
-        node.output[:] = [logits1 if out == OUTPUT_NAME else out for out in node.output]
+    inner = {OUTPUT_NAME: "member1/" + OUTPUT_NAME, FEATURES_NAME: "member1/" + FEATURES_NAME}
+    for node in g1.node:  # the first member's outputs become inner tensors
+        node.output[:] = [inner.get(out, out) for out in node.output]
+    logits1 = inner[OUTPUT_NAME]
     bridge, bridge_inits = _member_input(meta1.preprocess, meta2.preprocess)
     combine = [
         helper.make_node("LogSoftmax", [logits1], ["ens/logp1"], axis=1, name="ens/LogSoftmax1"),
@@ -131,14 +144,18 @@ def ensemble_onnx(first_path: Path, second_path: Path, temperature: float) -> tu
         ),
         helper.make_node("Add", ["ens/logp1", "ens/logp2"], ["ens/sum"], name="ens/Sum"),
         helper.make_node("Mul", ["ens/sum", "ens/half"], [OUTPUT_NAME], name="ens/Mean"),
+        helper.make_node("Identity", [ENSEMBLE_SECOND + FEATURES_NAME], [FEATURES_NAME], name="ens/Features"),
     ]
     half = onnx.numpy_helper.from_array(np.array(0.5, np.float32), "ens/half")
-    outputs = {o.name: o for o in g1.output}
+    logits_out = next(o for o in g1.output if o.name == OUTPUT_NAME)
+    features_out = onnx.ValueInfoProto()
+    features_out.CopyFrom(next(o for o in g2.output if o.name == ENSEMBLE_SECOND + FEATURES_NAME))
+    features_out.name = FEATURES_NAME
     graph = helper.make_graph(
         list(g1.node) + bridge + list(g2.node) + combine,
         "mri44-ensemble",
         list(g1.input),
-        [outputs[OUTPUT_NAME], outputs[FEATURES_NAME]],
+        [logits_out, features_out],
         list(g1.initializer) + list(g2.initializer) + bridge_inits + [half],
         value_info=list(g1.value_info) + list(g2.value_info),
     )
@@ -152,8 +169,10 @@ def ensemble_onnx(first_path: Path, second_path: Path, temperature: float) -> tu
         meta1,
         arch=f"ensemble({meta1.arch}+{meta2.arch})",
         source_sha256=f"{meta1.source_sha256}+{meta2.source_sha256}",
+        ood=ood,
         export={
-            "ensemble": "geometric mean of the members' probabilities (mean of log-softmax)",
+            "ensemble": "geometric mean of the members' probabilities (mean of log-softmax); features, distance "
+            "check and orientation probe from the second member, image statistics from the first",
             "members": [
                 {"file": Path(first_path).name, "arch": meta1.arch, "export": meta1.export},
                 {"file": Path(second_path).name, "arch": meta2.arch, "export": meta2.export},

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # the ONNX scorer reads metadata without importing torch
 INPUT_NAME = "image"  # float32 (batch, 3, size, size), normalised by the preprocessing spec
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
 FEATURES_NAME = "features"  # float32 (batch, C, h, w): the last stage's feature map (mri44.ood, explanations)
-# In an ensemble file (export/ensemble.py) the second member's names start with this; its classifier is not the
-# one a class activation map uses (mri44/cam.py).
+# In an ensemble graph (mri44/ensemble.py) the second member's names start with this; its features are the
+# graph's `features` and its classifier the one a class activation map uses (mri44/cam.py).
 ENSEMBLE_SECOND = "member2/"
 FORMAT_VERSION = "1"
 TRAINING_KEY = "mri44.training_manifest"  # optional, as mri44.ood is

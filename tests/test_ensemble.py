@@ -15,7 +15,14 @@ from mri44.checkpoint import Checkpoint
 from mri44.discover import find_images
 from mri44.ensemble import EnsembleError, build_from_recipe, ensemble_onnx, write_recipe
 from mri44.errors import SettingError
-from mri44.onnx_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
+from mri44.onnx_meta import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelMetadata,
+    read_metadata,
+    write_with_metadata,
+)
 from mri44.preprocess import normalize
 from mri44.runtime import make_session
 from mri44.samples import decodable_pixels
@@ -57,8 +64,11 @@ def test_the_second_member_gets_its_own_normalisation_and_size_inside_the_graph(
     spec = replace(
         alone.preprocess, size=alone.preprocess.size - 8, mean=(0.3, 0.3, 0.3), std=(0.2, 0.2, 0.2)
     )
-    # The same weights exported for a smaller input with other normalisation constants: a second member.
-    replace(Checkpoint.load(trained_run), preprocess=spec).save(tmp_path / "best.pt")
+    # The same network exported for a smaller input with other normalisation constants and a sharper classifier:
+    # a second member whose outputs and class activation weights differ from the first's.
+    ckpt = Checkpoint.load(trained_run)
+    sharper = {**ckpt.weights, "fc.weight": ckpt.weights["fc.weight"] * 2.0}
+    replace(ckpt, preprocess=spec, weights=sharper).save(tmp_path / "best.pt")
     proto, _, second_meta = export_onnx(tmp_path / "best.pt")
     second = tmp_path / "second.onnx"
     write_with_metadata(proto, second_meta, second)
@@ -77,18 +87,29 @@ def test_the_second_member_gets_its_own_normalisation_and_size_inside_the_graph(
         align_corners=False,
     ).numpy()
     logits1 = make_session(exported_model, "cpu").run([OUTPUT_NAME], {INPUT_NAME: x1})[0]
-    logits2 = make_session(second, "cpu").run([OUTPUT_NAME], {INPUT_NAME: x2})[0]
+    logits2, features2 = make_session(second, "cpu").run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x2})
     expected = (np.log(softmax(logits1)) + np.log(softmax(logits2))) / 2
-    joint = make_session(model.SerializeToString(), "cpu").run([OUTPUT_NAME], {INPUT_NAME: x1})[0]
+    joint, features = make_session(model.SerializeToString(), "cpu").run(
+        [OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x1}
+    )
     np.testing.assert_allclose(joint, expected, atol=1e-4)
+    # The features, and so the distance check and its probe, are the second member's; the image statistics'
+    # limits are the first's, fitted on the input the graph receives.
+    features1 = make_session(exported_model, "cpu").run([FEATURES_NAME], {INPUT_NAME: x1})[0]
+    np.testing.assert_allclose(features, features2, atol=1e-3)
+    assert features.shape != features1.shape or np.abs(features - features1).max() > 1e-2
+    assert meta.ood is not None and second_meta.ood is not None and alone.ood is not None
+    np.testing.assert_array_equal(meta.ood.reference, second_meta.ood.reference)
+    assert meta.ood.threshold == second_meta.ood.threshold and meta.ood.detail == alone.ood.detail
     assert np.abs(softmax(logits2) - softmax(logits1)).max() > 0.05  # the members differ: the test can tell
     # Against the members scored separately, each from the file (area resizing): close, not identical.
     parity = ensemble_parity(model, meta, (exported_model, second), find_images(synthetic_data)[:40])
     assert parity["images"] == 40 and parity["top1_agreement"] >= 0.9
-    # The class activation map uses the first member's classifier, not the second's.
+    # The class activation map uses the second member's classifier, whose features the graph outputs.
     path = tmp_path / "ensemble.onnx"
     write_with_metadata(model, meta, path)
-    np.testing.assert_array_equal(onnx_classifier_weights(path), onnx_classifier_weights(exported_model))
+    np.testing.assert_array_equal(onnx_classifier_weights(path), onnx_classifier_weights(second))
+    assert not np.array_equal(onnx_classifier_weights(second), onnx_classifier_weights(exported_model))
 
 
 def test_models_that_cannot_be_averaged_are_refused(exported_model: Path, tmp_path: Path) -> None:
