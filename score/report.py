@@ -150,6 +150,7 @@ def cards(rows: pl.DataFrame, root: Path | None, overlays: dict[str, str]) -> li
                 "pred": row["pred_class"],
                 "verdict": "" if true is None else ("right" if true == row["pred_class"] else "wrong"),
                 "flagged": bool(row.get("ood")),  # amber, whatever the verdict: never a green border
+                "reason": row.get("ood_reason") if row.get("ood") else None,
                 "series": _series_label(row),
                 "top": [(row[c], row[c.replace("_class", "_prob")]) for c in top_columns],
             }
@@ -169,8 +170,8 @@ def _series_label(row: dict[str, Any]) -> str | None:
 
 
 def ood_line(ok: pl.DataFrame, recorded: dict[str, Any]) -> str:
-    """The out-of-distribution check in one line for the report's header: how many scored images it flagged, at
-    which threshold and whose (the model's, or --ood-threshold)."""
+    """The out-of-distribution check in one line for the report's header: how many scored images it flagged and
+    why (ood_reason, counted per check), and the distance threshold and whose (the model's, or --ood-threshold)."""
     if "ood" not in ok.columns or ok["ood"].is_null().all():
         return "off (mri-score --ood off), or not recorded"
     options, model = recorded.get("options"), recorded.get("model")
@@ -178,8 +179,18 @@ def ood_line(ok: pl.DataFrame, recorded: dict[str, Any]) -> str:
     own = model.get("ood_threshold") if isinstance(model, dict) else None
     threshold = given if isinstance(given, (int, float)) else own
     whose = "given with --ood-threshold" if isinstance(given, (int, float)) else "the model's threshold"
-    at = f" (ood_score above {threshold:.4f}, {whose})" if isinstance(threshold, (int, float)) else ""
-    return f"{int(ok['ood'].fill_null(False).sum())} of {ok.height} scored images flagged{at}"
+    at = (
+        f"; distance: ood_score above {threshold:.4f}, {whose}" if isinstance(threshold, (int, float)) else ""
+    )
+    reasons = (
+        ok.filter(pl.col("ood").fill_null(False))
+        .select(pl.col("ood_reason").str.split("; ").explode().value_counts(sort=True))
+        .unnest("ood_reason")
+    )
+    why = ", ".join(f"{r['ood_reason']} {r['count']}" for r in reasons.iter_rows(named=True))
+    return (
+        f"{int(ok['ood'].fill_null(False).sum())} of {ok.height} scored images flagged ({why or 'none'}{at})"
+    )
 
 
 def ood_gallery(ok: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:
@@ -189,8 +200,9 @@ def ood_gallery(ok: pl.DataFrame) -> list[tuple[str, str, str, pl.DataFrame]]:
         return []
     flagged = ok.filter(pl.col("ood").fill_null(False)).sort("ood_score", descending=True)
     note = (
-        f"{flagged.height} image(s) unlike the training images (ood_score above the model's threshold): the model "
-        "has no business answering for these, whatever its confidence."
+        f"{flagged.height} image(s) unlike the training images (each card says why: feature distance, turned, low "
+        "detail, bright border or a DICOM modality other than MR): the model has no business answering for these, "
+        "whatever its confidence."
     )
     return [("out-of-distribution", "Not like the training images", note, flagged.head(GALLERY_SIZE))]
 

@@ -179,10 +179,12 @@ def test_report_shows_the_flagged_images_in_their_own_gallery(
     assert flagged_cards and all(card.split('">')[0].endswith("flagged") for card in flagged_cards[:2])
     assert "flagged out of distribution" in html[: html.index('id="out-of-distribution"')]
     flagged = pl.read_parquet(out)["ood"].sum()
-    assert (
-        f"{flagged} of {pl.read_parquet(out).filter(status='ok').height} scored images flagged (ood_score above "
-        in html
-    )
+    assert f"{flagged} of {pl.read_parquet(out).filter(status='ok').height} scored images flagged (" in html
+    # The header counts the flags by reason and each flagged card says its own.
+    reasons = pl.read_parquet(out).filter("ood")["ood_reason"].str.split("; ").explode()
+    top = reasons.value_counts(sort=True).row(0)
+    assert f"{top[0]} {top[1]}" in html and "; distance: ood_score above " in html
+    assert all("flagged: " in card for card in flagged_cards[: min(int(flagged), 12)])
     off = tmp_path / "off.parquet"
     runner.invoke(score_app, [str(folder), "--out", str(off), "--model", str(exported_model), "--ood", "off"])
     assert runner.invoke(report_app, [str(off), "--images", str(folder)]).exit_code == 0
