@@ -1,13 +1,17 @@
-"""What the benchmark scripts share: their common options, the median-rate timer and the folder of links they
-score."""
+"""What the benchmark scripts share: their common options, the median-rate timer, the folder of links they
+score and decoded images batched as the network's input."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import numpy as np
+
+from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/brain-mri-44c"
 
@@ -47,3 +51,9 @@ def subset_folder(paths: list[Path], root: Path, n: int, dst: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(src.resolve())
     return dst
+
+
+def model_batches(images: list[np.ndarray], spec: PreprocessSpec, batch: int = 32) -> Iterator[np.ndarray]:
+    """Decoded images as the network's float32 input (N, 3, S, S), preprocessed exactly as the scorer does."""
+    for start in range(0, len(images), batch):
+        yield normalize(np.stack([to_model_pixels(i, spec) for i in images[start : start + batch]]), spec)

@@ -28,13 +28,13 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_util import model_batches  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from mri44.detail import input_statistics  # noqa: E402
 from mri44.imageio import ImageDecodeError  # noqa: E402
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, read_metadata  # noqa: E402
 from mri44.ood import OodSpec, knn_distance, normalised, pooled  # noqa: E402
-from mri44.preprocess import normalize, to_model_pixels  # noqa: E402
 from mri44.readers import read_image  # noqa: E402
 from mri44.run_folder import read_split  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
@@ -123,11 +123,7 @@ def run_model(
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """(logits, pooled features, (detail, border) scores) of decoded images."""
     logits, feats, stats = [], [], []
-    for start in range(0, len(images), batch):
-        x = normalize(
-            np.stack([to_model_pixels(i, meta.preprocess) for i in images[start : start + batch]]),
-            meta.preprocess,
-        )
+    for x in model_batches(images, meta.preprocess, batch):
         out, features = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
         logits.append(out)
         feats.append(pooled(features))

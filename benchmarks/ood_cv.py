@@ -32,11 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_util import model_batches  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from mri44.checkpoint import Checkpoint  # noqa: E402
 from mri44.ood import MAX_REFERENCE, knn_distance, normalised, reference_rows  # noqa: E402
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels  # noqa: E402
+from mri44.preprocess import PreprocessSpec  # noqa: E402
 from mri44.readers import read_image  # noqa: E402
 from mri44.run_folder import RunFolder  # noqa: E402
 
@@ -154,8 +155,7 @@ def late_features(model, maps: np.ndarray, batch: int = 64) -> np.ndarray:
 def image_features(model, spec: PreprocessSpec, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(pooled layer3, pooled layer4) of decoded images, preprocessed exactly as the scorer does."""
     l3s, l4s = [], []
-    for start in range(0, len(images), 32):
-        x = normalize(np.stack([to_model_pixels(i, spec) for i in images[start : start + 32]]), spec)
+    for x in model_batches(images, spec):
         h = torch.from_numpy(x)
         h = model.maxpool(model.relu(model.bn1(model.conv1(h))))
         l3 = model.layer3(model.layer2(model.layer1(h)))

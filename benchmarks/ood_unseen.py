@@ -29,13 +29,14 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 import ood_cv  # noqa: E402
+from bench_util import model_batches  # noqa: E402
 
 from mri44.checkpoint import Checkpoint  # noqa: E402
-from mri44.detail import fit_border, fit_detail, input_statistics  # noqa: E402
+from mri44.detail import fit_image_limits, input_statistics  # noqa: E402
 from mri44.limits import Limits  # noqa: E402
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME  # noqa: E402
 from mri44.ood import HELD_OUT_PASS, TURNED_HELD_OUT_PASS, OodSpec, normalised, pooled, reference_rows  # noqa: E402
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels  # noqa: E402
+from mri44.preprocess import PreprocessSpec, normalize  # noqa: E402
 from mri44.readers import list_items, read_image  # noqa: E402
 from mri44.run_folder import RunFolder, read_split  # noqa: E402
 from mri44.runtime import make_session  # noqa: E402
@@ -44,10 +45,9 @@ from mri44.stages.score.pipeline import decoded_batches  # noqa: E402
 
 
 def scores_of(session, spec: PreprocessSpec, ood: OodSpec, batches) -> dict[str, np.ndarray]:
-    """distance, turned and detail per image, from model-size uint8 batches (N, S, S, C)."""
+    """distance, turned, detail and border per image, from batches of the network's input."""
     out: dict[str, list[np.ndarray]] = {"distance": [], "turned": [], "detail": [], "border": []}
-    for pixels in batches:
-        x = normalize(pixels, spec)
+    for x in batches:
         _, feature_map = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
         unit = normalised(pooled(feature_map))
         out["distance"].append(ood.scores(feature_map))
@@ -59,14 +59,10 @@ def scores_of(session, spec: PreprocessSpec, ood: OodSpec, batches) -> dict[str,
 
 
 def file_batches(paths: list[Path], spec: PreprocessSpec, batch: int = 32):
+    """The readable files' network input, decoded by the scorer's own pipeline."""
     for _, pixels, _, _ in decoded_batches(list_items(paths), spec, batch, 2, 2 * batch, Limits()):
         if pixels is not None:
-            yield pixels
-
-
-def image_batches(images: list[np.ndarray], spec: PreprocessSpec, batch: int = 32):
-    for start in range(0, len(images), batch):
-        yield np.stack([to_model_pixels(i, spec) for i in images[start : start + batch]])
+            yield normalize(pixels, spec)
 
 
 def main() -> None:
@@ -98,10 +94,9 @@ def main() -> None:
         train = [args.data / p for p in split.filter(split="train")["path"]]
         inside = scores_of(session, spec, ood, file_batches(unseen, spec))
         reference = [train[i] for i in reference_rows(len(train))]
-        known = [normalize(p, spec) for p in file_batches(reference, spec)]
-        stats = [input_statistics(x) for x in known]
-        floor = fit_detail(np.concatenate([d for d, _ in stats]))
-        ceiling = fit_border(np.concatenate([b for _, b in stats])).threshold
+        known = list(file_batches(reference, spec))
+        floor, border = fit_image_limits(input_statistics(x) for x in known)
+        ceiling = border.threshold
         limits = {
             "distance": float(np.quantile(inside["distance"], HELD_OUT_PASS)),
             "turned": float(np.quantile(inside["turned"], TURNED_HELD_OUT_PASS))
@@ -124,7 +119,7 @@ def main() -> None:
         slices = [read_image(unseen[i]) for i in picked]
         families = {"unseen MRI (in distribution)": None} | ood_cv.families(bench, slices, rng)
         for name, images in families.items():
-            s = inside if images is None else scores_of(session, spec, ood, image_batches(images, spec))
+            s = inside if images is None else scores_of(session, spec, ood, model_batches(images, spec))
             f = flags(s)
             row = {"fold": fold, "family": name, "images": len(s["distance"])}
             for score in ("distance", "turned"):

@@ -25,6 +25,7 @@ model's OodSpec (mri44.ood); image statistics, not learned ones: unseen slices p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,13 @@ def fit_border(scores: np.ndarray) -> ImageLimit:
     """The ceiling that BORDER_PASS of these (training) images' border scores stay under."""
     threshold = float(np.quantile(scores, BORDER_PASS))
     return ImageLimit(threshold, f"{BORDER_PASS:.1%} of {len(scores)} training images under")
+
+
+def fit_image_limits(stats: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[ImageLimit, ImageLimit]:
+    """The detail floor and border ceiling of training images, from input_statistics of their batches: the one place
+    training, scripts/fit_ood.py and the benchmarks fit both limits."""
+    detail, border = (np.concatenate(parts) for parts in zip(*stats, strict=True))
+    return fit_detail(detail), fit_border(border)
 
 
 def input_statistics(batch: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import polars as pl
 
-from mri44.detail import ImageLimit, fit_border, fit_detail, input_statistics
+from mri44.detail import ImageLimit, fit_image_limits, input_statistics
 from mri44.limits import Limits
 from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, ModelMetadata, read_metadata, write_with_metadata
 from mri44.ood import (
@@ -74,9 +74,9 @@ def pooled_features(
     return [np.concatenate(parts) for parts in out], (detail, border)
 
 
-def image_limits(detail: np.ndarray, border: np.ndarray) -> tuple[ImageLimit, ImageLimit]:
-    """The detail floor and border ceiling of these training images, printed as they are fitted."""
-    floor, ceiling = fit_detail(detail), fit_border(border)
+def image_limits(stats: list[tuple[np.ndarray, np.ndarray]]) -> tuple[ImageLimit, ImageLimit]:
+    """The detail floor and border ceiling of training images (input_statistics of their batches), printed."""
+    floor, ceiling = fit_image_limits(stats)
     print(
         f"detail floor {floor.threshold:.4f} ({floor.source}); border ceiling {ceiling.threshold:.4f} "
         f"({ceiling.source})"
@@ -97,7 +97,7 @@ def add_image_limits(
     stats = [
         input_statistics(pixels.transpose(0, 3, 1, 2)) for _, pixels, _, _ in batches if pixels is not None
     ]
-    floor, ceiling = image_limits(*(np.concatenate(parts) for parts in zip(*stats, strict=True)))
+    floor, ceiling = image_limits(stats)
     write_with_metadata(proto, replace(meta, ood=replace(meta.ood, detail=floor, border=ceiling)), args.out)
     print(f"wrote {args.out}")
 
@@ -187,7 +187,7 @@ def main() -> None:
         if selection is None:
             raise SystemExit(f"error: {args.pass_rate_from} has no out-of-distribution reference set")
         rate, rate_source = leave_one_out_pass_rate(selection), f"the rate of {args.pass_rate_from.name}"
-    floor, ceiling = image_limits(*train_stats)
+    floor, ceiling = image_limits([train_stats])
     spec = replace(
         fit_ood(reference, val, args.k, loo_pass_rate=rate, rate_source=rate_source),
         detail=floor,

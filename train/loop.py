@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mri44.atomic import OutputExistsError, atomic_path, held, write_text_atomic
 from mri44.calibration import fit_temperature, softmax
 from mri44.checkpoint import Checkpoint
-from mri44.detail import ImageLimit, fit_border, fit_detail, input_statistics
+from mri44.detail import ImageLimit, fit_image_limits, input_statistics
 from mri44.errors import SettingError
 from mri44.files import checkpoint_path
 from mri44.fingerprint import THUMB, TrainingManifest
@@ -756,13 +756,8 @@ def turned_features(
 
 def image_limits(data: RunData) -> tuple[ImageLimit, ImageLimit]:
     """The detail floor and border ceiling (mri44.detail) of the training images, for the model's OodSpec."""
-    parts = [
-        input_statistics(data.pixels[data.train_idx[s : s + 256]]) for s in range(0, len(data.train_idx), 256)
-    ]
-    return (
-        fit_detail(np.concatenate([detail for detail, _ in parts])),
-        fit_border(np.concatenate([border for _, border in parts])),
-    )
+    idx = data.train_idx
+    return fit_image_limits(input_statistics(data.pixels[idx[s : s + 256]]) for s in range(0, len(idx), 256))
 
 
 def evaluate_best(
