@@ -6,6 +6,9 @@ at 0.92 of the model's own rate). Prints two Markdown tables:
 2. Per JPEG: the shipped decode (full size, then an area resize to the model's side, then the fingerprint) against
    libjpeg's DCT-domain decode at half size (cv2.IMREAD_REDUCED_*_2) followed by the same resize: milliseconds,
    pixel differences at the model's input, and how many of the model's predictions change.
+3. Scheduling, on ready-to-decode files without rows: the model alone (one session of 2 threads, or two 1-thread
+   sessions side by side), decoding overlapped with the model (the shipped way), decoding then the model (no
+   overlap), and the overlap with ONNX Runtime's dynamic blocks or with the decoding threads at nice 19.
 
     python benchmarks/decode_options.py --data ../shared/data/brain-mri-44c --images 1024 --model default
 
@@ -14,13 +17,18 @@ Run it on a quiet machine: the ratios mean nothing beside a training run.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,7 +40,8 @@ from mri44.discover import find_images  # noqa: E402
 from mri44.fingerprint import signature  # noqa: E402
 from mri44.imageio import decode_bytes, read_file  # noqa: E402
 from mri44.limits import Limits  # noqa: E402
-from mri44.preprocess import PreprocessSpec, normalize, to_model_pixels  # noqa: E402
+from mri44.onnx_meta import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from mri44.preprocess import PreprocessSpec, load_item, normalize, to_model_pixels  # noqa: E402
 from mri44.readers import list_items  # noqa: E402
 from mri44.samples import spread  # noqa: E402
 from mri44.stages.score.backends import Backend, onnx_backend  # noqa: E402
@@ -113,15 +122,84 @@ def decode_table(backend: Backend, paths: list[Path], repeats: int) -> None:
     )
 
 
+def scheduling_table(model: Path, items: list, spec: PreprocessSpec, repeats: int) -> None:
+    """What changing who runs when would give: img/s and the ratio to the model alone (one 2-thread session)."""
+
+    def session(threads: int = 0, dynamic_blocks: int = 0) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as mri44.runtime
+        options.intra_op_num_threads = threads
+        if dynamic_blocks:
+            options.add_session_config_entry("session.dynamic_block_base", str(dynamic_blocks))
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    ready = [
+        normalize(p, spec)
+        for _, p, _, _ in decoded_batches(items, spec, 32, 2, 64, Limits())
+        if p is not None
+    ]
+    n = sum(len(x) for x in ready)
+    shipped, dynamic, single = session(), session(dynamic_blocks=4), session(threads=1)
+    pool = ThreadPoolExecutor(2)
+
+    def forward(s: ort.InferenceSession) -> Callable[[np.ndarray], object]:
+        return lambda x: s.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
+
+    def overlapped(s: ort.InferenceSession, nice: int = 0) -> Callable[[], None]:
+        def go() -> None:
+            init = (
+                (lambda: os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)) if nice else None
+            )
+            with ThreadPoolExecutor(2, initializer=init) as workers:
+                futures = [workers.submit(load_item, i, spec) for i in items]
+                for start in range(0, len(items), 32):
+                    batch = np.stack([f.result()[0] for f in futures[start : start + 32]])
+                    forward(s)(normalize(batch, spec))
+
+        return go
+
+    def serial() -> None:
+        for start in range(0, len(items), 32):
+            batch = np.stack(
+                [r[0] for r in pool.map(lambda i: load_item(i, spec), items[start : start + 32])]
+            )
+            forward(shipped)(normalize(batch, spec))
+
+    alone = median_rate(lambda: [forward(shipped)(x) for x in ready], n, repeats)
+    ways = {
+        "model alone, two 1-thread sessions side by side": (
+            lambda: list(pool.map(forward(single), ready)),
+            n,
+        ),
+        "decoding overlapped with the model (shipped)": (overlapped(shipped), len(items)),
+        "decoding, then the model (no overlap)": (serial, len(items)),
+        "overlapped, ONNX Runtime dynamic blocks (base 4)": (overlapped(dynamic), len(items)),
+        "overlapped, decoding threads at nice 19": (overlapped(shipped, nice=19), len(items)),
+    }
+    print("| schedule | img/s | / model alone |")
+    print("| --- | ---: | ---: |")
+    print(f"| model alone, one 2-thread session | {alone:.1f} | 1.000 |")
+    for name, (fn, count) in ways.items():
+        rate = median_rate(fn, count, repeats)
+        print(f"| {name} | {rate:.1f} | {rate / alone:.3f} |")
+
+
 def main() -> None:
     parser = bench_parser(__doc__, images=1024)
     parser.add_argument("--model", default="default", help="a shipped model name or an ONNX file")
+    parser.add_argument("--only", choices=("pipeline", "decode", "scheduling"), help="print this table alone")
     args = parser.parse_args()
-    backend = onnx_backend(resolve_model(args.model), "cpu")
+    model = resolve_model(args.model)
+    backend = onnx_backend(model, "cpu")
     paths = spread(find_images(args.data), args.images)
     print(f"{args.model}: {len(paths)} images from {args.data}\n")
-    pipeline_table(backend, args.data, paths[:256], args.repeats)
-    decode_table(backend, paths, args.repeats)
+    if args.only in (None, "pipeline"):
+        pipeline_table(backend, args.data, paths[:256], args.repeats)
+    if args.only in (None, "decode"):
+        decode_table(backend, paths, args.repeats)
+    if args.only in (None, "scheduling"):
+        scheduling_table(model, list_items(paths[:256]), backend.meta.preprocess, args.repeats)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from mri44.ood import OodRows
 from mri44.predictions import prediction_frame, printable_path, series_table
 from mri44.preprocess import PreprocessSpec, load_item, normalize
 from mri44.readers import Item, Tags, member_columns
+from mri44.runtime import one_blas_thread
 
 from .backends import Backend
 
@@ -113,12 +114,14 @@ def score_batch(
 ) -> None:
     """Run the model on one normalised batch and fill its rows: temperature-scaled probabilities, ok only where
     every logit is finite (a NaN or inf output becomes that file's error row, never a confident class 0), and,
-    when ood is given, each row's out-of-distribution scores (mri44.ood) from the same forward pass."""
+    when ood is given, each row's out-of-distribution scores (mri44.ood) from the same forward pass, with NumPy's
+    BLAS on one thread (mri44.runtime.one_blas_thread: its idle threads spun on the model's cores)."""
     if ood is not None:
         spec, run_features = backend.meta.ood, backend.run_features
         assert spec is not None and run_features is not None  # ood_check() decided
         logits, features = run_features(x)
-        spec.fill(ood, positions, features, x)
+        with one_blas_thread():
+            spec.fill(ood, positions, features, x)
     else:
         logits = backend.run(x)
     finite = np.isfinite(logits).all(1)

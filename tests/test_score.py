@@ -607,3 +607,35 @@ def test_rows_say_when_the_model_trained_on_the_image_or_a_copy_of_it(
     assert summary["in_training"][0] == 2 and summary["n"][0] == 3
     assert summary["accuracy_unseen"][0] in (0.0, 1.0)  # one unseen image
     assert "2 of 3 labelled images were in the model's training data" in (training_overlap(summary) or "")
+
+
+def test_the_ood_check_runs_numpy_blas_on_one_thread_and_gives_the_threads_back(
+    synthetic_data: Path, exported_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenBLAS's idle threads spun on the cores ONNX Runtime needed (mri44.runtime.one_blas_thread): every
+    engine's score_batch runs the check's matrix products on one thread, then restores the setting."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from mri44.ood import OodSpec
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    fill = OodSpec.fill
+
+    def recording_fill(self, *args, **kwargs) -> None:
+        seen.append(blas_threads())
+        fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(OodSpec, "fill", recording_fill)
+    backend = onnx_backend(exported_model, "cpu")
+    with threadpool_limits(limits=2, user_api="blas"):  # two threads outside, whatever this machine's default
+        before = blas_threads()
+        run = score_items(
+            backend, synthetic_data, list_items(sorted(synthetic_data.rglob("*.png"))[:6]), progress=False
+        )
+        after = blas_threads()
+    assert run.scored == 6 and seen and before and all(n == 2 for n in before)
+    assert all(threads and all(n == 1 for n in threads) for threads in seen)
+    assert after == before
