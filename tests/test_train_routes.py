@@ -184,3 +184,63 @@ def test_a_run_with_tumour_and_contrast_heads_keeps_them_in_last_pt_only_and_res
         torch.testing.assert_close(resumed[key], last.weights[key], msg=key)
     with pytest.raises(SettingError, match="aux_weight"):
         run_training(replace(cfg, out=tmp_path / "frozen", freeze_through="layer3", weights="x"))
+
+
+@pytest.mark.slow
+def test_extra_images_teach_through_soft_labels_alone(
+    synthetic_data: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    """--extra-images: images of another label set join training with the teacher's soft labels as their only
+    target, sampled as classes of their own, counted as trained on, never validated or tested."""
+    from synthetic import make_dataset
+
+    extra = make_dataset(
+        tmp_path / "extra", per_class=10, size=64, seed=7, classes=("Circloma T1", "Squaroma T2")
+    )
+    for folder, new in (("Circloma T1", "round"), ("Squaroma T2", "square")):  # another label set's names
+        (extra / folder).rename(extra / new)
+    copied = next((synthetic_data / "Circloma T1").iterdir())  # a --data image: left out of the extras
+    (extra / "round" / "copy.png").write_bytes(copied.read_bytes())
+    cfg = tiny_run_config(
+        synthetic_data, tmp_path / "student", recipe=get_recipe("distill"), image_size=32, epochs=2,
+        soft_labels=(trained_run,), soft_label_views=2, split_file=trained_run / "split.parquet",
+        extra_images=extra,
+    )  # fmt: skip
+    run_training(cfg)
+    split = pl.read_parquet(trained_run / "split.parquet")
+    images, trained = split.height, split.filter(split="train").height
+    saved = torch.load(tmp_path / "student" / "soft_labels.pt", weights_only=True)
+    assert saved["params"].shape[1] == images + 20  # the copy is not an extra row
+    extra_rows = torch.arange(images, images + 20)
+    assert bool(torch.isin(extra_rows, saved["train_idx"]).all())
+    assert saved["params"][:, extra_rows].abs().sum(-1).min() > 0  # each extra image has its views
+    best = Checkpoint.load(tmp_path / "student" / "best.pt")
+    assert best.classes == Checkpoint.load(trained_run).classes  # no class of the extras
+    assert best.training is not None and len(best.training.sha256) == trained + 20
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["extra_images"] == str(extra)
+    with pytest.raises(SettingError, match="--extra-images needs --soft-labels"):
+        run_training(
+            tiny_run_config(synthetic_data, tmp_path / "alone", image_size=32, epochs=1, extra_images=extra)
+        )
+
+
+def test_extra_images_add_draws_by_their_share_of_the_balance() -> None:
+    """Each labelled image is drawn as often per epoch with extra images as without: the epoch grows by the
+    extras' share of the square-root weights (two classes of 16 and 4, one extra folder of 64)."""
+    from mri44.stages.train.data import RunData
+    from mri44.stages.train.loop import epoch_draws, sampling_weights
+
+    labels = np.array([0] * 16 + [1] * 4)
+    data = RunData(
+        split=pl.DataFrame(), classes=["a", "b"], labels=np.concatenate([labels, np.full(64, -100)]),
+        pixels=torch.zeros(84, 1, 2, 2), targets=torch.zeros(84), train_idx=np.arange(20),
+        val_idx=np.zeros(0, np.int64), test_idx=np.zeros(0, np.int64), scale=torch.ones(1), bias=torch.zeros(1),
+        extra_idx=np.arange(20, 84), extra_groups=np.zeros(64, np.int64),
+    )  # fmt: skip
+    weights = sampling_weights(data, get_recipe("distill"))
+    assert weights is not None
+    np.testing.assert_allclose(weights, [1 / 4] * 16 + [1 / 2] * 4 + [1 / 8] * 64)
+    assert epoch_draws(data, get_recipe("distill")) == 47  # 20 x (4 + 2 + 8) / (4 + 2) = 46.7
+    assert epoch_draws(data, replace(get_recipe("distill"), balance="none")) == 84
+    plain = replace(data, labels=labels, extra_idx=np.zeros(0, np.int64), extra_groups=np.zeros(0, np.int64))
+    assert epoch_draws(plain, get_recipe("distill")) == 20

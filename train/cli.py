@@ -152,6 +152,15 @@ HoldoutOpt = Annotated[
         "are scored as the test part at the end."
     ),
 ]
+ExtraImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --soft-labels: class folders of images outside the 44 classes (e.g. "
+        "../shared/data/brain-tumor-mri-3c) that the student also trains on, with the teacher's soft labels as "
+        "their only target. Each folder is sampled as one more class of the square-root balance; never "
+        "validated or tested on."
+    ),
+]
 WorkersOpt = Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 16).")]
 QuietOpt = Annotated[
     bool,
@@ -206,6 +215,7 @@ def train(
     soft_label_views: SoftLabelViewsOpt = 8,
     folds: FoldsOpt = 0,
     holdout: HoldoutOpt = None,
+    extra_images: ExtraImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     from .config import TrainConfig, config_from_settings, read_toml_settings

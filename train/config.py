@@ -35,10 +35,11 @@ RESUME_FIXED = (
     "soft_label_views",
     "folds",
     "holdout",
+    "extra_images",
 )
-PATH_SETTINGS = frozenset({"data", "split_file", "teacher", "soft_labels", "holdout"})
+PATH_SETTINGS = frozenset({"data", "split_file", "teacher", "soft_labels", "holdout", "extra_images"})
 # Settings that name one file or folder (soft_labels names several: see with_paths).
-SINGLE_PATHS = ("data", "out", "split_file", "teacher", "temperature_from", "holdout")
+SINGLE_PATHS = ("data", "out", "split_file", "teacher", "temperature_from", "holdout", "extra_images")
 
 
 @dataclass
@@ -76,6 +77,9 @@ class TrainConfig:
     holdout: Path | None = (
         None  # all-data runs: the near-duplicate groups of these images stay out of training
     )
+    # Images outside the 44 classes (class folders of another label set, e.g. ../shared/data/brain-tumor-mri-3c)
+    # that the student learns from through the teacher's soft labels alone: never a class, never evaluated.
+    extra_images: Path | None = None
 
     def resolved(self) -> dict[str, Any]:
         """Epochs, batch size and lr: the given value, or the recipe's when none was given (0 is not 'none')."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from mri44.preprocess import PreprocessSpec
 from mri44.run_folder import RunFolder, read_split
 
 from .config import TrainConfig
-from .dataset import load_or_scan
+from .dataset import ScannedData, load_or_scan
 from .split import SplitConfig, conflicting_duplicates, group_ids, make_split, split_report
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,17 @@ class RunData:
     test_idx: np.ndarray
     scale: torch.Tensor  # the spec's normalisation, x * scale + bias, on the training device
     bias: torch.Tensor
+    # --extra-images: rows after the split's (pixels[extra_idx]) whose label is IGNORE_LABEL, the teacher's soft
+    # labels their only target; extra_groups: their folder's index, a class of its own in the sampling balance.
+    extra_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    extra_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    extra_rows: pl.DataFrame | None = (
+        None  # their scan rows (sha256, phash, thumb): the model trained on them
+    )
+
+
+# The label of an --extra-images row: cross-entropy ignores it (PyTorch's default ignore_index).
+IGNORE_LABEL = -100
 
 
 def load_split(split_file: Path, manifest: pl.DataFrame) -> pl.DataFrame:
@@ -140,17 +151,53 @@ def prepare_data(
         raise SettingError("the split left train or val empty; use more images or other --split fractions")
     if len(val_idx) == 0:
         log.info("no validation images: the last epoch is the model")
+    pixels = scanned.pixels
+    extra_idx, extra_groups, extra_rows = np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    if cfg.extra_images is not None:
+        extra = scan_extra_images(cfg, spec, scanned.manifest)
+        extra_rows = extra.manifest
+        extra_idx = np.arange(len(pixels), len(pixels) + extra_rows.height)
+        folders = sorted(extra_rows["label"].unique().to_list())
+        extra_groups = (
+            extra_rows["label"]
+            .replace_strict({f: i for i, f in enumerate(folders)}, return_dtype=pl.Int64)
+            .to_numpy()
+        )
+        pixels = np.concatenate([pixels, extra.pixels])
+        labels = np.concatenate([labels, np.full(extra_rows.height, IGNORE_LABEL, np.int64)])
     store = device if device.type == "cuda" else torch.device("cpu")
     scale, bias = spec.scale_bias()
     return RunData(
         split=split,
         classes=classes,
         labels=labels,
-        pixels=torch.from_numpy(np.ascontiguousarray(scanned.pixels.transpose(0, 3, 1, 2))).to(store),
+        pixels=torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(store),
         targets=torch.as_tensor(labels, device=store),
         train_idx=train_idx,
         val_idx=val_idx,
         test_idx=test_idx,
         scale=torch.as_tensor(scale, device=device),
         bias=torch.as_tensor(bias, device=device),
+        extra_idx=extra_idx,
+        extra_groups=extra_groups,
+        extra_rows=extra_rows,
     )
+
+
+def scan_extra_images(cfg: TrainConfig, spec: PreprocessSpec, manifest: pl.DataFrame) -> ScannedData:
+    """--extra-images decoded like --data (cached beside it), less any file whose bytes are also a --data image:
+    an image must not be a labelled row and an unlabelled one at once."""
+    assert cfg.extra_images is not None
+    extra = load_or_scan(cfg.extra_images, spec, cfg.out / "cache", cfg.workers)
+    known = set(manifest["sha256"].to_list())
+    keep = np.array([sha not in known for sha in extra.manifest["sha256"].to_list()], bool)
+    if not keep.any():
+        raise SettingError(f"--extra-images {cfg.extra_images}: no readable image that is not also in --data")
+    log.info(
+        "extra images: %d from %s (%d unreadable, %d also in --data, left out); soft labels their only target",
+        int(keep.sum()),
+        cfg.extra_images,
+        extra.failures.height,
+        int((~keep).sum()),
+    )
+    return ScannedData(extra.manifest.filter(pl.Series(keep)), extra.pixels[keep], extra.failures)

@@ -57,7 +57,7 @@ from .aux_heads import AUX_PREFIX, attach_aux_heads, aux_loss
 from .checkpoint import RunState
 from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
 from .cv import cv_calibration, is_cv_folder
-from .data import RunData, prepare_data
+from .data import IGNORE_LABEL, RunData, prepare_data
 from .dataset import class_folders, load_or_scan
 from .distill import Teacher, distillation_loss, ensemble_description, load_teacher, mix_log_probs
 from .distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
@@ -205,16 +205,43 @@ def predict_logits(
     return result[0] if result else np.zeros((0, 0), np.float32)
 
 
+def sampling_weights(data: RunData, recipe: Recipe) -> np.ndarray | None:
+    """Per training row (train_idx, then extra_idx): 1/sqrt(size of its class, or of its --extra-images folder),
+    or None for a plain permutation (balance "none")."""
+    if recipe.balance != "sqrt":
+        return None
+    groups = np.concatenate([data.labels[data.train_idx], len(data.classes) + data.extra_groups])
+    counts = np.bincount(groups, minlength=len(data.classes)).astype(np.float64)
+    return 1.0 / np.sqrt(counts[groups])
+
+
+def epoch_draws(data: RunData, recipe: Recipe) -> int:
+    """Images per epoch: the training images, plus as many extra images as their share of the sampling weight
+    brings, so each labelled image is seen as often with --extra-images as without."""
+    weights = sampling_weights(data, recipe)
+    if weights is None or not len(data.extra_idx):
+        return len(data.train_idx) + len(data.extra_idx)
+    return round(len(data.train_idx) * weights.sum() / weights[: len(data.train_idx)].sum())
+
+
 def epoch_order(state: RunState, data: RunData, recipe: Recipe) -> torch.Tensor:
     """This epoch's training indices: weighted by 1/sqrt(class size) with replacement, or a permutation."""
-    train_idx = torch.as_tensor(data.train_idx)
-    if recipe.balance == "sqrt":
-        counts = np.bincount(data.labels[data.train_idx], minlength=len(data.classes)).astype(np.float64)
-        weights = torch.as_tensor(1.0 / np.sqrt(counts[data.labels[data.train_idx]]))
-        picked = torch.multinomial(weights, len(train_idx), True, generator=state.sampler)
+    rows = torch.as_tensor(np.concatenate([data.train_idx, data.extra_idx]))
+    weights = sampling_weights(data, recipe)
+    if weights is not None:
+        picked = torch.multinomial(
+            torch.as_tensor(weights), epoch_draws(data, recipe), True, generator=state.sampler
+        )
     else:
-        picked = torch.randperm(len(train_idx), generator=state.sampler)
-    return train_idx[picked].to(data.pixels.device)
+        picked = torch.randperm(len(rows), generator=state.sampler)
+    return rows[picked].to(data.pixels.device)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy over the rows that have a class: an --extra-images row (IGNORE_LABEL) learns from its
+    soft label alone; a batch of extra images only gives 0."""
+    total = F.cross_entropy(logits, y, label_smoothing=smoothing, ignore_index=IGNORE_LABEL, reduction="sum")
+    return total / (y != IGNORE_LABEL).sum().clamp(min=1)
 
 
 def _duration(seconds: float) -> str:
@@ -242,7 +269,7 @@ def train_one_epoch(
     slice (train/distributed.py), so the updates are the single-process run's."""
     model = state.trainer.train()
     order = epoch_order(state, data, recipe)
-    steps = max(1, len(data.train_idx) // batch_size)
+    steps = max(1, len(order) // batch_size)
     part = slice(ranks.rank * (batch_size // ranks.world), (ranks.rank + 1) * (batch_size // ranks.world))
     seen, loss_total, t0 = 0, torch.zeros((), device=device), time.perf_counter()
     shown = ranks.main and log.isEnabledFor(logging.INFO)  # --quiet: no bar
@@ -269,11 +296,9 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()
-        loss = lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        loss = lam * labelled_cross_entropy(logits, y, recipe.label_smoothing)
         if y_partner is not None:
-            loss = loss + (1.0 - lam) * F.cross_entropy(
-                logits, y_partner, label_smoothing=recipe.label_smoothing
-            )
+            loss = loss + (1.0 - lam) * labelled_cross_entropy(logits, y_partner, recipe.label_smoothing)
         if teacher is not None and raw is not None:
             soft = F.log_softmax(teacher.logits(raw) / recipe.kd_temperature, 1)
         if soft is not None:
@@ -460,7 +485,9 @@ def _train(cfg: TrainConfig, device: torch.device, ranks: Ranks) -> dict[str, An
     )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    state = new_state(cfg, model, max(1, len(data.train_idx) // hp["batch_size"]), hp["epochs"], hp["lr"])
+    state = new_state(
+        cfg, model, max(1, epoch_draws(data, cfg.recipe) // hp["batch_size"]), hp["epochs"], hp["lr"]
+    )
     state.network = route.network(wrap(model, device, ranks))
     if resuming:
         state.restore(last_path, data.classes)
@@ -513,6 +540,12 @@ def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
         raise SettingError(
             "a recipe with tumour-type and contrast heads (aux_weight > 0) trains the whole network in one "
             "process without mixup: drop torchrun, --freeze-through or the mixup recipe"
+        )
+    if cfg.extra_images is not None and (not cfg.soft_labels or cfg.recipe.aux_weight > 0):
+        # Their only target is the teacher's soft label; they have no tumour type or contrast of the 44 classes.
+        raise SettingError(
+            "--extra-images needs --soft-labels (their only target) and a recipe without tumour-type and "
+            "contrast heads (aux_weight 0), e.g. --recipe distill"
         )
 
 
@@ -607,7 +640,7 @@ def _soft_labels_for(
         lambda: compute_soft_labels(
             teachers,
             data.pixels,
-            data.train_idx,
+            np.concatenate([data.train_idx, data.extra_idx]),
             data.val_idx,
             cfg.soft_label_views,
             SOFT_LABEL_TOP_K,
@@ -729,6 +762,13 @@ def write_split_results(
     return tables["summary"].row(0, named=True)
 
 
+def trained_rows(data: RunData) -> pl.DataFrame:
+    """The scan rows (sha256, phash, thumb) of every image the model trained on, --extra-images included."""
+    columns = ["sha256", "phash", "thumb"]
+    rows = data.split[data.train_idx].select(columns)
+    return rows if data.extra_rows is None else pl.concat([rows, data.extra_rows.select(columns)])
+
+
 def training_manifest(rows: pl.DataFrame) -> TrainingManifest:
     """The model's training images (their bytes' SHA-256, perceptual hash and thumbnail, from the scan), carried
     in the checkpoint and its exports so predictions can say seen_in_training / near_training."""
@@ -804,7 +844,7 @@ def evaluate_best(
         ood = replace(ood, orientation=probe)
     floor, ceiling = image_limits(data)
     ood = replace(ood, detail=floor, border=ceiling)
-    training = training_manifest(data.split[data.train_idx])
+    training = training_manifest(trained_rows(data))
     best = best.with_fit(temperature, source, ood, training)
     best.save(best_path)
     result: dict[str, Any] = {"best_epoch": best.epoch + 1, "temperature": temperature}
