@@ -47,6 +47,12 @@ class RunData:
         None  # their scan rows (sha256, phash, thumb): the model trained on them
     )
 
+    @property
+    def fit_idx(self) -> np.ndarray:
+        """Every row the model learns from: train_idx, then extra_idx (the order of sampling weights and soft
+        labels)."""
+        return np.concatenate([self.train_idx, self.extra_idx])
+
 
 # The label of an --extra-images row: cross-entropy ignores it (PyTorch's default ignore_index).
 IGNORE_LABEL = -100

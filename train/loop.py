@@ -206,7 +206,7 @@ def predict_logits(
 
 
 def sampling_weights(data: RunData, recipe: Recipe) -> np.ndarray | None:
-    """Per training row (train_idx, then extra_idx): 1/sqrt(size of its class, or of its --extra-images folder),
+    """Per row of data.fit_idx: 1/sqrt(size of its class, or of its --extra-images folder),
     or None for a plain permutation (balance "none")."""
     if recipe.balance != "sqrt":
         return None
@@ -226,7 +226,7 @@ def epoch_draws(data: RunData, recipe: Recipe) -> int:
 
 def epoch_order(state: RunState, data: RunData, recipe: Recipe) -> torch.Tensor:
     """This epoch's training indices: weighted by 1/sqrt(class size) with replacement, or a permutation."""
-    rows = torch.as_tensor(np.concatenate([data.train_idx, data.extra_idx]))
+    rows = torch.as_tensor(data.fit_idx)
     weights = sampling_weights(data, recipe)
     if weights is not None:
         picked = torch.multinomial(
@@ -640,7 +640,7 @@ def _soft_labels_for(
         lambda: compute_soft_labels(
             teachers,
             data.pixels,
-            np.concatenate([data.train_idx, data.extra_idx]),
+            data.fit_idx,
             data.val_idx,
             cfg.soft_label_views,
             SOFT_LABEL_TOP_K,
