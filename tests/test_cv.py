@@ -95,6 +95,43 @@ def test_compare_pairs_images_and_counts_the_discordant_ones(tmp_path: Path) -> 
         compare(a, other)
 
 
+def _running_cv(folder: Path, correct: list[bool], folds: list[int], finished: list[int]) -> Path:
+    """A CV folder whose `finished` folds have written their test predictions and result.json; the others ran
+    part way (predictions on disk from an earlier attempt, say, but no result)."""
+    n = len(correct)
+    labels = ["A T1", "B T1"] * (n // 2)
+    frame = pl.DataFrame({"path": [f"x{i}.jpg" for i in range(n)], "label": labels, "fold": folds})
+    folder.mkdir()
+    frame.with_columns(group=pl.int_range(pl.len())).write_parquet(RunFolder(folder).folds)
+    for fold in set(folds):
+        run = RunFolder(folder).fold(fold)
+        run.root.mkdir()
+        rows = [i for i, f in enumerate(folds) if f == fold]
+        pred = [labels[i] if correct[i] else "C T1" for i in rows]
+        frame[rows].select("path").with_columns(pred_class=pl.Series(pred)).write_parquet(
+            run.predictions("test")
+        )
+        if fold in finished:
+            run.result.write_text("{}")
+    return folder
+
+
+def test_compare_screens_a_running_recipe_on_the_folds_both_finished(tmp_path: Path) -> None:
+    folds = [1, 2] * 5  # images 0, 2, 4, 6, 8 in fold 1
+    done = _fake_cv(tmp_path / "done", [True] * 10, folds)
+    running = _running_cv(tmp_path / "running", [False] * 4 + [True] * 6, folds, finished=[1])
+    with pytest.raises(SettingError, match="--finished-folds"):
+        compare(done, running)
+    summary, recall = compare(done, running, finished_folds=True)
+    # fold 1 only: images 0 and 2 wrong in the running one, 4, 6, 8 right; fold 2's rows (no result) left out
+    assert (summary["images"], summary["folds"], summary["only_a"], summary["only_b"]) == (5, [1], 2, 0)
+    pooled = summary["figures"][str(running)].filter(fold="all")
+    assert pooled["accuracy"][0] == pytest.approx(3 / 5)
+    assert recall["n"].sum() == 5
+    with pytest.raises(SettingError, match="no fold has finished"):
+        compare(done, _running_cv(tmp_path / "new", [True] * 10, folds, finished=[]), finished_folds=True)
+
+
 def test_a_cv_teacher_must_have_the_same_folds(tmp_path: Path) -> None:
     folds = pl.DataFrame({"path": ["a", "b", "c"], "label": ["x"] * 3, "group": [0, 1, 2], "fold": [1, 2, 1]})
     teacher = tmp_path / "teacher"

@@ -312,11 +312,47 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
 
 
-def compare(a: Path, b: Path) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Two CV folders on the same folds, image by image: ({figures, McNemar}, per-class recall table)."""
-    oof_a, oof_b = (pl.read_parquet(RunFolder(Path(p)).out_of_fold) for p in (a, b))
+def _predictions_so_far(folder: Path) -> pl.DataFrame:
+    """path, label, fold, pred_class, correct of a CV folder: its oof.parquet once every fold is done, else the test
+    predictions of the folds finished so far (a run can be screened, and stopped, before its last fold). The
+    prediction is the argmax either way, which no temperature moves."""
+    run = RunFolder(folder)
     cols = ["path", "label", "fold", "pred_class", "correct"]
-    pairs = oof_a.select(cols).join(oof_b.select(cols), on="path", how="inner", suffix="_b")
+    if run.out_of_fold.is_file():
+        return pl.read_parquet(run.out_of_fold).select(cols)
+    if not run.folds.is_file():
+        raise SettingError(f"{folder} is not a cross-validation folder (no {run.folds.name})")
+    folds = pl.read_parquet(run.folds)
+    done = [k for k in sorted(folds["fold"].unique().to_list()) if run.fold(k).result.is_file()]
+    if not done:
+        raise SettingError(f"{folder}: no fold has finished yet")
+    predicted = pl.concat(
+        [pl.read_parquet(run.fold(k).predictions("test")).select("path", "pred_class") for k in done]
+    )
+    return (
+        folds.select("path", "label", "fold")
+        .join(predicted, on="path", how="inner")
+        .with_columns(correct=pl.col("pred_class") == pl.col("label"))
+        .select(cols)
+    )
+
+
+def compare(a: Path, b: Path, finished_folds: bool = False) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Two CV folders on the same folds, image by image: ({figures per run, McNemar}, per-class recall table).
+    figures[run] is fold_figures of the images compared (one row per fold, and "all": pooled). With
+    finished_folds, only the folds both runs have finished are compared (a screening); else both must be done."""
+    sides = [_predictions_so_far(Path(p)) for p in (a, b)]
+    if finished_folds:
+        common = set(sides[0]["fold"].unique().to_list()) & set(sides[1]["fold"].unique().to_list())
+        if not common:
+            raise SettingError(f"{a} and {b} have no finished fold in common")
+        sides = [side.filter(pl.col("fold").is_in(sorted(common))) for side in sides]
+    else:
+        for path in (a, b):
+            if not RunFolder(Path(path)).out_of_fold.is_file():
+                raise SettingError(f"{path} has not finished every fold: wait, or compare --finished-folds")
+    oof_a, oof_b = sides
+    pairs = oof_a.join(oof_b, on="path", how="inner", suffix="_b")
     if (
         pairs.height != oof_a.height
         or pairs.height != oof_b.height
@@ -325,17 +361,13 @@ def compare(a: Path, b: Path) -> tuple[dict[str, Any], pl.DataFrame]:
         raise SettingError(f"{a} and {b} were not cross-validated on the same images and folds")
     only_a = int((pairs["correct"] & ~pairs["correct_b"]).sum())
     only_b = int((~pairs["correct"] & pairs["correct_b"]).sum())
-    figures = {
-        str(name): {
-            k: v for k, v in json.loads(RunFolder(Path(name)).cv_result.read_text())["pooled"].items()
-        }
-        for name in (a, b)
-    }
     summary = {
         "images": pairs.height,
+        "folds": sorted(pairs["fold"].unique().to_list()),
         "only_a": only_a,
         "only_b": only_b,
         "mcnemar_p": mcnemar_exact(only_a, only_b),
+        "figures": {str(a): fold_figures(oof_a), str(b): fold_figures(oof_b)},
     }
     recall = (
         pairs.group_by(pl.col("label").alias("class"))
@@ -343,4 +375,4 @@ def compare(a: Path, b: Path) -> tuple[dict[str, Any], pl.DataFrame]:
         .with_columns(diff=pl.col("recall_b") - pl.col("recall_a"))
         .sort("diff", "class")
     )
-    return {"figures": figures, **summary}, recall
+    return summary, recall
