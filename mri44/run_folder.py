@@ -82,11 +82,18 @@ class RunFolder:
     def cv_metrics(self) -> Path:
         return self.root / "cv_metrics"
 
-    def fold(self, k: int) -> RunFolder:
-        return RunFolder(self.root / f"fold-{k}")
+    def fold(self, *left_out: int) -> RunFolder:
+        """The run that left out these folds (fold-3; with --leave-out 2, fold-1-3: trained on the others)."""
+        return RunFolder(self.root / _fold_name(left_out))
 
-    def fold_split(self, k: int) -> Path:  # fold k's split file (train = the other folds, test = fold k)
-        return self.root / f"fold-{k}-split.parquet"
+    def fold_split(self, *left_out: int) -> Path:  # that run's split file (test = the folds left out)
+        return self.root / f"{_fold_name(left_out)}-split.parquet"
+
+
+def _fold_name(left_out: tuple[int, ...]) -> str:
+    if not left_out:
+        raise ValueError("a fold run leaves out at least one fold")
+    return "fold-" + "-".join(str(k) for k in sorted(left_out))
 
 
 def read_split(path: Path) -> pl.DataFrame:

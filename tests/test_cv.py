@@ -137,11 +137,61 @@ def test_a_cv_teacher_must_have_the_same_folds(tmp_path: Path) -> None:
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     folds.write_parquet(teacher / "folds.parquet")
-    assert _teacher_fold(teacher, folds, 2) == teacher / "fold-2"
+    with pytest.raises(SettingError, match="no finished run fold-2"):
+        _teacher_fold(teacher, folds, (2,))
+    (teacher / "fold-2").mkdir()
+    RunFolder(teacher).fold(2).best.write_bytes(b"")
+    assert _teacher_fold(teacher, folds, (2,)) == teacher / "fold-2"
+    with pytest.raises(SettingError, match="--leave-out 2"):  # a pair run that was never trained
+        _teacher_fold(teacher, folds, (1, 2))
     plain = tmp_path / "plain-run"
-    assert _teacher_fold(plain, folds, 2) == plain  # not a CV folder: the same teacher for every fold
+    assert _teacher_fold(plain, folds, (2,)) == plain  # not a CV folder: the same teacher for every fold
     with pytest.raises(SettingError, match="other folds"):
-        _teacher_fold(teacher, folds.with_columns(fold=pl.Series([2, 1, 1])), 1)
+        _teacher_fold(teacher, folds.with_columns(fold=pl.Series([2, 1, 1])), (1,))
+
+
+def _teacher_cv(folder: Path, folds: pl.DataFrame, runs: list[tuple[int, ...]]) -> Path:
+    """A CV teacher as training leaves it, as far as cross_fit_teachers reads it: folds and each run's best.pt."""
+    folder.mkdir()
+    folds.write_parquet(RunFolder(folder).folds)
+    for left_out in runs:
+        RunFolder(folder).fold(*left_out).root.mkdir()
+        RunFolder(folder).fold(*left_out).best.write_bytes(b"")
+    return folder
+
+
+def test_cross_fit_labels_each_image_by_a_teacher_that_saw_neither_it_nor_the_test_fold(
+    tmp_path: Path,
+) -> None:
+    from mri44.stages.train.cv import cross_fit_teachers
+
+    folds = pl.DataFrame({"path": [f"x{i}" for i in range(6)], "label": ["A T1"] * 6, "fold": [1, 2, 3] * 2})
+    pairs = _teacher_cv(tmp_path / "pairs", folds, [(1, 2), (1, 3), (2, 3)])
+    onnx = tmp_path / "teacher.onnx"  # not a CV folder: labels every part
+    train = ["x1", "x2", "x4", "x5"]  # folds 2, 3, 2, 3: the student's fold 1 is x0 and x3
+    parts = cross_fit_teachers((pairs, onnx), train, (1,), ["x0", "x3"])
+    assert [(runs, rows.tolist()) for runs, rows in parts] == [
+        ((pairs / "fold-1-2", onnx), [0, 2]),
+        ((pairs / "fold-1-3", onnx), [1, 3]),
+    ]
+    with pytest.raises(SettingError, match="test image"):  # x1 (fold 2) trained fold-1-3
+        cross_fit_teachers((pairs,), ["x2", "x5"], (1,), ["x0", "x1"])
+    with pytest.raises(SettingError, match="not in the teacher CV"):
+        cross_fit_teachers((pairs,), ["x1", "extra.jpg"], (1,), [])
+    with pytest.raises(SettingError, match="cross-validation folder"):
+        cross_fit_teachers((onnx,), train, (1,), [])
+    # An all-data student: an ordinary CV teacher, each image by the fold run that left its fold out.
+    plain = _teacher_cv(tmp_path / "plain", folds, [(1,), (2,), (3,)])
+    parts = cross_fit_teachers((plain,), [f"x{i}" for i in range(6)], (), [])
+    assert [(runs, rows.tolist()) for runs, rows in parts] == [
+        ((plain / "fold-1",), [0, 3]),
+        ((plain / "fold-2",), [1, 4]),
+        ((plain / "fold-3",), [2, 5]),
+    ]
+    with pytest.raises(SettingError, match="--leave-out 2"):  # a student CV needs pair runs
+        cross_fit_teachers((plain,), train, (1,), ["x0", "x3"])
+    with pytest.raises(SettingError, match="trained the teacher CV"):  # --holdout images the teacher saw
+        cross_fit_teachers((plain,), ["x1", "x2"], (), ["x0"])
 
 
 def _logits_cv(folder: Path, logits: np.ndarray, folds: list[int], labels: list[str]) -> Path:
@@ -267,3 +317,48 @@ def test_holdout_keeps_whole_groups_out_of_an_all_data_fit(tmp_path: Path) -> No
     (tmp_path / "examples" / "Circloma T1" / "not in the data.jpg").write_bytes(first.read_bytes())
     with pytest.raises(SettingError, match="match no --data image"):
         holdout_split(manifest, tmp_path / "examples", SplitConfig())
+
+
+@pytest.mark.slow
+def test_a_cross_fitting_student_cv_learns_from_pair_runs_of_its_teacher(tmp_path: Path) -> None:
+    """--leave-out 2 trains one teacher run per pair of folds; a student CV with --cross-fit then labels fold k's
+    training image in fold j by the teacher's fold-j-k, and an all-data student by an ordinary CV's fold-j."""
+    import torch
+
+    from mri44.stages.train.loop import run_training
+    from mri44.stages.train.recipes import get_recipe
+
+    data = make_dataset(tmp_path / "data", per_class=9)
+    pairs = run_training(tiny_run_config(data, tmp_path / "pairs", epochs=1, folds=3, leave_out=2))
+    assert pairs == {"runs": ["fold-1-2", "fold-1-3", "fold-2-3"], "leave_out": 2}
+    folds = pl.read_parquet(RunFolder(tmp_path / "pairs").folds)
+    split = pl.read_parquet(RunFolder(tmp_path / "pairs").fold(1, 3).split)
+    assert set(split.filter(split="test")["path"]) == set(folds.filter(pl.col("fold").is_in([1, 3]))["path"])
+    assert set(split.filter(split="train")["path"]) == set(folds.filter(fold=2)["path"])
+    student = {
+        "recipe": get_recipe("distill"),
+        "epochs": 1,
+        "soft_label_views": 2,
+        "cross_fit": True,
+    }
+    result = run_training(
+        tiny_run_config(data, tmp_path / "s", folds=3, soft_labels=(tmp_path / "pairs",), **student)
+    )
+    assert result["images"] == 45
+    sizes = folds.group_by("fold").len().sort("fold")["len"].to_list()
+    teacher = torch.load(RunFolder(tmp_path / "s").fold(2).root / "soft_labels.pt", weights_only=True)[
+        "teacher"
+    ]
+    described = teacher.removeprefix("out of fold: ").split("; ")
+    assert [d.split(" images by ")[0] for d in described] == [str(sizes[0]), str(sizes[2])]
+    assert "pairs/fold-1-2/best.pt" in described[0] and "pairs/fold-2-3/best.pt" in described[1]
+    with pytest.raises(SettingError, match="--leave-out 2"):  # an ordinary CV teacher cannot cross-fit a CV
+        run_training(
+            tiny_run_config(data, tmp_path / "s2", folds=3, soft_labels=(tmp_path / "s",), **student)
+        )
+    final = run_training(
+        tiny_run_config(data, tmp_path / "all", all_data=True, soft_labels=(tmp_path / "s",), **student)
+    )
+    assert final["best_epoch"] == 1
+    teacher = torch.load(tmp_path / "all" / "soft_labels.pt", weights_only=True)["teacher"]
+    assert [f"s/fold-{k}/best.pt" in part for k, part in enumerate(teacher.split("; "), 1)] == [True] * 3

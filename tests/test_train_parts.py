@@ -183,8 +183,10 @@ def test_soft_label_teachers_are_a_tuple_from_every_source_and_old_runs_still_re
     a config.json written before ensembles (one path, or null) reads as one teacher or none and resumes."""
     import json
 
+    from mri44.errors import SettingError
     from mri44.stages.train.config import (
         TrainConfig,
+        check_resume_settings,
         config_from_settings,
         read_toml_settings,
         same_setting,
@@ -200,6 +202,16 @@ def test_soft_label_teachers_are_a_tuple_from_every_source_and_old_runs_still_re
         (tmp_path / "config.json").write_text(json.dumps(saved))
         assert TrainConfig.read_json(tmp_path / "config.json").soft_labels == teachers
     assert same_setting("/x/t50", ["/x/t50"], is_path=True) and same_setting(None, [], is_path=True)
+    # a run written before --leave-out and --cross-fit resumes: a missing setting is its default
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "split.parquet").write_bytes(b"")
+    old = config_from_settings(None, data=tmp_path, out=run)
+    saved = {k: v for k, v in json.loads(old.to_json()).items() if k not in ("leave_out", "cross_fit")}
+    (run / "config.json").write_text(json.dumps(saved))
+    check_resume_settings(run, old)
+    with pytest.raises(SettingError, match="cross_fit: False -> True"):
+        check_resume_settings(run, config_from_settings(old, cross_fit=True))
     assert not same_setting(["/x/t50"], ["/x/t50", "/x/s18"], is_path=True)
     assert not same_setting("/x/t50", ["/x/s18"], is_path=True)
 
@@ -220,7 +232,9 @@ def test_an_ensemble_teacher_gives_the_geometric_mean_of_its_members_probabiliti
     members = [teacher(1), teacher(2)]
     pixels = (torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     train_idx, temperature = np.arange(4), 2.0
-    saved = compute_soft_labels(members, pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0)
+    saved = compute_soft_labels(
+        [(members, train_idx)], pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0
+    )
     assert saved["teacher"] == "geometric mean of teacher 1 + teacher 2"
     for view in range(2):
         raw = apply_params(pixels[:4].float(), saved["params"][view, :4])
@@ -232,8 +246,25 @@ def test_an_ensemble_teacher_gives_the_geometric_mean_of_its_members_probabiliti
         )
         torch.testing.assert_close(stored, geometric, atol=2e-3, rtol=0)  # stored as fp16
         assert (stored - probs[0]).abs().max() > 0.01  # not simply the first member
-    single = compute_soft_labels(members[:1], pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0)
+    single = compute_soft_labels(
+        [(members[:1], train_idx)], pixels, train_idx, np.arange(4, 6), 2, 5, temperature, seed=0
+    )
     assert single["teacher"] == "teacher 1"
+    # --cross-fit: rows 0 and 2 by teacher 1, rows 1 and 3 by teacher 2; the same views as one teacher's run
+    parts = [(members[:1], np.array([0, 2])), (members[1:], np.array([1, 3]))]
+    split = compute_soft_labels(parts, pixels, train_idx, np.zeros(0, np.int64), 2, 5, temperature, seed=0)
+    torch.testing.assert_close(split["params"], single["params"])
+    assert split["teacher"] == "out of fold: 2 images by teacher 1; 2 images by teacher 2"
+    for view in range(2):
+        raw = apply_params(pixels[:4].float(), split["params"][view, :4])
+        for member, rows in parts:
+            probs = torch.softmax(member[0].logits(raw[rows]) / temperature, 1)
+            stored = torch.zeros(2, 5).scatter_(
+                1, split["top_index"][view, rows].long(), split["top_prob"][view, rows].float()
+            )
+            torch.testing.assert_close(stored, probs, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="every training row once"):
+        compute_soft_labels(parts[:1], pixels, train_idx, np.zeros(0, np.int64), 2, 5, temperature, seed=0)
 
 
 def test_tumour_and_contrast_heads_learn_from_the_shared_features_and_never_leave_training() -> None:

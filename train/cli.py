@@ -144,6 +144,22 @@ FoldsOpt = Annotated[
         "(--soft-labels, --teacher) may be a CV folder with the same folds: fold k learns from its fold k."
     ),
 ]
+LeaveOutOpt = Annotated[
+    int,
+    typer.Option(
+        help="With --folds K: each run leaves out this many folds and is tested on them (2: OUT/fold-j-k for "
+        "every pair, trained on the other K-2 folds: the teacher a --cross-fit student CV needs)."
+    ),
+]
+CrossFitOpt = Annotated[
+    bool,
+    typer.Option(
+        help="With --soft-labels CV_FOLDER: out-of-fold soft labels. Each training image in the teacher's fold j "
+        "is labelled by the teacher run that left out fold j and this run's own test folds, so no image is "
+        "labelled by a model that trained on it or on the images this run is judged on. A student CV needs a "
+        "teacher CV of the same folds with --leave-out 2; an --all-data student an ordinary CV teacher."
+    ),
+]
 HoldoutOpt = Annotated[
     Path | None,
     typer.Option(
@@ -214,6 +230,8 @@ def train(
     soft_labels: SoftLabelsOpt = None,
     soft_label_views: SoftLabelViewsOpt = 8,
     folds: FoldsOpt = 0,
+    leave_out: LeaveOutOpt = 1,
+    cross_fit: CrossFitOpt = False,
     holdout: HoldoutOpt = None,
     extra_images: ExtraImagesOpt = None,
     quiet: QuietOpt = False,
@@ -250,6 +268,8 @@ def result_line(out: Path, result: dict[str, Any]) -> str:
             f"{out}: out-of-fold accuracy {acc[0]:.4f} +- {acc[1]:.4f}, macro-F1 {f1[0]:.4f} +- {f1[1]:.4f} "
             f"({result['images']} images); temperature {result['temperature']:.3f}"
         )
+    if "runs" in result:  # --leave-out 2: runs that are each other's teachers, nothing pooled
+        return f"{out}: {len(result['runs'])} runs, each leaving out {result['leave_out']} folds"
     test = result.get("test") or {}
     figures = (
         f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ RESUME_FIXED = (
     "soft_labels",
     "soft_label_views",
     "folds",
+    "leave_out",
+    "cross_fit",
     "holdout",
     "extra_images",
 )
@@ -74,6 +76,12 @@ class TrainConfig:
     soft_labels: tuple[Path, ...] = ()
     soft_label_views: int = 8  # K: stored augmented views per training image
     folds: int = 0  # K > 1: grouped K-fold cross-validation into OUT/fold-1..K (train/cv.py)
+    leave_out: int = (
+        1  # with folds: each run leaves out this many folds (2: OUT/fold-j-k, the cross-fit teachers)
+    )
+    # Soft labels out of fold: each training image labelled by the CV teacher's run that never saw it (train/cv.py)
+    cross_fit: bool = False
+    left_out: tuple[int, ...] = ()  # set by the CV for each of its runs: the folds this run is tested on
     holdout: Path | None = (
         None  # all-data runs: the near-duplicate groups of these images stay out of training
     )
@@ -113,6 +121,7 @@ class TrainConfig:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SettingError(f"--config {path}: not a readable run config.json ({exc})") from exc
         values["resume"] = False
+        values["left_out"] = tuple(values.get("left_out") or ())
         return cls(**with_paths(values))
 
 
@@ -277,10 +286,12 @@ def check_resume_settings(out: Path, cfg: TrainConfig) -> None:
     if not cfg.folds and not RunFolder(out).split.is_file():
         raise SettingError(f"cannot resume {out}: it has no split.parquet")
     now = json.loads(cfg.to_json())
+    # A setting added after the run was written reads as its default (what that run did without it).
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     differ = [
-        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        f"{k}: {saved.get(k, defaults.get(k))!r} -> {now.get(k)!r}"
         for k in RESUME_FIXED
-        if not same_setting(saved.get(k), now.get(k), is_path=k in PATH_SETTINGS)
+        if not same_setting(saved.get(k, defaults.get(k)), now.get(k), is_path=k in PATH_SETTINGS)
     ]
     if differ:
         raise SettingError(

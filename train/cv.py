@@ -8,8 +8,13 @@ logits on fold k are gathered into OUT/oof.parquet. The temperature is fitted on
 the largest honest set there is. Runs resume fold by fold; the folds share one decode and feature cache.
 
 A distilling run takes a CV teacher (`--soft-labels TEACHER_CV` or `--teacher TEACHER_CV`, a folder made here
-with the same folds): fold k learns from the teacher's fold k, which never saw fold k's images either, so the
-soft labels are out-of-fold too.
+with the same folds): fold k learns from the teacher's fold k, which never saw fold k's images either, so fold k
+stays an honest test. The teacher did train on the images it labels, though, and a teacher trained with label
+smoothing answers on its own training images with little more than the smoothed label (docs/recipes.md).
+`--cross-fit` gives out-of-fold soft labels instead: each training image is labelled by a teacher run that never
+saw it. For a student CV that teacher must also never have seen the student's test fold, so the teacher CV leaves
+out pairs of folds (`--leave-out 2`: OUT/fold-j-k trains on the other K-2 folds); fold k's image in fold j is
+labelled by fold-j-k. An all-data student takes an ordinary CV teacher: its image in fold j by fold-j.
 
 `compare(a, b)` pairs two CV folders image by image: McNemar's exact test on out-of-fold correctness and the
 per-class recall of both (scripts/cv_compare.py).
@@ -17,6 +22,7 @@ per-class recall of both (scripts/cv_compare.py).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import replace
@@ -57,10 +63,19 @@ def is_cv_folder(path: Path | None) -> bool:
     return path is not None and RunFolder(Path(path)).folds.is_file()
 
 
-def fold_split(folds: pl.DataFrame, fold: int) -> pl.DataFrame:
-    """The split file of one fold's run: that fold is the test part, the rest train, nothing validates."""
+def fold_runs(k: int, leave_out: int) -> list[tuple[int, ...]]:
+    """The runs of a K-fold CV: the folds each leaves out, (1,), (2,), ... or with leave_out 2 every pair."""
+    if not 1 <= leave_out < k:
+        raise SettingError(f"--leave-out must be at least 1 and below --folds ({k}), got {leave_out}")
+    return list(itertools.combinations(range(1, k + 1), leave_out))
+
+
+def fold_split(folds: pl.DataFrame, left_out: tuple[int, ...]) -> pl.DataFrame:
+    """The split file of one run: the folds it leaves out are the test part, the rest train, nothing validates."""
     return folds.select(
-        "path", "group", split=pl.when(pl.col("fold") == fold).then(pl.lit("test")).otherwise(pl.lit("train"))
+        "path",
+        "group",
+        split=pl.when(pl.col("fold").is_in(list(left_out))).then(pl.lit("test")).otherwise(pl.lit("train")),
     )
 
 
@@ -73,30 +88,91 @@ def _require_same_folds(source: Path, folds: pl.DataFrame) -> None:
         )
 
 
-def _teacher_fold(source: Path, folds: pl.DataFrame, fold: int) -> Path:
-    """A CV teacher's run for this fold (its folds must be ours); any other teacher as it is."""
+def _teacher_run(source: Path, left_out: tuple[int, ...]) -> Path:
+    """The run of CV teacher `source` that left out exactly these folds; it must have finished."""
+    run = RunFolder(source).fold(*left_out)
+    if not run.best.is_file():
+        leave = len(left_out)
+        raise SettingError(
+            f"{source} has no finished run {run.root.name} (a model that never saw folds "
+            f"{', '.join(map(str, left_out))}): cross-validate the teacher with --leave-out {leave}"
+        )
+    return run.root
+
+
+def _teacher_fold(source: Path, folds: pl.DataFrame, left_out: tuple[int, ...]) -> Path:
+    """A CV teacher's run for this run (its folds must be ours); any other teacher as it is."""
     if not is_cv_folder(source):
         return source
     _require_same_folds(source, folds)
-    return RunFolder(source).fold(fold).root
+    return _teacher_run(source, left_out)
 
 
-def fold_config(cfg: TrainConfig, folds: pl.DataFrame, fold: int) -> TrainConfig:
-    out = RunFolder(cfg.out).fold(fold)
+def fold_config(cfg: TrainConfig, folds: pl.DataFrame, left_out: tuple[int, ...]) -> TrainConfig:
+    out = RunFolder(cfg.out).fold(*left_out)
     return replace(
         cfg,
         out=out.root,
         folds=0,
-        split_file=RunFolder(cfg.out).fold_split(fold),
-        soft_labels=tuple(_teacher_fold(source, folds, fold) for source in cfg.soft_labels),
-        teacher=None if cfg.teacher is None else _teacher_fold(cfg.teacher, folds, fold),
+        leave_out=1,
+        left_out=left_out,
+        split_file=RunFolder(cfg.out).fold_split(*left_out),
+        # A cross-fitting student keeps its CV teachers whole: each image picks its run (cross_fit_teachers).
+        soft_labels=tuple(
+            _checked_cv(source, folds) if cfg.cross_fit else _teacher_fold(source, folds, left_out)
+            for source in cfg.soft_labels
+        ),
+        teacher=None if cfg.teacher is None else _teacher_fold(cfg.teacher, folds, left_out),
         resume=out.last.is_file(),
     )
 
 
+def _checked_cv(source: Path, folds: pl.DataFrame) -> Path:
+    if is_cv_folder(source):
+        _require_same_folds(source, folds)
+    return source
+
+
+def cross_fit_teachers(
+    sources: tuple[Path, ...], paths: list[str], left_out: tuple[int, ...], test_paths: list[str]
+) -> list[tuple[tuple[Path, ...], np.ndarray]]:
+    """Out-of-fold soft labels (--cross-fit): for the images at `paths` (a run's training rows), one part per fold
+    j of the CV teachers: (the teachers of those images, their positions in `paths`). A CV teacher's run for fold
+    j left out fold j and this run's own test folds (`left_out`; none for an all-data run), so it never saw the
+    image it labels nor an image this run is judged on; any other teacher (an ONNX file, say) labels every part.
+    Each of this run's test images must therefore be in a CV teacher's data only inside `left_out`."""
+    cv = [source for source in sources if is_cv_folder(source)]
+    if not cv:
+        raise SettingError("--cross-fit needs a cross-validation folder among --soft-labels")
+    folds = pl.read_parquet(RunFolder(cv[0]).folds).select("path", "fold")
+    for source in cv[1:]:
+        _require_same_folds(source, folds)
+    fold_of = dict(zip(folds["path"].to_list(), folds["fold"].to_list(), strict=True))
+    seen = [p for p in test_paths if p in fold_of and fold_of[p] not in left_out]
+    if seen:
+        raise SettingError(
+            f"{len(seen)} test image(s) of this run trained the teacher CV {cv[0]}, e.g. {seen[0]}: its "
+            "soft labels would carry them; cross-validate the teacher without them"
+        )
+    unknown = [p for p in paths if p not in fold_of]
+    if unknown:
+        raise SettingError(
+            f"{len(unknown)} training image(s) are not in the teacher CV {cv[0]}, e.g. {unknown[0]} "
+            "(--extra-images have no fold): --cross-fit labels only the teacher's own images"
+        )
+    image_folds = np.array([fold_of[p] for p in paths])
+    parts = []
+    for fold in sorted(set(image_folds.tolist())):
+        if fold in left_out:
+            raise SettingError(f"fold {fold} is this run's test part and a training part at once")
+        runs = tuple(_teacher_run(s, tuple(sorted((*left_out, fold)))) if s in cv else s for s in sources)
+        parts.append((runs, np.flatnonzero(image_folds == fold)))
+    return parts
+
+
 def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
-    """OUT/folds.parquet (made once, then reused, so a resumed CV keeps its folds) and one split file per fold;
-    each fold's run folder shares OUT/cache (decoded images, frozen-stage features)."""
+    """OUT/folds.parquet (made once, then reused, so a resumed CV keeps its folds) and one split file per run;
+    each run's folder shares OUT/cache (decoded images, frozen-stage features)."""
     path = RunFolder(cfg.out).folds
     if path.is_file():
         folds = pl.read_parquet(path)
@@ -107,10 +183,10 @@ def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
         with atomic_path(path) as tmp:
             folds.write_parquet(tmp)
     log.info("%d folds of %s images", cfg.folds, folds.group_by("fold").len().sort("fold")["len"].to_list())
-    for fold in range(1, cfg.folds + 1):
-        with atomic_path(RunFolder(cfg.out).fold_split(fold)) as tmp:
-            fold_split(folds, fold).write_parquet(tmp)
-        run = RunFolder(cfg.out).fold(fold).root
+    for left_out in fold_runs(cfg.folds, cfg.leave_out):
+        with atomic_path(RunFolder(cfg.out).fold_split(*left_out)) as tmp:
+            fold_split(folds, left_out).write_parquet(tmp)
+        run = RunFolder(cfg.out).fold(*left_out).root
         run.mkdir(exist_ok=True)
         if not (run / "cache").exists():
             (run / "cache").symlink_to(Path("..") / "cache", target_is_directory=True)
@@ -118,15 +194,20 @@ def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_cv(cfg: TrainConfig, manifest: pl.DataFrame, train_one: Any) -> dict[str, Any]:
-    """Every unfinished fold (resumed where it stopped), then the out-of-fold tables. train_one(cfg) is
-    train/loop.run_training for one run."""
+    """Every unfinished run (resumed where it stopped), then the out-of-fold tables. train_one(cfg) is
+    train/loop.run_training for one run. With --leave-out 2 an image is tested by several runs, so there is no
+    single out-of-fold prediction to pool: the runs are the product (a cross-fitting student's teachers)."""
     folds = prepare_folds(cfg, manifest)
-    for fold in range(1, cfg.folds + 1):
-        if RunFolder(cfg.out).fold(fold).result.is_file():
-            log.info("fold %d/%d: done before", fold, cfg.folds)
+    runs = fold_runs(cfg.folds, cfg.leave_out)
+    for number, left_out in enumerate(runs, 1):
+        name = RunFolder(cfg.out).fold(*left_out).root.name
+        if RunFolder(cfg.out).fold(*left_out).result.is_file():
+            log.info("%s (%d/%d): done before", name, number, len(runs))
             continue
-        log.info("fold %d/%d", fold, cfg.folds)
-        train_one(fold_config(cfg, folds, fold))
+        log.info("%s (%d/%d)", name, number, len(runs))
+        train_one(fold_config(cfg, folds, left_out))
+    if cfg.leave_out > 1:
+        return {"runs": [RunFolder(cfg.out).fold(*r).root.name for r in runs], "leave_out": cfg.leave_out}
     return summarise(cfg.out, folds)
 
 

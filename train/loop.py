@@ -56,10 +56,10 @@ from .augment import apply_params, random_affine_intensity
 from .aux_heads import AUX_PREFIX, attach_aux_heads, aux_loss
 from .checkpoint import RunState
 from .config import TrainConfig, check_resume_settings, resolve_device, use_bf16
-from .cv import cv_calibration, is_cv_folder
+from .cv import cross_fit_teachers, cv_calibration, is_cv_folder
 from .data import IGNORE_LABEL, RunData, prepare_data
 from .dataset import class_folders, load_or_scan
-from .distill import Teacher, distillation_loss, ensemble_description, load_teacher, mix_log_probs
+from .distill import Teacher, distillation_loss, load_teacher, mix_log_probs
 from .distributed import Ranks, all_mean, barrier, finish, gather_rows, init_ranks, rank_device, wrap
 from .frozen import (
     check_freeze_settings,
@@ -71,7 +71,7 @@ from .frozen import (
 )
 from .recipes import Recipe
 from .soft_labels import FILE_NAME as SOFT_LABELS_FILE
-from .soft_labels import SoftLabels, compute_soft_labels, load_or_compute
+from .soft_labels import SoftLabels, compute_soft_labels, describe_parts, load_or_compute
 from .weights import init_weights
 
 log = logging.getLogger(__name__)
@@ -407,8 +407,9 @@ def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
 
 def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
     """`--folds K`: scan once (the folds' shared cache), then train/cv.run_cv runs each fold as a run of its own."""
-    from .cv import run_cv
+    from .cv import fold_runs, run_cv
 
+    fold_runs(cfg.folds, cfg.leave_out)  # a wrong --leave-out fails before the scan
     if cfg.folds < 2 or cfg.all_data or cfg.split_file is not None or cfg.holdout is not None:
         raise SettingError(
             "--folds K needs K >= 2 and makes its own splits: drop --all-data, --split-file and --holdout"
@@ -547,6 +548,11 @@ def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
             "--extra-images needs --soft-labels (their only target) and a recipe without tumour-type and "
             "contrast heads (aux_weight 0), e.g. --recipe distill"
         )
+    if cfg.leave_out != 1 and not cfg.folds:
+        raise SettingError("--leave-out is for --folds K runs")
+    if cfg.cross_fit and (not cfg.soft_labels or cfg.extra_images is not None):
+        # Out-of-fold labels exist for the teacher CV's own images only; --extra-images have no fold.
+        raise SettingError("--cross-fit needs --soft-labels CV_FOLDER and no --extra-images")
 
 
 def fit(
@@ -629,18 +635,41 @@ def _soft_labels_for(
 ) -> SoftLabels | None:
     """With --soft-labels TEACHER (once, or more for an ensemble): the teacher's soft labels on this run's training
     views, computed once into RUN_DIR/soft_labels.pt (train/soft_labels.py); the teachers are released before
-    training starts."""
+    training starts. With --cross-fit, each training image's teacher is the CV teacher's run that never saw it
+    (train/cv.cross_fit_teachers)."""
     if not cfg.soft_labels:
         return None
-    teachers = [load_teacher(source, data.classes, spec, device) for source in cfg.soft_labels]
-    description = ensemble_description(teachers)
+    fit_idx = data.fit_idx
+    if cfg.cross_fit:
+        if len(data.val_idx):
+            raise SettingError(
+                "--cross-fit labels training images only: use it in a --folds or --all-data run (no validation part)"
+            )
+        paths = data.split["path"].to_list()
+        sources = cross_fit_teachers(
+            cfg.soft_labels,
+            [paths[i] for i in fit_idx],
+            cfg.left_out,
+            [paths[i] for i in data.test_idx],
+        )
+        runs = [(teachers, fit_idx[rows]) for teachers, rows in sources]
+    else:
+        runs = [(cfg.soft_labels, fit_idx)]
+    loaded: dict[Path, Teacher] = {}
+    parts = []
+    for teacher_paths, rows in runs:
+        for path in teacher_paths:
+            if path not in loaded:
+                loaded[path] = load_teacher(path, data.classes, spec, device)
+        parts.append(([loaded[path] for path in teacher_paths], rows))
+    description = describe_parts(parts)
     log.info("soft labels from teacher %s", description)
     return load_or_compute(
         cfg.out / SOFT_LABELS_FILE,
         lambda: compute_soft_labels(
-            teachers,
+            parts,
             data.pixels,
-            data.fit_idx,
+            fit_idx,
             data.val_idx,
             cfg.soft_label_views,
             SOFT_LABEL_TOP_K,

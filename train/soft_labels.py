@@ -54,7 +54,7 @@ class SoftLabels:
 
 @torch.no_grad()
 def compute_soft_labels(
-    teachers: Sequence[Teacher],
+    parts: Sequence[tuple[Sequence[Teacher], np.ndarray]],
     pixels: torch.Tensor,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
@@ -65,15 +65,19 @@ def compute_soft_labels(
     bf16: bool = False,
     batch_size: int = 64,
 ) -> dict:
-    """The soft-label file's content: K seeded views of every training image through the teacher, or the
+    """The soft-label file's content: K seeded views of every training image through its teacher, or its
     teachers' geometric mean (under bf16 autocast when the run trains in bf16: 2-3x faster on CPUs with native
-    bf16)."""
-    n, device, classes = len(pixels), teachers[0].scale.device, teachers[0].num_classes
+    bf16). parts pairs teachers with the rows of train_idx they label: one part for the usual run, one per fold
+    of the teacher CV with --cross-fit. The validation images (the first part's teachers) are for the record."""
+    n, device, classes = len(pixels), parts[0][0][0].scale.device, parts[0][0][0].num_classes
+    if sorted(np.concatenate([rows for _, rows in parts]).tolist()) != sorted(train_idx.tolist()):
+        raise ValueError("the parts must label every training row once")
     if bf16:
-        for teacher in teachers:
-            teacher.model.to(memory_format=torch.channels_last)
+        for teachers, _ in parts:
+            for teacher in teachers:
+                teacher.model.to(memory_format=torch.channels_last)
 
-    def logits(raw: torch.Tensor) -> torch.Tensor:
+    def logits(teachers: Sequence[Teacher], raw: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return ensemble_logits(teachers, raw).float()
 
@@ -85,12 +89,13 @@ def compute_soft_labels(
     top_prob = torch.zeros(views, n, top_k, dtype=torch.float16)
     t0 = time.perf_counter()
     for view in range(views):
-        for start in range(0, len(train_idx), batch_size):
-            rows = torch.as_tensor(train_idx[start : start + batch_size])
-            raw = apply_params(pixels[rows].to(device).float(), params[view, rows])
-            probs = F.softmax(logits(raw) / temperature, 1).cpu()
-            best = probs.topk(top_k, 1)
-            top_index[view, rows], top_prob[view, rows] = best.indices.short(), best.values.half()
+        for teachers, part_rows in parts:
+            for start in range(0, len(part_rows), batch_size):
+                rows = torch.as_tensor(part_rows[start : start + batch_size])
+                raw = apply_params(pixels[rows].to(device).float(), params[view, rows])
+                probs = F.softmax(logits(teachers, raw) / temperature, 1).cpu()
+                best = probs.topk(top_k, 1)
+                top_index[view, rows], top_prob[view, rows] = best.indices.short(), best.values.half()
         log.info(
             "soft labels: view %d/%d of %d images, %.0fs",
             view + 1,
@@ -101,19 +106,31 @@ def compute_soft_labels(
     val_probs = torch.zeros(len(val_idx), classes)
     for start in range(0, len(val_idx), batch_size):
         rows = torch.as_tensor(val_idx[start : start + batch_size])
-        val_probs[start : start + len(rows)] = F.softmax(logits(pixels[rows].to(device).float()), 1).cpu()
+        val_probs[start : start + len(rows)] = F.softmax(
+            logits(parts[0][0], pixels[rows].to(device).float()), 1
+        ).cpu()
     return {
         "params": params,
         "top_index": top_index,
         "top_prob": top_prob,
         "temperature": temperature,
         "num_classes": classes,
-        "teacher": ensemble_description(teachers),
+        "teacher": describe_parts(parts),
         "train_idx": torch.as_tensor(train_idx),
         "val_idx": torch.as_tensor(val_idx),
         "val_probs": val_probs.half(),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def describe_parts(parts: Sequence[tuple[Sequence[Teacher], np.ndarray]]) -> str:
+    """Which teachers labelled which images, by content: the one teacher (or ensemble) of a usual run; out of
+    fold, each part's teachers and its number of images."""
+    if len(parts) == 1:
+        return ensemble_description(parts[0][0])
+    return "out of fold: " + "; ".join(
+        f"{len(rows)} images by {ensemble_description(teachers)}" for teachers, rows in parts
+    )
 
 
 def load_or_compute(
