@@ -18,8 +18,10 @@ from mri44.stages.train.cv import (
     _teacher_fold,
     compare,
     ensemble_cv,
+    fold_config,
     make_folds,
     mcnemar_exact,
+    prepare_folds,
     summarise,
 )
 from mri44.stages.train.dataset import scan_dataset
@@ -313,6 +315,23 @@ def test_holdout_keeps_whole_groups_out_of_an_all_data_fit(tmp_path: Path) -> No
     assert f"Squaroma T2/{first.name}" in test["path"].to_list()
     assert test.filter(pl.col("path").str.contains("neighbour")).height == 5  # its near-duplicates with it
     assert split.filter(split="train").height == manifest.height - test.height > 0
+    # A CV with --holdout keeps the same groups out of every fold: no run trains or is tested on them.
+    cfg = tiny_run_config(
+        root,
+        tmp_path / "cv",
+        folds=3,
+        holdout=tmp_path / "examples",
+        split=SplitConfig(phash_distance=6, max_group_share=1.0),
+    )
+    folds = prepare_folds(cfg, manifest)
+    assert set(folds["path"]) == set(manifest["path"]) - set(test["path"])
+    for k in (1, 2, 3):
+        run_split = pl.read_parquet(RunFolder(cfg.out).fold_split(k))
+        assert set(run_split.filter(split="holdout")["path"]) == set(test["path"])
+        assert set(run_split.filter(split="test")["path"]) == set(folds.filter(fold=k)["path"])
+        assert run_split.height == manifest.height
+    assert fold_config(cfg, folds, (1,)).holdout is None  # the run's split file carries it
+    prepare_folds(cfg, manifest)  # resumed: the same images in the folds
     (tmp_path / "examples" / "Circloma T1").mkdir()
     (tmp_path / "examples" / "Circloma T1" / "not in the data.jpg").write_bytes(first.read_bytes())
     with pytest.raises(SettingError, match="match no --data image"):
@@ -362,3 +381,15 @@ def test_a_cross_fitting_student_cv_learns_from_pair_runs_of_its_teacher(tmp_pat
     assert final["best_epoch"] == 1
     teacher = torch.load(tmp_path / "all" / "soft_labels.pt", weights_only=True)["teacher"]
     assert [f"s/fold-{k}/best.pt" in part for k, part in enumerate(teacher.split("; "), 1)] == [True] * 3
+    # An all-data fit that holds out examples learns only from teachers that never saw them either.
+    first = sorted((data / "Squaroma T2").iterdir())[0]
+    (tmp_path / "examples" / "Squaroma T2").mkdir(parents=True)
+    (tmp_path / "examples" / "Squaroma T2" / first.name).write_bytes(first.read_bytes())
+    held = {"holdout": tmp_path / "examples", "soft_labels": (tmp_path / "s",), **student}
+    with pytest.raises(SettingError, match="trained the teacher CV"):
+        run_training(tiny_run_config(data, tmp_path / "all-held", all_data=True, **held))
+    run_training(tiny_run_config(data, tmp_path / "t-held", epochs=1, folds=3, holdout=tmp_path / "examples"))
+    assert f"Squaroma T2/{first.name}" not in pl.read_parquet(RunFolder(tmp_path / "t-held").folds)["path"]
+    held["soft_labels"] = (tmp_path / "t-held",)
+    final = run_training(tiny_run_config(data, tmp_path / "all-held2", all_data=True, **held))
+    assert final["test"]["accuracy"] in (0.0, 1.0)  # the one held-out image, scored at the end

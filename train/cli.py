@@ -165,7 +165,8 @@ HoldoutOpt = Annotated[
     typer.Option(
         help="With --all-data: keep the near-duplicate groups of the images under this folder (class folders "
         "of copies of --data images, matched by class and file name, e.g. examples/) out of training; they "
-        "are scored as the test part at the end."
+        "are scored as the test part at the end. With --folds: those groups are in no fold (neither trained "
+        "nor tested on), so the CV can teach such an all-data fit (--cross-fit)."
     ),
 ]
 ExtraImagesOpt = Annotated[

@@ -42,6 +42,7 @@ from mri44.ood import HELD_OUT_PASS, TURNED_HELD_OUT_PASS, pass_rate_for
 from mri44.run_folder import RunFolder
 
 from .config import TrainConfig
+from .data import holdout_split
 from .split import SplitConfig, deal_groups, group_ids
 
 log = logging.getLogger(__name__)
@@ -70,13 +71,33 @@ def fold_runs(k: int, leave_out: int) -> list[tuple[int, ...]]:
     return list(itertools.combinations(range(1, k + 1), leave_out))
 
 
-def fold_split(folds: pl.DataFrame, left_out: tuple[int, ...]) -> pl.DataFrame:
-    """The split file of one run: the folds it leaves out are the test part, the rest train, nothing validates."""
-    return folds.select(
+def fold_split(
+    folds: pl.DataFrame, left_out: tuple[int, ...], held: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """The split file of one run: the folds it leaves out are the test part, the rest train, nothing validates;
+    `held` (path, group: --holdout's groups) are in no fold, so no run trains or is tested on them."""
+    split = folds.select(
         "path",
         "group",
         split=pl.when(pl.col("fold").is_in(list(left_out))).then(pl.lit("test")).otherwise(pl.lit("train")),
     )
+    if held is None:
+        return split
+    return pl.concat([split, held.select("path", "group", split=pl.lit(HELD_OUT))])
+
+
+# The split name of --holdout images in a CV's runs: neither trained nor tested on (train/data.py reads only
+# train, val and test).
+HELD_OUT = "holdout"
+
+
+def held_groups(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame | None:
+    """path, group of the images a CV keeps out of every fold (--holdout: the near-duplicate groups of those
+    images, as an all-data fit keeps them out), so the CV's models can teach an all-data fit that holds them out."""
+    if cfg.holdout is None:
+        return None
+    split = holdout_split(manifest, cfg.holdout, cfg.split)
+    return split.filter(split="test").select("path", "group")
 
 
 def _require_same_folds(source: Path, folds: pl.DataFrame) -> None:
@@ -116,6 +137,7 @@ def fold_config(cfg: TrainConfig, folds: pl.DataFrame, left_out: tuple[int, ...]
         folds=0,
         leave_out=1,
         left_out=left_out,
+        holdout=None,  # its groups are in the run's split file, as neither train nor test
         split_file=RunFolder(cfg.out).fold_split(*left_out),
         # A cross-fitting student keeps its CV teachers whole: each image picks its run (cross_fit_teachers).
         soft_labels=tuple(
@@ -174,21 +196,25 @@ def prepare_folds(cfg: TrainConfig, manifest: pl.DataFrame) -> pl.DataFrame:
     """OUT/folds.parquet (made once, then reused, so a resumed CV keeps its folds) and one split file per run;
     each run's folder shares OUT/cache (decoded images, frozen-stage features)."""
     path = RunFolder(cfg.out).folds
+    held = held_groups(cfg, manifest)
+    usable = manifest if held is None else manifest.filter(~pl.col("path").is_in(held["path"].implode()))
     if path.is_file():
         folds = pl.read_parquet(path)
-        if folds["fold"].max() != cfg.folds or set(folds["path"]) != set(manifest["path"]):
+        if folds["fold"].max() != cfg.folds or set(folds["path"]) != set(usable["path"]):
             raise SettingError(f"{path} holds other folds or other images; use a new --out")
     else:
-        folds = make_folds(manifest, cfg.folds, cfg.split)
+        folds = make_folds(usable, cfg.folds, cfg.split)
         with atomic_path(path) as tmp:
             folds.write_parquet(tmp)
     log.info("%d folds of %s images", cfg.folds, folds.group_by("fold").len().sort("fold")["len"].to_list())
+    if held is not None:
+        log.info("%d images in --holdout's groups: in no fold", held.height)
     for left_out in fold_runs(cfg.folds, cfg.leave_out):
         with atomic_path(RunFolder(cfg.out).fold_split(*left_out)) as tmp:
-            fold_split(folds, left_out).write_parquet(tmp)
+            fold_split(folds, left_out, held).write_parquet(tmp)
         run = RunFolder(cfg.out).fold(*left_out).root
         run.mkdir(exist_ok=True)
-        if not (run / "cache").exists():
+        if not (run / "cache").is_symlink() and not (run / "cache").exists():
             (run / "cache").symlink_to(Path("..") / "cache", target_is_directory=True)
     return folds
 

@@ -410,9 +410,9 @@ def cross_validate(cfg: TrainConfig) -> dict[str, Any]:
     from .cv import fold_runs, run_cv
 
     fold_runs(cfg.folds, cfg.leave_out)  # a wrong --leave-out fails before the scan
-    if cfg.folds < 2 or cfg.all_data or cfg.split_file is not None or cfg.holdout is not None:
+    if cfg.folds < 2 or cfg.all_data or cfg.split_file is not None:
         raise SettingError(
-            "--folds K needs K >= 2 and makes its own splits: drop --all-data, --split-file and --holdout"
+            "--folds K needs K >= 2 and makes its own splits: drop --all-data and --split-file"
         )
     class_folders(cfg.data)
     if RunFolder(cfg.out).config.is_file():
@@ -527,8 +527,10 @@ def _undone_on_failure(out: Path, resuming: bool) -> Iterator[None]:
 def refuse_settings(cfg: TrainConfig, ranks: Ranks) -> None:
     """Settings that cannot go together, refused before the run folder is made or any image is decoded."""
     check_freeze_settings(cfg.freeze_through, cfg.feature_views, cfg.arch, cfg.weights)
-    if cfg.holdout is not None and not cfg.all_data:
-        raise SettingError("--holdout is for --all-data runs (other runs have their own test part)")
+    if cfg.holdout is not None and not (cfg.all_data or cfg.folds):
+        raise SettingError(
+            "--holdout is for --all-data and --folds runs (other runs have their own test part)"
+        )
     if cfg.temperature_from is not None:  # a typo found now, not after the last epoch
         choose_temperature(cfg, None, np.zeros(0, np.int64))
     if cfg.freeze_through != "none" and (ranks.active or cfg.teacher or cfg.soft_labels):
