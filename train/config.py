@@ -76,9 +76,8 @@ class TrainConfig:
     soft_labels: tuple[Path, ...] = ()
     soft_label_views: int = 8  # K: stored augmented views per training image
     folds: int = 0  # K > 1: grouped K-fold cross-validation into OUT/fold-1..K (train/cv.py)
-    leave_out: int = (
-        1  # with folds: each run leaves out this many folds (2: OUT/fold-j-k, the cross-fit teachers)
-    )
+    # With folds: each run leaves out this many folds (2: OUT/fold-j-k, the cross-fit teachers).
+    leave_out: int = 1
     # Soft labels out of fold: each training image labelled by the CV teacher's run that never saw it (train/cv.py)
     cross_fit: bool = False
     left_out: tuple[int, ...] = ()  # set by the CV for each of its runs: the folds this run is tested on
