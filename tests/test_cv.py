@@ -19,6 +19,7 @@ from mri44.stages.train.cv import (
     compare,
     ensemble_cv,
     fold_config,
+    keep_results,
     make_folds,
     mcnemar_exact,
     prepare_folds,
@@ -132,6 +133,37 @@ def test_compare_screens_a_running_recipe_on_the_folds_both_finished(tmp_path: P
     assert recall["n"].sum() == 5
     with pytest.raises(SettingError, match="no fold has finished"):
         compare(done, _running_cv(tmp_path / "new", [True] * 10, folds, finished=[]), finished_folds=True)
+
+
+def test_kept_results_compare_like_the_cv_folder_and_leave_models_behind(tmp_path: Path) -> None:
+    """A CV's results kept in the work tree (scripts/keep_cv.py) pair with a new run as the CV folder did."""
+    folds = [1, 2] * 5
+    done = _running_cv(tmp_path / "done", [True, False] * 5, folds, finished=[1, 2])
+    for fold in (1, 2):
+        (RunFolder(done).fold(fold).best).write_bytes(b"weights")
+    (done / "cache").mkdir()
+    (done / "cache" / "features.npy").write_bytes(b"features")
+    new = _running_cv(tmp_path / "new", [True] * 10, folds, finished=[1])
+    copied = keep_results(done, tmp_path / "docs" / "kept")
+    kept = tmp_path / "docs" / "kept"
+    assert {p.relative_to(kept).as_posix() for p in copied} == {
+        "folds.parquet",
+        "fold-1/result.json",
+        "fold-1/test_predictions.parquet",
+        "fold-2/result.json",
+        "fold-2/test_predictions.parquet",
+    }
+    assert not list(kept.rglob("*.pt")) and not (kept / "cache").exists()
+    assert not [p for p in kept.parent.iterdir() if p != kept]  # no staging folder left behind
+    before, recall_before = compare(done, new, finished_folds=True)
+    after, recall_after = compare(kept, new, finished_folds=True)
+    assert (after["only_a"], after["only_b"], after["images"]) == (before["only_a"], before["only_b"], 5)
+    assert recall_after.equals(recall_before)
+    with pytest.raises(SettingError, match="remove it first"):
+        keep_results(done, kept)
+    with pytest.raises(SettingError, match="no fold has finished"):
+        keep_results(_running_cv(tmp_path / "idle", [True] * 10, folds, finished=[]), tmp_path / "k2")
+    assert not (tmp_path / "k2").exists()
 
 
 def test_a_cv_teacher_must_have_the_same_folds(tmp_path: Path) -> None:

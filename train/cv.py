@@ -25,6 +25,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -483,3 +485,53 @@ def compare(a: Path, b: Path, finished_folds: bool = False) -> tuple[dict[str, A
         .sort("diff", "class")
     )
     return summary, recall
+
+
+# What a CV folder's results are, without its models and caches: enough for compare(), ensemble_cv() and the
+# tables (the checkpoints are gigabytes; these files are a few hundred kilobytes per fold).
+KEPT_FILES = ("folds.parquet", "oof.parquet", "cv_result.json", "cv_metrics")
+KEPT_FOLD_FILES = (
+    "config.json",
+    "result.json",
+    "metrics.csv",
+    "test_predictions.parquet",
+    "test_logits.parquet",
+    "test_metrics",
+)
+
+
+def keep_results(cv: Path, dest: Path) -> list[Path]:
+    """Copy a CV folder's results (KEPT_FILES, and KEPT_FOLD_FILES of every finished fold) to `dest`, a new
+    folder that compare() and ensemble_cv() read like the CV folder itself. Why: run folders live outside the
+    work tree and are lost with the machine; a new recipe must still be paired, image by image, with the runs
+    that came before it, without retraining them. Returns the files copied."""
+    run = RunFolder(cv)
+    if not run.folds.is_file():
+        raise SettingError(f"{cv} is not a cross-validation folder (no {run.folds.name})")
+    if dest.exists():
+        raise SettingError(f"{dest} exists; remove it first to keep {cv}'s results there again")
+    folds = sorted(pl.read_parquet(run.folds)["fold"].unique().to_list())
+    finished = [d for d in sorted(cv.glob("fold-*")) if d.is_dir() and RunFolder(d).result.is_file()]
+    if not finished:
+        raise SettingError(f"{cv}: no fold has finished yet, nothing to keep")
+    names = [cv / n for n in KEPT_FILES] + [d / n for d in finished for n in KEPT_FOLD_FILES]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        copied = []
+        for source in (p for p in names if p.exists()):
+            target = staging / source.relative_to(cv)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
+            copied.append(dest / source.relative_to(cv))
+        staging.rename(dest)  # all or nothing: a folder that exists is a whole copy
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info(
+        "%s: kept %d files of %d finished runs (a %d-fold CV)", dest, len(copied), len(finished), len(folds)
+    )
+    return copied
