@@ -386,6 +386,10 @@ def test_a_cross_fitting_student_cv_learns_from_pair_runs_of_its_teacher(tmp_pat
     split = pl.read_parquet(RunFolder(tmp_path / "pairs").fold(1, 3).split)
     assert set(split.filter(split="test")["path"]) == set(folds.filter(pl.col("fold").is_in([1, 3]))["path"])
     assert set(split.filter(split="train")["path"]) == set(folds.filter(fold=2)["path"])
+    from mri44.checkpoint import Checkpoint
+
+    pair_ood = Checkpoint.load(RunFolder(tmp_path / "pairs").fold(1, 3).best).ood
+    assert pair_ood is not None and pair_ood.orientation is None  # a teacher only: no orientation probe
     student = {
         "recipe": get_recipe("distill"),
         "epochs": 1,
@@ -396,6 +400,8 @@ def test_a_cross_fitting_student_cv_learns_from_pair_runs_of_its_teacher(tmp_pat
         tiny_run_config(data, tmp_path / "s", folds=3, soft_labels=(tmp_path / "pairs",), **student)
     )
     assert result["images"] == 45
+    fold_ood = Checkpoint.load(RunFolder(tmp_path / "s").fold(2).best).ood
+    assert fold_ood is not None and fold_ood.orientation is not None  # an ordinary fold keeps its probe
     sizes = folds.group_by("fold").len().sort("fold")["len"].to_list()
     teacher = torch.load(RunFolder(tmp_path / "s").fold(2).root / "soft_labels.pt", weights_only=True)[
         "teacher"
