@@ -82,6 +82,10 @@ class RunFolder:
     def cv_metrics(self) -> Path:
         return self.root / "cv_metrics"
 
+    @property
+    def classes(self) -> Path:  # the logits' class names, where a CV was kept without its models (keep_cv.py)
+        return self.root / "classes.json"
+
     def fold(self, *left_out: int) -> RunFolder:
         """The run that left out these folds (fold-3; with --leave-out 2, fold-1-3: trained on the others)."""
         return RunFolder(self.root / _fold_name(left_out))

@@ -4,10 +4,11 @@
 
 Run folders live outside the work tree (~/mri44-runs) and are lost with the machine; a new recipe must still be
 paired image by image with the recipes before it (scripts/cv_compare.py, scripts/cv_ensemble.py), which needs
-their out-of-fold predictions, not their checkpoints. This copies folds.parquet, oof.parquet, cv_result.json,
-cv_metrics/ and each finished fold's config, result, per-epoch metrics, test predictions, test logits and test
-tables (train/cv.KEPT_FILES): a few megabytes at most for a 5-fold CV of 3,811 images. The copy is a folder
-cv_compare.py reads like the CV folder itself. DEST must not exist (remove it to keep a CV again once more folds
+their out-of-fold predictions, not their checkpoints. This copies config.json, folds.parquet, oof.parquet,
+cv_result.json, cv_metrics/ and each finished fold's config, result, per-epoch metrics, test predictions, test
+logits and test tables (train/cv.KEPT_FILES), and writes classes.json (the logits' class names, which the fold
+models held): a few megabytes at most for a 5-fold CV of 3,811 images. cv_compare.py and cv_ensemble.py read the
+copy like the CV folder itself. DEST must not exist (remove it to keep a CV again once more folds
 have finished).
 """
 

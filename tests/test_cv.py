@@ -140,13 +140,14 @@ def test_kept_results_compare_like_the_cv_folder_and_leave_models_behind(tmp_pat
     folds = [1, 2] * 5
     done = _running_cv(tmp_path / "done", [True, False] * 5, folds, finished=[1, 2])
     for fold in (1, 2):
-        (RunFolder(done).fold(fold).best).write_bytes(b"weights")
+        _checkpoint(RunFolder(done).fold(fold).best)
     (done / "cache").mkdir()
     (done / "cache" / "features.npy").write_bytes(b"features")
     new = _running_cv(tmp_path / "new", [True] * 10, folds, finished=[1])
     copied = keep_results(done, tmp_path / "docs" / "kept")
     kept = tmp_path / "docs" / "kept"
     assert {p.relative_to(kept).as_posix() for p in copied} == {
+        "classes.json",
         "folds.parquet",
         "fold-1/result.json",
         "fold-1/test_predictions.parquet",
@@ -164,6 +165,15 @@ def test_kept_results_compare_like_the_cv_folder_and_leave_models_behind(tmp_pat
     with pytest.raises(SettingError, match="no fold has finished"):
         keep_results(_running_cv(tmp_path / "idle", [True] * 10, folds, finished=[]), tmp_path / "k2")
     assert not (tmp_path / "k2").exists()
+
+
+def _checkpoint(path: Path) -> None:
+    """A stand-in fold model: only its class names are read."""
+    import torch
+
+    from mri44.checkpoint import Checkpoint
+
+    Checkpoint({"w": torch.zeros(1)}, ["A T1", "B T1", "C T1"], PreprocessSpec()).save(path)
 
 
 def test_a_cv_teacher_must_have_the_same_folds(tmp_path: Path) -> None:
@@ -230,10 +240,6 @@ def test_cross_fit_labels_each_image_by_a_teacher_that_saw_neither_it_nor_the_te
 
 def _logits_cv(folder: Path, logits: np.ndarray, folds: list[int], labels: list[str]) -> Path:
     """A CV folder as training leaves it, without weights: folds, each fold's test logits, fold 1's classes."""
-    import torch
-
-    from mri44.checkpoint import Checkpoint
-
     frame = pl.DataFrame({"path": [f"x{i}.jpg" for i in range(len(folds))], "label": labels, "fold": folds})
     folder.mkdir()
     frame.with_columns(group=pl.int_range(pl.len())).write_parquet(RunFolder(folder).folds)
@@ -242,9 +248,7 @@ def _logits_cv(folder: Path, logits: np.ndarray, folds: list[int], labels: list[
         rows = [i for i, f in enumerate(folds) if f == fold]
         part = frame[rows].select("path", "label").with_columns(logits=pl.Series(logits[rows]))
         part.write_parquet(RunFolder(folder).fold(fold).logits("test"))
-    Checkpoint({"w": torch.zeros(1)}, ["A T1", "B T1", "C T1"], PreprocessSpec()).save(
-        RunFolder(folder).fold(1).best
-    )
+    _checkpoint(RunFolder(folder).fold(1).best)
     return folder
 
 
@@ -273,6 +277,13 @@ def test_an_ensemble_of_cv_runs_scores_each_image_by_the_geometric_mean(tmp_path
     assert (summary["only_a"], summary["only_b"]) == (0, 4)  # a is wrong on images 0-3 only
     with pytest.raises(SettingError, match="exists"):
         ensemble_cv([a, b], tmp_path / "ens")
+    for member in (a, b):  # kept without their models (scripts/keep_cv.py), they make the same ensemble
+        for fold in (1, 2):
+            RunFolder(member).fold(fold).result.write_text("{}")
+        keep_results(member, tmp_path / "kept" / member.name)
+    assert not list((tmp_path / "kept").rglob("*.pt"))
+    kept = ensemble_cv([tmp_path / "kept" / "a", tmp_path / "kept" / "b"], tmp_path / "ens-kept")
+    assert kept["pooled"] == result["pooled"] and kept["temperature"] == pytest.approx(result["temperature"])
     with pytest.raises(SettingError, match="other folds"):
         ensemble_cv([a, _logits_cv(tmp_path / "c", a_logits, [2, 1] * 4, labels)], tmp_path / "ens2")
 

@@ -284,7 +284,7 @@ def summarise(out: Path, folds: pl.DataFrame, classes: list[str] | None = None) 
     oof = out_of_fold(out, folds)
     logits = np.stack(oof["logits"].to_list()).astype(np.float32)
     has_models = classes is None
-    classes = Checkpoint.load(RunFolder(out).fold(1).best).classes if classes is None else classes
+    classes = cv_classes(out) if classes is None else classes
     labels = oof["label"].replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64)
     temperature = fit_temperature(logits, labels.to_numpy().copy())
     probs = softmax(logits, temperature)
@@ -374,6 +374,18 @@ def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
     return result
 
 
+def cv_classes(folder: Path) -> list[str]:
+    """The class names in the order of a CV's logits: from a fold's model, or from classes.json where the CV was
+    kept without its models (keep_results)."""
+    kept = RunFolder(folder).classes
+    if kept.is_file():
+        return list(json.loads(kept.read_text()))
+    for run in sorted(folder.glob("fold-*")):
+        if RunFolder(run).best.is_file():
+            return Checkpoint.load(RunFolder(run).best).classes
+    raise SettingError(f"{folder}: no fold model and no {kept.name} to name its classes")
+
+
 def cv_calibration(folder: Path) -> tuple[float, float | None, float | None]:
     """(temperature, leave-one-out pass rate, orientation threshold; each None where not measured) that a CV
     folder measured on its out-of-fold images, for an all-data fit."""
@@ -407,7 +419,7 @@ def ensemble_cv(members: list[Path], out: Path) -> dict[str, Any]:
         RunFolder(out).fold(fold).root.mkdir()
         with atomic_path(RunFolder(out).fold(fold).logits("test")) as tmp:
             parts[0].select("path", "label").with_columns(logits=pl.Series(mean)).write_parquet(tmp)
-    result = summarise(out, folds, Checkpoint.load(RunFolder(members[0]).fold(1).best).classes)
+    result = summarise(out, folds, cv_classes(members[0]))
     result["members"] = [str(m) for m in members]
     write_text_atomic(RunFolder(out).cv_result, json.dumps(result, indent=2))
     return result
@@ -487,9 +499,10 @@ def compare(a: Path, b: Path, finished_folds: bool = False) -> tuple[dict[str, A
     return summary, recall
 
 
-# What a CV folder's results are, without its models and caches: enough for compare(), ensemble_cv() and the
-# tables (the checkpoints are gigabytes; these files are a few hundred kilobytes per fold).
-KEPT_FILES = ("folds.parquet", "oof.parquet", "cv_result.json", "cv_metrics")
+# What a CV folder's results are, without its models and caches (plus classes.json, the logits' class names):
+# enough for compare(), ensemble_cv() and the tables. The checkpoints are gigabytes; these files are a few hundred
+# kilobytes per fold.
+KEPT_FILES = ("config.json", "folds.parquet", "oof.parquet", "cv_result.json", "cv_metrics")
 KEPT_FOLD_FILES = (
     "config.json",
     "result.json",
@@ -527,6 +540,8 @@ def keep_results(cv: Path, dest: Path) -> list[Path]:
             else:
                 shutil.copy2(source, target)
             copied.append(dest / source.relative_to(cv))
+        write_text_atomic(RunFolder(staging).classes, json.dumps(cv_classes(cv)))
+        copied.append(RunFolder(dest).classes)
         staging.rename(dest)  # all or nothing: a folder that exists is a whole copy
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
