@@ -65,6 +65,10 @@ class RunFolder:
     def metric_tables(self, part: str) -> Path:
         return self.root / f"{part}_metrics"
 
+    @property
+    def ood_evidence(self) -> Path:  # what a CV's summary needs of the model, where it was kept without it
+        return self.root / "ood_evidence.json"
+
     # A cross-validation folder
     @property
     def folds(self) -> Path:  # path, label, group, fold (1..K): the assignment every fold reads

@@ -315,6 +315,21 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
     again = run_training(replace(cfg, resume=True))  # every fold done: nothing retrains, the tables again
     assert (tmp_path / "cv" / "fold-2" / "best.pt").stat().st_mtime_ns == stamp
     assert again["pooled"] == result["pooled"]
+    # Kept without its models (scripts/keep_cv.py) and continued elsewhere: the kept folds count as done, the
+    # missing one trains, and the summary (out-of-distribution evidence included) is the same.
+    import shutil
+
+    copied = keep_results(tmp_path / "cv", tmp_path / "kept")
+    assert (
+        not [p for p in copied if p.suffix == ".pt"]
+        and (tmp_path / "kept" / "fold-1" / "ood_evidence.json").is_file()
+    )
+    shutil.copytree(tmp_path / "kept", tmp_path / "cv2")
+    shutil.rmtree(tmp_path / "cv2" / "fold-3")
+    continued = run_training(replace(cfg, out=tmp_path / "cv2", resume=True))
+    assert not (tmp_path / "cv2" / "fold-1" / "best.pt").exists()
+    assert (tmp_path / "cv2" / "fold-3" / "best.pt").is_file()
+    assert continued["pooled"] == result["pooled"] and continued["ood"] == result["ood"]
     with pytest.raises(SettingError, match="image_size"):
         run_training(replace(cfg, resume=True, image_size=40))
     # The threshold rule measured on unseen images, and an all-data fit that takes it with the temperature.

@@ -116,8 +116,9 @@ def _teacher_run(source: Path, left_out: tuple[int, ...]) -> Path:
     run = RunFolder(source).fold(*left_out)
     if not run.best.is_file():
         leave = len(left_out)
+        kept = " (kept without its model: train the teacher CV anew)" if run.result.is_file() else ""
         raise SettingError(
-            f"{source} has no finished run {run.root.name} (a model that never saw folds "
+            f"{source} has no finished run {run.root.name}{kept} (a model that never saw folds "
             f"{', '.join(map(str, left_out))}): cross-validate the teacher with --leave-out {leave}"
         )
     return run.root
@@ -347,16 +348,15 @@ def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
     rates, flagged, turned, turned_flagged = [], [], [], []
     fold_numbers = sorted(folds["fold"].unique().to_list())
     for fold in fold_numbers:
-        ood = Checkpoint.load(RunFolder(out).fold(fold).best).ood
-        if ood is None:
+        evidence = fold_ood_evidence(RunFolder(out).fold(fold))
+        if evidence is None:
             return None
+        rates.append(evidence["loo_pass_rate"])
+        flagged.append(evidence["flagged"])
         rows = pl.read_parquet(RunFolder(out).fold(fold).predictions("test"))
-        scores = rows["ood_score"].drop_nulls().to_numpy()
-        rates.append(pass_rate_for(ood, scores))
-        flagged.append(float((scores > ood.threshold).mean()))
-        if ood.orientation is not None and "turned_score" in rows.columns:
+        if evidence["turned_threshold"] is not None and "turned_score" in rows.columns:
             turned.append(rows["turned_score"].drop_nulls().to_numpy())
-            turned_flagged.append(float((turned[-1] > ood.orientation.threshold).mean()))
+            turned_flagged.append(float((turned[-1] > evidence["turned_threshold"]).mean()))
     result: dict[str, Any] = {
         "passing": HELD_OUT_PASS,
         "loo_pass_rate": float(np.mean(rates)),
@@ -372,6 +372,26 @@ def held_out_ood(out: Path, folds: pl.DataFrame) -> dict[str, Any] | None:
             "turned_flagged_at_fold_thresholds": turned_flagged,
         }
     return result
+
+
+def fold_ood_evidence(run: RunFolder) -> dict[str, Any] | None:
+    """What held_out_ood needs of one fold's model: the leave-one-out pass rate of its reference at the threshold
+    that lets HELD_OUT_PASS of the fold's test images through, the share of them its own threshold flagged, and its
+    orientation probe's threshold (None without a probe). From the model, or from ood_evidence.json where the CV
+    was kept without its models (keep_results); None when the model carries no reference set."""
+    if not run.best.is_file():
+        if run.ood_evidence.is_file():
+            return dict(json.loads(run.ood_evidence.read_text()))
+        raise SettingError(f"{run.root} has neither its model ({run.best.name}) nor {run.ood_evidence.name}")
+    ood = Checkpoint.load(run.best).ood
+    if ood is None:
+        return None
+    scores = pl.read_parquet(run.predictions("test"))["ood_score"].drop_nulls().to_numpy()
+    return {
+        "loo_pass_rate": pass_rate_for(ood, scores),
+        "flagged": float((scores > ood.threshold).mean()),
+        "turned_threshold": None if ood.orientation is None else ood.orientation.threshold,
+    }
 
 
 def cv_classes(folder: Path) -> list[str]:
@@ -515,9 +535,12 @@ KEPT_FOLD_FILES = (
 
 def keep_results(cv: Path, dest: Path) -> list[Path]:
     """Copy a CV folder's results (KEPT_FILES, and KEPT_FOLD_FILES of every finished fold) to `dest`, a new
-    folder that compare() and ensemble_cv() read like the CV folder itself. Why: run folders live outside the
-    work tree and are lost with the machine; a new recipe must still be paired, image by image, with the runs
-    that came before it, without retraining them. Returns the files copied."""
+    folder that compare() and ensemble_cv() read like the CV folder itself, with classes.json and each fold's
+    ood_evidence.json in place of the models. Why: run folders live outside the work tree and are lost with the
+    machine; a new recipe must still be paired, image by image, with the runs that came before it, without
+    retraining them, and a CV lost half-way continues from the copy (copied back as its --out, with --resume: the
+    kept folds count as done, as their models are not needed again; not for a teacher, whose models are).
+    Returns the files copied."""
     run = RunFolder(cv)
     if not run.folds.is_file():
         raise SettingError(f"{cv} is not a cross-validation folder (no {run.folds.name})")
@@ -540,6 +563,13 @@ def keep_results(cv: Path, dest: Path) -> list[Path]:
             else:
                 shutil.copy2(source, target)
             copied.append(dest / source.relative_to(cv))
+        # What the CV's summary needs of each model, for a CV continued from this copy
+        for folder in finished:
+            evidence = fold_ood_evidence(RunFolder(folder)) if RunFolder(folder).best.is_file() else None
+            if evidence is not None:
+                target = RunFolder(staging / folder.name).ood_evidence
+                write_text_atomic(target, json.dumps(evidence, indent=2))
+                copied.append(dest / folder.name / target.name)
         write_text_atomic(RunFolder(staging).classes, json.dumps(cv_classes(cv)))
         copied.append(RunFolder(dest).classes)
         staging.rename(dest)  # all or nothing: a folder that exists is a whole copy
