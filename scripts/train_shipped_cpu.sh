@@ -3,7 +3,9 @@
 # teacher on cached layer3 features, cross-validated, then fitted on every image but the examples' groups; the
 # ResNet-18 student distilled from its soft labels on the same images; exports; then the student's own 5-fold
 # cross-validation (the figures its card gives). Needs `mri-weights` once and a CPU with native bf16 (AVX-512 BF16
-# or AMX) for the times below. Give it the machine: other work beside it slows CPU training by up to 3x.
+# or AMX) for the times below, measured on the machine of 2026-12-07 (its CPU flags were not recorded): on an AMD
+# EPYC with AVX-512 BF16 and no AMX (2026-12-08) the student's epochs took 2.4x as long per image, the teacher's
+# the same. Give it the machine: other work beside it slows CPU training by up to 3x.
 #   1. cv5-t50   teacher, grouped 5-fold CV on all images: out-of-fold figures and temperature (~1 h here)
 #   2. t50-all   teacher on all images but examples/' near-duplicate groups (~25 min; shares cv5-t50's cache)
 #   3. s18-all   student on the same images, 8 stored views per image of t50-all's soft labels (~1.2 h:
