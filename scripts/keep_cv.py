@@ -6,7 +6,7 @@ Run folders live outside the work tree (~/mri44-runs) and are lost with the mach
 paired image by image with the recipes before it (scripts/cv_compare.py, scripts/cv_ensemble.py), which needs
 their out-of-fold predictions, not their checkpoints. This copies config.json, folds.parquet, oof.parquet,
 cv_result.json, cv_metrics/ and each finished fold's config, result, per-epoch metrics, test predictions, test
-logits and test tables (train/cv.KEPT_FILES), and writes what the fold models held that the CV's summary needs
+logits and test tables (train/cv.kept_files), and writes what the fold models held that the CV's summary needs
 (classes.json, each fold's ood_evidence.json): a few megabytes at most for a 5-fold CV of 3,811 images.
 cv_compare.py and cv_ensemble.py read the copy like the CV folder itself, and a CV lost half-way continues from
 it on a new machine (`cp -r DEST ~/mri44-runs/NAME`, then the same `python -m train ... --out ~/mri44-runs/NAME

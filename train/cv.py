@@ -519,23 +519,20 @@ def compare(a: Path, b: Path, finished_folds: bool = False) -> tuple[dict[str, A
     return summary, recall
 
 
-# What a CV folder's results are, without its models and caches (plus classes.json, the logits' class names):
-# enough for compare(), ensemble_cv() and the tables. The checkpoints are gigabytes; these files are a few hundred
-# kilobytes per fold.
-KEPT_FILES = ("config.json", "folds.parquet", "oof.parquet", "cv_result.json", "cv_metrics")
-KEPT_FOLD_FILES = (
-    "config.json",
-    "result.json",
-    "metrics.csv",
-    "test_predictions.parquet",
-    "test_logits.parquet",
-    "test_metrics",
-)
+def kept_files(cv: RunFolder, fold_runs: list[RunFolder]) -> list[Path]:
+    """What a CV folder's results are, without its models and caches: enough for compare(), ensemble_cv() and the
+    tables (with classes.json and each fold's ood_evidence.json, which keep_results writes). The checkpoints are
+    gigabytes; these files are a few hundred kilobytes per fold."""
+    files = [cv.config, cv.folds, cv.out_of_fold, cv.cv_result, cv.cv_metrics]
+    for run in fold_runs:
+        test = [run.predictions("test"), run.logits("test"), run.metric_tables("test")]
+        files += [run.config, run.result, run.history, *test]
+    return files
 
 
 def keep_results(cv: Path, dest: Path) -> list[Path]:
-    """Copy a CV folder's results (KEPT_FILES, and KEPT_FOLD_FILES of every finished fold) to `dest`, a new
-    folder that compare() and ensemble_cv() read like the CV folder itself, with classes.json and each fold's
+    """Copy a CV folder's results (kept_files: the CV's and every finished fold's) to `dest`, a new folder that
+    compare() and ensemble_cv() read like the CV folder itself, with classes.json and each fold's
     ood_evidence.json in place of the models. Why: run folders live outside the work tree and are lost with the
     machine; a new recipe must still be paired, image by image, with the runs that came before it, without
     retraining them, and a CV lost half-way continues from the copy (copied back as its --out, with --resume: the
@@ -550,7 +547,7 @@ def keep_results(cv: Path, dest: Path) -> list[Path]:
     finished = [d for d in sorted(cv.glob("fold-*")) if d.is_dir() and RunFolder(d).result.is_file()]
     if not finished:
         raise SettingError(f"{cv}: no fold has finished yet, nothing to keep")
-    names = [cv / n for n in KEPT_FILES] + [d / n for d in finished for n in KEPT_FOLD_FILES]
+    names = kept_files(run, [RunFolder(d) for d in finished])
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
