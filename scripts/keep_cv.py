@@ -10,8 +10,8 @@ logits and test tables (train/cv.kept_files), and writes what the fold models he
 (classes.json, each fold's ood_evidence.json): a few megabytes at most for a 5-fold CV of 3,811 images.
 cv_compare.py and cv_ensemble.py read the copy like the CV folder itself, and a CV lost half-way continues from
 it on a new machine (`cp -r DEST ~/mri44-runs/NAME`, then the same `python -m train ... --out ~/mri44-runs/NAME
---resume`: the kept folds count as done). Not for a teacher CV: its fold models are needed again. DEST must not exist (remove it to keep a CV again once more folds
-have finished).
+--resume`: the kept folds count as done). Not for a teacher CV: its fold models are needed again. DEST must not
+exist (remove it to keep a CV again once more folds have finished).
 """
 
 from __future__ import annotations

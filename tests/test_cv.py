@@ -330,6 +330,10 @@ def test_cross_validation_scores_every_image_once_and_resumes(tmp_path: Path) ->
     assert not (tmp_path / "cv2" / "fold-1" / "best.pt").exists()
     assert (tmp_path / "cv2" / "fold-3" / "best.pt").is_file()
     assert continued["pooled"] == result["pooled"] and continued["ood"] == result["ood"]
+    keep_results(tmp_path / "cv2", tmp_path / "kept2")  # kept again: fold 1 keeps the evidence it came with
+    assert (tmp_path / "kept2" / "fold-1" / "ood_evidence.json").read_text() == (
+        tmp_path / "kept" / "fold-1" / "ood_evidence.json"
+    ).read_text()
     with pytest.raises(SettingError, match="image_size"):
         run_training(replace(cfg, resume=True, image_size=40))
     # The threshold rule measured on unseen images, and an all-data fit that takes it with the temperature.

@@ -526,7 +526,7 @@ def kept_files(cv: RunFolder, fold_runs: list[RunFolder]) -> list[Path]:
     files = [cv.config, cv.folds, cv.out_of_fold, cv.cv_result, cv.cv_metrics]
     for run in fold_runs:
         test = [run.predictions("test"), run.logits("test"), run.metric_tables("test")]
-        files += [run.config, run.result, run.history, *test]
+        files += [run.config, run.result, run.history, *test, run.ood_evidence]  # evidence: a kept fold's
     return files
 
 
@@ -562,7 +562,9 @@ def keep_results(cv: Path, dest: Path) -> list[Path]:
             copied.append(dest / source.relative_to(cv))
         # What the CV's summary needs of each model, for a CV continued from this copy
         for folder in finished:
-            evidence = fold_ood_evidence(RunFolder(folder)) if RunFolder(folder).best.is_file() else None
+            if not RunFolder(folder).best.is_file():
+                continue  # a fold kept before: its ood_evidence.json was copied above
+            evidence = fold_ood_evidence(RunFolder(folder))
             if evidence is not None:
                 target = RunFolder(staging / folder.name).ood_evidence
                 write_text_atomic(target, json.dumps(evidence, indent=2))
